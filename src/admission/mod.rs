@@ -1,0 +1,17 @@
+//! Admission decisions: pure and synchronous, time passed in, no I/O. The proxy calls into
+//! these; tests and benches drive them directly.
+
+pub mod classify;
+pub mod clients;
+pub mod controller;
+pub mod curve;
+pub mod gate;
+pub mod params;
+pub mod priority;
+pub mod retry;
+
+pub use controller::{Controller, CtlState, Decision, Health, SignalSnapshot};
+pub use gate::{Ask, FeatureState, Gate, GatePolicy, Permit, Reject, RejectReason};
+pub use params::ControlParams;
+pub use priority::Priority;
+pub use retry::RetryPolicy;

@@ -1,0 +1,190 @@
+//! The TOML file model: what an operator writes. Every table rejects unknown keys; every key is
+//! optional unless validation says otherwise, and `validate.rs` turns this into [`super::Config`].
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    /// `enforce` (default) or `shadow` (decide and record, admit everything).
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub server: FileServer,
+    #[serde(default)]
+    pub upstream: FileUpstream,
+    #[serde(default)]
+    pub admin: FileAdmin,
+    #[serde(default)]
+    pub log: FileLog,
+    #[serde(default)]
+    pub signals: FileSignals,
+    #[serde(default)]
+    pub ramp: FileRamp,
+    #[serde(default)]
+    pub limit: FileLimit,
+    #[serde(default)]
+    pub gate: FileGate,
+    #[serde(default)]
+    pub retry: FileRetry,
+    #[serde(default)]
+    pub client_key: FileClientKey,
+    pub default_feature: Option<String>,
+    #[serde(default)]
+    pub feature: Vec<FileFeature>,
+    #[serde(default)]
+    pub route: Vec<FileRoute>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileServer {
+    pub client_header_timeout: Option<String>,
+    pub drain_timeout: Option<String>,
+    pub h2_max_concurrent_streams: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpstream {
+    pub endpoints: Option<Vec<String>>,
+    pub balance: Option<String>,
+    pub protocol: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub response_header_timeout: Option<String>,
+    pub pool_idle_timeout: Option<String>,
+    pub pool_max_idle_per_endpoint: Option<usize>,
+    pub eject_after_failures: Option<u32>,
+    pub eject_cooldown: Option<String>,
+    pub preserve_host: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAdmin {
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLog {
+    pub format: Option<String>,
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSignals {
+    pub cache_header: Option<String>,
+    pub cache_hit_values: Option<Vec<String>>,
+    pub cache_miss_values: Option<Vec<String>>,
+    /// `allow` or `block`: what an unknown hit ratio does to a hit-ratio gate.
+    pub unknown_hit_ratio: Option<String>,
+    pub latency_p99: Option<FileThresholds<String>>,
+    pub error_rate: Option<FileThresholds<f64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileThresholds<T> {
+    pub warn: T,
+    pub critical: T,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRamp {
+    pub tick: Option<String>,
+    pub duration: Option<String>,
+    pub start_fraction: Option<f64>,
+    /// `linear`, `exponential` or `points`.
+    pub curve: Option<String>,
+    pub points: Option<Vec<[f64; 2]>>,
+    pub backoff_factor: Option<f64>,
+    pub progress_floor: Option<f64>,
+    pub stages: Option<FilePriorityMap>,
+    pub headroom: Option<FilePriorityMap>,
+    #[serde(default)]
+    pub hit_ratio_gate: Vec<FileHitGate>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePriorityMap {
+    pub critical: Option<f64>,
+    pub high: Option<f64>,
+    pub normal: Option<f64>,
+    pub low: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHitGate {
+    pub progress: f64,
+    pub min_hit_ratio: f64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimit {
+    /// `adaptive` (default) or `fixed`.
+    pub mode: Option<String>,
+    pub full_capacity: Option<u32>,
+    pub max_rps: Option<u32>,
+    pub initial: Option<u32>,
+    pub min: Option<u32>,
+    pub max: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileGate {
+    pub session_grace: Option<String>,
+    pub queue_max_len: Option<u32>,
+    pub queue_max_wait: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRetry {
+    pub shed_status: Option<u16>,
+    pub client_status: Option<u16>,
+    pub min_retry_after: Option<String>,
+    pub max_retry_after: Option<String>,
+    pub jitter_window: Option<String>,
+    pub early_escalation: Option<f64>,
+    pub client_table_size: Option<usize>,
+    pub retry_header: Option<String>,
+    pub tarpit: Option<String>,
+    pub tarpit_max_held: Option<u32>,
+    pub ratelimit_headers: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileClientKey {
+    pub header: Option<String>,
+    pub cookie: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileFeature {
+    pub name: String,
+    pub priority: String,
+    /// `auto` (default), `on` or `off`.
+    pub state: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRoute {
+    pub feature: String,
+    pub host: Option<String>,
+    pub method: Option<String>,
+    pub path_prefix: Option<String>,
+    pub path_regex: Option<String>,
+    pub header: Option<String>,
+    pub header_value: Option<String>,
+}
