@@ -9,7 +9,7 @@ use http::{HeaderMap, Method};
 use regex::Regex;
 
 /// One compiled `[[route]]`: every present matcher must match.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Route {
     /// Lower-case host without port.
     pub host: Option<String>,
@@ -43,7 +43,13 @@ pub struct Classifier {
 }
 
 impl Route {
-    fn matches(&self, method: &Method, host: Option<&str>, path: &str, headers: &HeaderMap) -> bool {
+    fn matches(
+        &self,
+        method: &Method,
+        host: Option<&str>,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> bool {
         if let Some(m) = &self.method {
             if m != method {
                 return false;
@@ -79,7 +85,9 @@ impl Route {
 
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
-        return host.split_once(']').map_or(host, |(h, _)| &host[..h.len() + 1]);
+        return host
+            .split_once(']')
+            .map_or(host, |(h, _)| &host[..h.len() + 1]);
     }
     host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
@@ -96,7 +104,13 @@ impl Classifier {
     }
 
     /// Index of the feature this request belongs to.
-    pub fn feature(&self, method: &Method, host: Option<&str>, path: &str, headers: &HeaderMap) -> usize {
+    pub fn feature(
+        &self,
+        method: &Method,
+        host: Option<&str>,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> usize {
         self.routes
             .iter()
             .find(|r| r.matches(method, host, path, headers))
@@ -168,14 +182,25 @@ mod tests {
         let c = classifier(ClientKey::Address);
         let none = HeaderMap::new();
         assert_eq!(c.feature(&Method::POST, None, "/api/login", &none), 0);
-        assert_eq!(c.feature(&Method::GET, None, "/api/login", &none), 3, "method must match");
-        assert_eq!(c.feature(&Method::GET, Some("ADMIN.example:8080"), "/x", &none), 1);
+        assert_eq!(
+            c.feature(&Method::GET, None, "/api/login", &none),
+            3,
+            "method must match"
+        );
+        assert_eq!(
+            c.feature(&Method::GET, Some("ADMIN.example:8080"), "/x", &none),
+            1
+        );
         let mut beta = HeaderMap::new();
         beta.insert("x-beta", HeaderValue::from_static("1"));
         assert_eq!(c.feature(&Method::GET, None, "/api/feed/12", &beta), 2);
         assert_eq!(c.feature(&Method::GET, None, "/api/feed/x", &beta), 3);
         beta.insert("x-beta", HeaderValue::from_static("0"));
-        assert_eq!(c.feature(&Method::GET, None, "/api/feed/12", &beta), 3, "value must match");
+        assert_eq!(
+            c.feature(&Method::GET, None, "/api/feed/12", &beta),
+            3,
+            "value must match"
+        );
     }
 
     #[test]
@@ -187,12 +212,18 @@ mod tests {
         let mut b = HeaderMap::new();
         b.insert("x-user", HeaderValue::from_static("bob"));
         assert_ne!(c.client_hash(&a, ip), c.client_hash(&b, ip));
-        assert_eq!(c.client_hash(&a, ip), c.client_hash(&a, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))));
+        assert_eq!(
+            c.client_hash(&a, ip),
+            c.client_hash(&a, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)))
+        );
         assert_eq!(c.client_hash(&HeaderMap::new(), ip), c.hasher.hash_one(ip));
 
         let c = classifier(ClientKey::Cookie("sid".into()));
         let mut h = HeaderMap::new();
-        h.insert(COOKIE, HeaderValue::from_static("theme=dark; sid=abc ; x=1"));
+        h.insert(
+            COOKIE,
+            HeaderValue::from_static("theme=dark; sid=abc ; x=1"),
+        );
         assert_eq!(c.client_hash(&h, ip), c.hasher.hash_one(b"abc".as_slice()));
     }
 }

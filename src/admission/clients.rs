@@ -90,8 +90,20 @@ mod tests {
     fn remembers_until_expiry() {
         let t = ClientTable::new(64);
         let h = mix64(1);
-        t.put(h, ClientEntry { until_ms: 1_000, strikes: 2 });
-        assert_eq!(t.get(h, 999), Some(ClientEntry { until_ms: 1_000, strikes: 2 }));
+        t.put(
+            h,
+            ClientEntry {
+                until_ms: 1_000,
+                strikes: 2,
+            },
+        );
+        assert_eq!(
+            t.get(h, 999),
+            Some(ClientEntry {
+                until_ms: 1_000,
+                strikes: 2
+            })
+        );
         assert_eq!(t.get(h, 1_000), None);
         assert_eq!(t.get(mix64(2), 0), None);
     }
@@ -101,7 +113,13 @@ mod tests {
         let t = ClientTable::new(1000);
         assert_eq!(t.capacity(), 1024);
         for i in 0..100_000 {
-            t.put(mix64(i), ClientEntry { until_ms: 10_000, strikes: 1 });
+            t.put(
+                mix64(i),
+                ClientEntry {
+                    until_ms: 10_000,
+                    strikes: 1,
+                },
+            );
         }
         assert_eq!(t.capacity(), 1024);
         assert!(t.live(0) <= 1024);
@@ -111,9 +129,21 @@ mod tests {
     fn a_different_key_in_the_same_slot_is_not_confused() {
         let t = ClientTable::new(1);
         let (a, b) = (mix64(10), mix64(11));
-        t.put(a, ClientEntry { until_ms: 5_000, strikes: 0 });
+        t.put(
+            a,
+            ClientEntry {
+                until_ms: 5_000,
+                strikes: 0,
+            },
+        );
         assert!(t.get(b, 0).is_none(), "tag differs");
-        t.put(b, ClientEntry { until_ms: 5_000, strikes: 0 });
+        t.put(
+            b,
+            ClientEntry {
+                until_ms: 5_000,
+                strikes: 0,
+            },
+        );
         assert!(t.get(a, 0).is_none(), "evicted");
     }
 }

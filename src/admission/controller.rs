@@ -291,7 +291,13 @@ mod tests {
     }
 
     /// Ticks every 250 ms for `secs` seconds with the same signals.
-    fn run(c: &mut Controller, p: &ControlParams, s: &SignalSnapshot, from_ms: u64, secs: u64) -> Decision {
+    fn run(
+        c: &mut Controller,
+        p: &ControlParams,
+        s: &SignalSnapshot,
+        from_ms: u64,
+        secs: u64,
+    ) -> Decision {
         let mut last = c.tick(from_ms, p, s);
         for i in 1..=(secs * 4) {
             last = c.tick(from_ms + i * 250, p, s);
@@ -318,7 +324,10 @@ mod tests {
         let mut c = Controller::new(&p);
         run(&mut c, &p, &healthy(), 0, 2);
         let before = c.progress();
-        let warn = SignalSnapshot { p99_ms: 300.0, ..healthy() };
+        let warn = SignalSnapshot {
+            p99_ms: 300.0,
+            ..healthy()
+        };
         let d = run(&mut c, &p, &warn, 2_000, 3);
         assert_eq!(d.state, CtlState::Holding);
         assert!((d.progress - before).abs() < 1e-9);
@@ -330,13 +339,20 @@ mod tests {
         p.progress_floor = 0.3;
         let mut c = Controller::new(&p);
         c.set_progress(0.8);
-        let crit = SignalSnapshot { error_rate: Some(0.5), ..healthy() };
+        let crit = SignalSnapshot {
+            error_rate: Some(0.5),
+            ..healthy()
+        };
         c.tick(0, &p, &crit);
         let d = c.tick(1_000, &p, &crit);
         assert_eq!(d.state, CtlState::BackingOff);
         assert!((d.progress - 0.56).abs() < 1e-6, "{}", d.progress);
         let d = run(&mut c, &p, &crit, 1_000, 10);
-        assert!((d.progress - 0.3).abs() < 1e-9, "floor holds: {}", d.progress);
+        assert!(
+            (d.progress - 0.3).abs() < 1e-9,
+            "floor holds: {}",
+            d.progress
+        );
         // Back-off never raises progress that is already under the floor.
         c.set_progress(0.1);
         let d = c.tick(12_000, &p, &crit);
@@ -346,9 +362,15 @@ mod tests {
     #[test]
     fn hit_ratio_gate_waits_for_the_cache() {
         let mut p = fixed(10.0);
-        p.hit_gates = vec![HitGate { progress: 0.5, min_hit_ratio: 0.6 }];
+        p.hit_gates = vec![HitGate {
+            progress: 0.5,
+            min_hit_ratio: 0.6,
+        }];
         let mut c = Controller::new(&p);
-        let cold = SignalSnapshot { hit_ratio: Some(0.2), ..healthy() };
+        let cold = SignalSnapshot {
+            hit_ratio: Some(0.2),
+            ..healthy()
+        };
         let d = run(&mut c, &p, &cold, 0, 9);
         assert_eq!(d.state, CtlState::WaitingForCache);
         assert!((d.progress - 0.5).abs() < 1e-9);
@@ -359,9 +381,15 @@ mod tests {
     #[test]
     fn unknown_hit_ratio_blocks_only_when_configured() {
         let mut p = fixed(10.0);
-        p.hit_gates = vec![HitGate { progress: 0.3, min_hit_ratio: 0.5 }];
+        p.hit_gates = vec![HitGate {
+            progress: 0.3,
+            min_hit_ratio: 0.5,
+        }];
         p.unknown_hit_ratio_allows = false;
-        let unknown = SignalSnapshot { hit_ratio: None, ..healthy() };
+        let unknown = SignalSnapshot {
+            hit_ratio: None,
+            ..healthy()
+        };
         let mut c = Controller::new(&p);
         assert!((run(&mut c, &p, &unknown, 0, 8).progress - 0.3).abs() < 1e-9);
         p.unknown_hit_ratio_allows = true;
@@ -401,19 +429,37 @@ mod tests {
     #[test]
     fn adaptive_limit_grows_when_saturated_and_shrinks_when_critical() {
         let p = ControlParams {
-            limit: LimitMode::Adaptive { initial: 10, min: 4, max: 50 },
+            limit: LimitMode::Adaptive {
+                initial: 10,
+                min: 4,
+                max: 50,
+            },
             ..Default::default()
         };
         let mut c = Controller::new(&p);
         let idle = healthy();
-        assert_eq!(run(&mut c, &p, &idle, 0, 2).limit, 10, "no demand, no growth");
-        let busy = SignalSnapshot { limit_rejects: 5, ..healthy() };
+        assert_eq!(
+            run(&mut c, &p, &idle, 0, 2).limit,
+            10,
+            "no demand, no growth"
+        );
+        let busy = SignalSnapshot {
+            limit_rejects: 5,
+            ..healthy()
+        };
         let grown = run(&mut c, &p, &busy, 2_000, 4).limit;
         assert!(grown > 20, "{grown}");
         assert_eq!(run(&mut c, &p, &busy, 6_000, 30).limit, 50, "capped at max");
-        let slow = SignalSnapshot { p99_ms: 5_000.0, ..busy };
+        let slow = SignalSnapshot {
+            p99_ms: 5_000.0,
+            ..busy
+        };
         let shrunk = run(&mut c, &p, &slow, 36_000, 2).limit;
         assert!(shrunk < 25, "{shrunk}");
-        assert_eq!(run(&mut c, &p, &slow, 38_000, 60).limit, 4, "floored at min");
+        assert_eq!(
+            run(&mut c, &p, &slow, 38_000, 60).limit,
+            4,
+            "floored at min"
+        );
     }
 }

@@ -176,7 +176,12 @@ impl Gate {
 
     /// Whether this client was told to come back later than now (a retry that came early).
     pub fn is_early(&self, client: u64, priority: Priority, now_ms: u64) -> bool {
-        let key = early_key(Ask { priority, state: FeatureState::Auto, client, now_ms });
+        let key = early_key(Ask {
+            priority,
+            state: FeatureState::Auto,
+            client,
+            now_ms,
+        });
         self.early.get(key, now_ms).is_some()
     }
 
@@ -206,13 +211,21 @@ impl Gate {
             self.limit_rejects.fetch_add(1, Ordering::Relaxed);
             return Err(self.reject(d, policy, ask, RejectReason::Limit));
         }
-        let permit = Permit { gate: Arc::clone(self) };
+        let permit = Permit {
+            gate: Arc::clone(self),
+        };
         if !rate_ok() {
             return Err(self.reject(d, policy, ask, RejectReason::Rate));
         }
         if ask.priority == Priority::Critical && policy.session_grace_ms > 0 {
             let until_ms = ask.now_ms + policy.session_grace_ms;
-            self.grace.put(ask.client, ClientEntry { until_ms, strikes: 0 });
+            self.grace.put(
+                ask.client,
+                ClientEntry {
+                    until_ms,
+                    strikes: 0,
+                },
+            );
         }
         Ok(permit)
     }
@@ -221,7 +234,9 @@ impl Gate {
     pub fn admit_unchecked(self: &Arc<Self>) -> Permit {
         let now = self.inflight.fetch_add(1, Ordering::AcqRel) + 1;
         self.peak_inflight.fetch_max(now, Ordering::Relaxed);
-        Permit { gate: Arc::clone(self) }
+        Permit {
+            gate: Arc::clone(self),
+        }
     }
 
     fn acquire(&self, cap: u32) -> bool {
@@ -246,7 +261,8 @@ impl Gate {
     }
 
     fn in_grace(&self, policy: &GatePolicy, ask: Ask) -> bool {
-        ask.priority >= policy.grace_min_priority && self.grace.get(ask.client, ask.now_ms).is_some()
+        ask.priority >= policy.grace_min_priority
+            && self.grace.get(ask.client, ask.now_ms).is_some()
     }
 
     fn rand(&self, ask: Ask) -> u64 {
@@ -261,13 +277,18 @@ impl Gate {
         };
         let retry_after_s = policy.retry.retry_after(eta, 0, self.rand(ask));
         self.remember(ask, retry_after_s, 0);
-        Reject { reason, retry_after_s }
+        Reject {
+            reason,
+            retry_after_s,
+        }
     }
 
     fn reject_early(&self, policy: &GatePolicy, ask: Ask, e: ClientEntry) -> Reject {
         let strikes = e.strikes + 1;
         let remaining_s = e.until_ms.saturating_sub(ask.now_ms) as f64 / 1000.0;
-        let retry_after_s = policy.retry.retry_after(remaining_s, strikes, self.rand(ask));
+        let retry_after_s = policy
+            .retry
+            .retry_after(remaining_s, strikes, self.rand(ask));
         self.remember(ask, retry_after_s, strikes);
         Reject {
             reason: RejectReason::EarlyRetry,
@@ -280,7 +301,8 @@ impl Gate {
     fn remember(&self, ask: Ask, retry_after_s: u32, strikes: u32) {
         let ms = u64::from(retry_after_s) * 1000;
         let until_ms = ask.now_ms + ms - (ms / 4).min(1000);
-        self.early.put(early_key(ask), ClientEntry { until_ms, strikes });
+        self.early
+            .put(early_key(ask), ClientEntry { until_ms, strikes });
     }
 }
 
@@ -309,7 +331,12 @@ mod tests {
     }
 
     fn ask(priority: Priority, client: u64, now_ms: u64) -> Ask {
-        Ask { priority, state: FeatureState::Auto, client, now_ms }
+        Ask {
+            priority,
+            state: FeatureState::Auto,
+            client,
+            now_ms,
+        }
     }
 
     #[test]
@@ -317,10 +344,17 @@ mod tests {
         let g = Arc::new(Gate::new(1024));
         let d = decision([false, false, true, true], [7, 8, 9, 10]);
         let pol = GatePolicy::default();
-        let r = g.try_admit(&d, &pol, ask(Priority::Low, 1, 0), || true).err();
+        let r = g
+            .try_admit(&d, &pol, ask(Priority::Low, 1, 0), || true)
+            .err();
         let r = r.map(|r| (r.reason, r.retry_after_s));
-        assert!(matches!(r, Some((RejectReason::Stage, s)) if (50..=60).contains(&s)), "{r:?}");
-        assert!(g.try_admit(&d, &pol, ask(Priority::High, 2, 0), || true).is_ok());
+        assert!(
+            matches!(r, Some((RejectReason::Stage, s)) if (50..=60).contains(&s)),
+            "{r:?}"
+        );
+        assert!(g
+            .try_admit(&d, &pol, ask(Priority::High, 2, 0), || true)
+            .is_ok());
         assert_eq!(g.inflight(), 0, "permit dropped at end of statement");
     }
 
@@ -334,14 +368,18 @@ mod tests {
             held.push(g.try_admit(&d, &pol, ask(Priority::Low, c, 0), || true));
         }
         assert!(held.iter().all(Result::is_ok));
-        let r = g.try_admit(&d, &pol, ask(Priority::Low, 9, 0), || true).err();
+        let r = g
+            .try_admit(&d, &pol, ask(Priority::Low, 9, 0), || true)
+            .err();
         assert_eq!(r.map(|r| r.reason), Some(RejectReason::Limit));
         for c in 10..12 {
             held.push(g.try_admit(&d, &pol, ask(Priority::Critical, c, 0), || true));
         }
         assert!(held.iter().all(Result::is_ok));
         assert_eq!(g.inflight(), 4);
-        assert!(g.try_admit(&d, &pol, ask(Priority::Critical, 20, 0), || true).is_err());
+        assert!(g
+            .try_admit(&d, &pol, ask(Priority::Critical, 20, 0), || true)
+            .is_err());
         held.clear();
         assert_eq!(g.inflight(), 0);
         assert_eq!(g.take_tick_counters(), (4, 2));
@@ -352,19 +390,32 @@ mod tests {
         let g = Arc::new(Gate::new(1024));
         let d = decision([false, false, false, true], [10; 4]);
         let pol = GatePolicy {
-            retry: RetryPolicy { min_s: 1.0, max_s: 1000.0, jitter_s: 0.0, escalation: 2.0 },
+            retry: RetryPolicy {
+                min_s: 1.0,
+                max_s: 1000.0,
+                jitter_s: 0.0,
+                escalation: 2.0,
+            },
             ..Default::default()
         };
-        let first = g.try_admit(&d, &pol, ask(Priority::Normal, 7, 0), || true).err();
+        let first = g
+            .try_admit(&d, &pol, ask(Priority::Normal, 7, 0), || true)
+            .err();
         assert_eq!(first.map(|r| r.retry_after_s), Some(20));
-        let again = g.try_admit(&d, &pol, ask(Priority::Normal, 7, 1_000), || true).err();
+        let again = g
+            .try_admit(&d, &pol, ask(Priority::Normal, 7, 1_000), || true)
+            .err();
         assert_eq!(again.map(|r| r.reason), Some(RejectReason::EarlyRetry));
         let s1 = again.map_or(0, |r| r.retry_after_s);
         assert!(s1 >= 30, "longer than what was left: {s1}");
-        let third = g.try_admit(&d, &pol, ask(Priority::Normal, 7, 2_000), || true).err();
+        let third = g
+            .try_admit(&d, &pol, ask(Priority::Normal, 7, 2_000), || true)
+            .err();
         assert!(third.map_or(0, |r| r.retry_after_s) > s1);
         // Another client is unaffected; a critical request from it is admitted.
-        assert!(g.try_admit(&d, &pol, ask(Priority::Critical, 8, 2_000), || true).is_ok());
+        assert!(g
+            .try_admit(&d, &pol, ask(Priority::Critical, 8, 2_000), || true)
+            .is_ok());
     }
 
     #[test]
@@ -372,11 +423,21 @@ mod tests {
         let g = Arc::new(Gate::new(1024));
         let d = decision([true; 4], [0, 0, 0, 0]);
         let pol = GatePolicy {
-            retry: RetryPolicy { min_s: 4.0, max_s: 100.0, jitter_s: 0.0, escalation: 2.0 },
+            retry: RetryPolicy {
+                min_s: 4.0,
+                max_s: 100.0,
+                jitter_s: 0.0,
+                escalation: 2.0,
+            },
             ..Default::default()
         };
-        let r = g.try_admit(&d, &pol, ask(Priority::Critical, 3, 0), || true).err();
-        assert_eq!(r.map(|r| (r.reason, r.retry_after_s)), Some((RejectReason::Limit, 4)));
+        let r = g
+            .try_admit(&d, &pol, ask(Priority::Critical, 3, 0), || true)
+            .err();
+        assert_eq!(
+            r.map(|r| (r.reason, r.retry_after_s)),
+            Some((RejectReason::Limit, 4))
+        );
         assert!(g.is_early(3, Priority::Critical, 2_000));
         assert!(!g.is_early(3, Priority::High, 2_000), "per priority");
         assert!(!g.is_early(3, Priority::Critical, 4_000));
@@ -387,9 +448,15 @@ mod tests {
         let g = Arc::new(Gate::new(64));
         let d = decision([false, false, false, true], [10; 4]);
         let pol = GatePolicy::default();
-        let on = Ask { state: FeatureState::On, ..ask(Priority::Low, 1, 0) };
+        let on = Ask {
+            state: FeatureState::On,
+            ..ask(Priority::Low, 1, 0)
+        };
         assert!(g.try_admit(&d, &pol, on, || true).is_ok());
-        let off = Ask { state: FeatureState::Off, ..ask(Priority::Critical, 2, 0) };
+        let off = Ask {
+            state: FeatureState::Off,
+            ..ask(Priority::Critical, 2, 0)
+        };
         let r = g.try_admit(&d, &pol, off, || true).err();
         assert_eq!(r.map(|r| r.reason), Some(RejectReason::FeatureOff));
     }
@@ -398,24 +465,46 @@ mod tests {
     fn session_grace_lets_follow_ups_through() {
         let g = Arc::new(Gate::new(1024));
         let d = decision([false, false, false, true], [10; 4]);
-        let pol = GatePolicy { session_grace_ms: 5_000, ..Default::default() };
-        assert!(g.try_admit(&d, &pol, ask(Priority::High, 42, 0), || true).is_err());
+        let pol = GatePolicy {
+            session_grace_ms: 5_000,
+            ..Default::default()
+        };
+        assert!(g
+            .try_admit(&d, &pol, ask(Priority::High, 42, 0), || true)
+            .is_err());
         // A fresh client: log in, then sync is admitted within the grace...
-        assert!(g.try_admit(&d, &pol, ask(Priority::Critical, 43, 0), || true).is_ok());
-        assert!(g.try_admit(&d, &pol, ask(Priority::High, 43, 1_000), || true).is_ok());
+        assert!(g
+            .try_admit(&d, &pol, ask(Priority::Critical, 43, 0), || true)
+            .is_ok());
+        assert!(g
+            .try_admit(&d, &pol, ask(Priority::High, 43, 1_000), || true)
+            .is_ok());
         // ...but not low priority, and not after the grace.
-        assert!(g.try_admit(&d, &pol, ask(Priority::Low, 43, 1_000), || true).is_err());
+        assert!(g
+            .try_admit(&d, &pol, ask(Priority::Low, 43, 1_000), || true)
+            .is_err());
         let fresh = Gate::new(1024);
         let g2 = Arc::new(fresh);
-        assert!(g2.try_admit(&d, &pol, ask(Priority::Critical, 44, 0), || true).is_ok());
-        assert!(g2.try_admit(&d, &pol, ask(Priority::High, 44, 6_000), || true).is_err());
+        assert!(g2
+            .try_admit(&d, &pol, ask(Priority::Critical, 44, 0), || true)
+            .is_ok());
+        assert!(g2
+            .try_admit(&d, &pol, ask(Priority::High, 44, 6_000), || true)
+            .is_err());
     }
 
     #[test]
     fn rate_limit_rejects_and_releases_the_slot() {
         let g = Arc::new(Gate::new(64));
         let d = decision([true; 4], [10; 4]);
-        let r = g.try_admit(&d, &GatePolicy::default(), ask(Priority::High, 1, 0), || false).err();
+        let r = g
+            .try_admit(
+                &d,
+                &GatePolicy::default(),
+                ask(Priority::High, 1, 0),
+                || false,
+            )
+            .err();
         assert_eq!(r.map(|r| r.reason), Some(RejectReason::Rate));
         assert_eq!(g.inflight(), 0);
     }

@@ -34,7 +34,11 @@ impl RetryPolicy {
         let base = eta_s.max(self.min_s) * self.escalation.max(1.0).powi(strikes.min(16) as i32);
         let unit = (rand >> 11) as f64 / (1u64 << 53) as f64;
         let total = base + unit * self.jitter_s.max(0.0);
-        total.min(self.max_s).max(self.min_s.min(self.max_s)).ceil().max(1.0) as u32
+        total
+            .min(self.max_s)
+            .max(self.min_s.min(self.max_s))
+            .ceil()
+            .max(1.0) as u32
     }
 }
 
@@ -52,7 +56,12 @@ mod tests {
 
     #[test]
     fn spreads_uniformly_across_the_jitter_window() {
-        let p = RetryPolicy { min_s: 1.0, max_s: 600.0, jitter_s: 20.0, escalation: 2.0 };
+        let p = RetryPolicy {
+            min_s: 1.0,
+            max_s: 600.0,
+            jitter_s: 20.0,
+            escalation: 2.0,
+        };
         let mut buckets = [0u32; 20];
         for i in 0..20_000u64 {
             let s = p.retry_after(10.0, 0, mix64(i));
@@ -67,7 +76,12 @@ mod tests {
 
     #[test]
     fn caps_at_max_and_floors_at_min() {
-        let p = RetryPolicy { min_s: 2.0, max_s: 60.0, jitter_s: 5.0, escalation: 2.0 };
+        let p = RetryPolicy {
+            min_s: 2.0,
+            max_s: 60.0,
+            jitter_s: 5.0,
+            escalation: 2.0,
+        };
         for i in 0..1000 {
             assert!(p.retry_after(1000.0, 0, mix64(i)) <= 60);
             assert!(p.retry_after(0.0, 0, mix64(i)) >= 2);
@@ -76,7 +90,12 @@ mod tests {
 
     #[test]
     fn escalates_for_early_returners() {
-        let p = RetryPolicy { min_s: 1.0, max_s: 1000.0, jitter_s: 0.0, escalation: 2.0 };
+        let p = RetryPolicy {
+            min_s: 1.0,
+            max_s: 1000.0,
+            jitter_s: 0.0,
+            escalation: 2.0,
+        };
         assert_eq!(p.retry_after(5.0, 0, 0), 5);
         assert_eq!(p.retry_after(5.0, 1, 0), 10);
         assert_eq!(p.retry_after(5.0, 3, 0), 40);

@@ -76,6 +76,7 @@ pub struct FileLog {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileSignals {
+    pub window: Option<String>,
     pub cache_header: Option<String>,
     pub cache_hit_values: Option<Vec<String>>,
     pub cache_miss_values: Option<Vec<String>>,

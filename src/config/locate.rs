@@ -21,7 +21,11 @@ impl<'a> Locator<'a> {
     /// 1-based line of a byte offset.
     pub fn line_of_offset(&self, offset: usize) -> usize {
         let end = offset.min(self.text.len());
-        self.text.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1
     }
 
     /// 1-based line where the key path is written, if the path exists in the file.
@@ -43,29 +47,31 @@ impl<'a> Locator<'a> {
         span.map(|s| self.line_of_offset(s.start))
     }
 
-    /// The dotted key path of the innermost key whose value covers `offset`.
+    /// The dotted key path of the innermost key written at or before `offset`.
     pub fn key_at(&self, offset: usize) -> Option<String> {
         let doc = self.doc.as_ref()?;
-        let mut path = String::new();
-        let mut node = Node::Table(doc.as_table());
-        loop {
-            match node.child_covering(offset) {
-                Some((seg, next)) => {
-                    match seg {
-                        Seg::Key(k) => {
-                            if !path.is_empty() {
-                                path.push('.');
-                            }
-                            path.push_str(k);
-                        }
-                        Seg::Index(i) => path.push_str(&format!("[{i}]")),
-                    }
-                    node = next;
-                }
-                None => break,
-            }
+        let mut leaves = Vec::new();
+        collect(Node::Table(doc.as_table()), String::new(), &mut leaves);
+        leaves
+            .into_iter()
+            .filter(|(_, start)| *start <= offset)
+            .max_by_key(|(path, start)| (*start, path.len()))
+            .map(|(path, _)| path)
+    }
+}
+
+/// Every key path with the offset where it is written.
+fn collect(node: Node<'_>, prefix: String, out: &mut Vec<(String, usize)>) {
+    for (seg, child, span) in node.children() {
+        let path = match seg {
+            Seg::Key(k) if prefix.is_empty() => k.to_string(),
+            Seg::Key(k) => format!("{prefix}.{k}"),
+            Seg::Index(i) => format!("{prefix}[{i}]"),
+        };
+        if let Some(s) = span {
+            out.push((path.clone(), s.start));
         }
-        (!path.is_empty()).then_some(path)
+        collect(child, path, out);
     }
 }
 
@@ -114,7 +120,7 @@ impl<'d> Node<'d> {
             Node::Item(Item::Value(v)) => Node::Value(v).child(key),
             Node::Value(Value::InlineTable(t)) => {
                 let (k, v) = t.get_key_value(key)?;
-                Some((Node::Value(v), k.span().or_else(|| v.span())))
+                Some((Node::Item(v), k.span().or_else(|| v.span())))
             }
             _ => None,
         }
@@ -143,7 +149,7 @@ impl<'d> Node<'d> {
                     let (key, v) = t.get_key_value(k)?;
                     let span = match v {
                         Item::Table(tt) => tt.span().or_else(|| key.span()),
-                        _ => v.span(),
+                        _ => key.span().or_else(|| v.span()),
                     };
                     Some((Seg::Key(key.get()), Node::Item(v), span))
                 })
@@ -162,18 +168,13 @@ impl<'d> Node<'d> {
                 .collect(),
             Node::Value(Value::InlineTable(t)) => t
                 .iter()
-                .map(|(k, v)| (Seg::Key(k), Node::Value(v), v.span()))
+                .filter_map(|(k, _)| {
+                    let (key, v) = t.get_key_value(k)?;
+                    Some((Seg::Key(key.get()), Node::Item(v), key.span()))
+                })
                 .collect(),
             _ => Vec::new(),
         }
-    }
-
-    fn child_covering(self, offset: usize) -> Option<(Seg<'d>, Node<'d>)> {
-        self.children()
-            .into_iter()
-            .filter(|(_, _, span)| span.as_ref().is_some_and(|s| s.contains(&offset)))
-            .last()
-            .map(|(seg, node, _)| (seg, node))
     }
 }
 

@@ -1,0 +1,98 @@
+//! `GET /status`: the controller state and signals as JSON.
+
+use serde_json::{json, Value};
+
+use crate::admission::Priority;
+use crate::metrics::Outcome;
+use crate::runtime::Shared;
+
+/// Builds the status document.
+pub fn status(shared: &Shared) -> Value {
+    let snap = shared.snapshot.load_full();
+    let d = snap.decision;
+    let c = &snap.compiled;
+    let now = shared.clock.now_ms();
+    let (signals, params, retry_share) = match shared.control.lock() {
+        Ok(ctl) => (ctl.last_signals, ctl.params.clone(), ctl.retry_share),
+        Err(_) => return json!({"error": "controller state unavailable"}),
+    };
+    let stages: serde_json::Map<String, Value> = Priority::ALL
+        .iter()
+        .rev()
+        .map(|p| {
+            let i = p.index();
+            (
+                p.as_str().to_string(),
+                json!({
+                    "admitted": d.open[i],
+                    "stage": params.stages[i],
+                    "cap": d.caps[i],
+                    "eta_s": d.eta_s[i],
+                }),
+            )
+        })
+        .collect();
+    let features: Vec<Value> = c
+        .features
+        .iter()
+        .map(|f| {
+            json!({
+                "name": f.name,
+                "priority": f.priority.as_str(),
+                "state": f.state.as_str(),
+                "admitted": f.counters.get(Outcome::Admitted),
+                "shed": f.counters.get(Outcome::Shed),
+                "rejected_limit": f.counters.get(Outcome::RejectedLimit),
+                "rejected_rate": f.counters.get(Outcome::RejectedRate),
+                "rejected_early_retry": f.counters.get(Outcome::RejectedEarlyRetry),
+                "upstream_error": f.counters.get(Outcome::UpstreamError),
+                "shadow_reject": f.counters.get(Outcome::ShadowReject),
+            })
+        })
+        .collect();
+    let endpoints: Vec<Value> = c
+        .endpoints
+        .endpoints
+        .iter()
+        .map(|e| {
+            json!({
+                "address": e.authority.as_str(),
+                "inflight": e.inflight(),
+                "ejected": e.is_ejected(now),
+                "ejections": e.ejections(),
+            })
+        })
+        .collect();
+    json!({
+        "mode": if c.config.shadow { "shadow" } else { "enforce" },
+        "controller": {
+            "state": d.state.as_str(),
+            "health": format!("{:?}", d.health).to_lowercase(),
+            "progress": d.progress,
+            "paused": params.paused,
+            "limit": d.limit,
+            "limit_mode": match params.limit {
+                crate::admission::params::LimitMode::Fixed { .. } => "fixed",
+                crate::admission::params::LimitMode::Adaptive { .. } => "adaptive",
+            },
+            "rps_limit": d.rps,
+            "curve": params.curve.name(),
+            "ramp_duration_s": params.ramp_duration_s,
+        },
+        "stages": stages,
+        "signals": {
+            "samples": signals.samples,
+            "p50_ms": signals.p50_ms,
+            "p90_ms": signals.p90_ms,
+            "p99_ms": signals.p99_ms,
+            "hit_ratio": signals.hit_ratio,
+            "error_rate": signals.error_rate,
+            "inflight": shared.gate.inflight(),
+            "retry_share": retry_share,
+            "queued": shared.queued.load(std::sync::atomic::Ordering::Relaxed),
+            "waiting_clients": shared.gate.waiting_clients(now),
+        },
+        "features": features,
+        "endpoints": endpoints,
+    })
+}

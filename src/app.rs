@@ -1,0 +1,122 @@
+//! Wiring: bind listeners, start the controller task and the admin API, serve until a signal.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::runtime::Shared;
+
+/// A running proxy's bound addresses (useful to tests with ephemeral ports).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub proxy: std::net::SocketAddr,
+    pub admin: Option<std::net::SocketAddr>,
+}
+
+/// Binds the listeners for `config`.
+pub async fn bind(config: &Config) -> std::io::Result<(TcpListener, Option<TcpListener>)> {
+    let proxy = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("listen {}: {e}", config.listen)))?;
+    let admin = match config.admin_listen {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("admin.listen {a}: {e}")))?,
+        ),
+        None => None,
+    };
+    Ok((proxy, admin))
+}
+
+/// Runs the proxy on bound listeners until `shutdown` resolves, then drains.
+pub async fn run(
+    config: Config,
+    listeners: (TcpListener, Option<TcpListener>),
+    config_path: Option<PathBuf>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let shared = Shared::new(config)?;
+    let (proxy, admin) = listeners;
+    let bound = Bound {
+        proxy: proxy.local_addr()?,
+        admin: admin.as_ref().and_then(|a| a.local_addr().ok()),
+    };
+    tracing::info!(listen = %bound.proxy, admin = ?bound.admin, "warmgate serving");
+    let ticker = tokio::spawn(controller_loop(Arc::clone(&shared)));
+    let admin_task = admin.map(|l| tokio::spawn(crate::admin::serve(l, Arc::clone(&shared))));
+    let reloader = config_path.map(|p| tokio::spawn(reload_on_sighup(Arc::clone(&shared), p)));
+    crate::proxy::serve(proxy, Arc::clone(&shared), shutdown).await;
+    ticker.abort();
+    if let Some(t) = admin_task {
+        t.abort();
+    }
+    if let Some(t) = reloader {
+        t.abort();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn controller_loop(shared: Arc<Shared>) {
+    loop {
+        let tick = shared.snapshot.load().compiled.config.tick;
+        tokio::time::sleep(tick).await;
+        shared.tick();
+    }
+}
+
+/// SIGHUP re-reads the config file; an invalid file keeps the running config and logs why.
+async fn reload_on_sighup(shared: Arc<Shared>, path: PathBuf) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match crate::config::load_file(&path) {
+                Ok(cfg) => {
+                    shared.reload(cfg);
+                    tracing::info!(path = %path.display(), "config reloaded");
+                }
+                Err(errs) => {
+                    for e in errs {
+                        tracing::error!("reload rejected, keeping the running config: {e}");
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (shared, path);
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,152 @@
+//! Reading a config file: TOML syntax, then serde's typed model, then validation; each error
+//! is placed on a line of the file.
+
+use std::path::Path;
+
+use super::error::{ConfigError, KeyError};
+use super::file::FileConfig;
+use super::locate::Locator;
+use super::validate::validate;
+use super::Config;
+
+/// Loads and validates the file at `path`.
+pub fn load_file(path: &Path) -> Result<Config, Vec<ConfigError>> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![ConfigError {
+            file: name.clone(),
+            line: None,
+            key: String::new(),
+            message: format!("cannot read: {e}"),
+        }]
+    })?;
+    load_str(&name, &text)
+}
+
+/// Loads and validates config text; `name` is used in error messages.
+pub fn load_str(name: &str, text: &str) -> Result<Config, Vec<ConfigError>> {
+    let locator = Locator::new(text);
+    let file: FileConfig = toml::from_str(text).map_err(|e| {
+        let offset = e.span().map(|s| s.start);
+        let mut key = offset.and_then(|o| locator.key_at(o)).unwrap_or_default();
+        let message = e.message().trim().to_string();
+        // serde names an unknown key in the message; do not repeat its parent as the key.
+        if message.starts_with("unknown field") {
+            key = key
+                .rsplit_once('.')
+                .map(|(parent, _)| parent.to_string())
+                .unwrap_or_default();
+        }
+        vec![ConfigError {
+            file: name.to_string(),
+            line: offset.map(|o| locator.line_of_offset(o)),
+            key,
+            message,
+        }]
+    })?;
+    validate(file).map_err(|errs| {
+        errs.into_iter()
+            .map(|KeyError { key, message }| ConfigError {
+                file: name.to_string(),
+                line: locator.line_of_key(&key),
+                key,
+                message,
+            })
+            .collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn first_error(text: &str) -> String {
+        match load_str("w.toml", text) {
+            Ok(_) => "ok".into(),
+            Err(errs) => errs.first().map(ToString::to_string).unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn names_file_line_and_key() {
+        let text = "listen = \"127.0.0.1:8080\"\n\n[upstream]\nendpoints = [\n  \"127.0.0.1:9000\",\n  \"localhost:\",\n]\n";
+        assert_eq!(
+            first_error(text),
+            "w.toml:6: upstream.endpoints[1]: \"localhost:\" is not a host:port"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_table() {
+        let e = first_error("[upstream]\nendpoints = [\"a:1\"]\nretries = 3\n");
+        assert!(
+            e.starts_with("w.toml:3: upstream: unknown field `retries`"),
+            "{e}"
+        );
+        let e = first_error("listen = \"127.0.0.1:1\"\nlisten_port = 3\n");
+        assert!(
+            e.starts_with("w.toml:2: unknown field `listen_port`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn type_errors_name_the_key() {
+        let e = first_error("[ramp]\nduration = 30\n");
+        assert!(
+            e.starts_with("w.toml:2: ramp.duration: invalid type"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn empty_endpoints_and_bad_thresholds() {
+        let e = first_error("[upstream]\nendpoints = []\n");
+        assert_eq!(
+            e,
+            "w.toml:2: upstream.endpoints: is empty: list at least one host:port"
+        );
+        let e = first_error("[signals.latency_p99]\nwarn = \"2s\"\ncritical = \"1s\"\n");
+        assert!(
+            e.starts_with("w.toml:2: signals.latency_p99.warn: warn (2000) must be below critical"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn features_and_routes_are_checked() {
+        let text = "[[feature]]\nname = \"login\"\npriority = \"critical\"\n\n[[feature]]\nname = \"login\"\npriority = \"urgent\"\n\n[[route]]\nfeature = \"nope\"\n\n[[route]]\nfeature = \"login\"\npath_regex = \"([\"\n";
+        let errs: Vec<String> = match load_str("w.toml", text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.iter().map(ToString::to_string).collect(),
+        };
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("w.toml:6: feature[1].name: duplicate feature")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e
+                    .starts_with("w.toml:7: feature[1].priority: \"urgent\" is not a priority")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("w.toml:10: route[0].feature:")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("w.toml:14: route[1].path_regex: invalid regex")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = load_str("w.toml", "").map_err(|e| format!("{e:?}"));
+        let c = c.as_ref().map(|c| (c.listen.to_string(), c.features.len()));
+        assert_eq!(c, Ok(("127.0.0.1:8080".to_string(), 1)));
+    }
+}

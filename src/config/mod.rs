@@ -1,0 +1,201 @@
+//! Configuration: the TOML file model, validation into a typed [`Config`], and loading with
+//! errors that name the file, line and key.
+
+pub mod error;
+pub mod file;
+pub mod load;
+pub mod locate;
+pub mod parse;
+pub mod validate;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue};
+use http::uri::Authority;
+use http::StatusCode;
+
+use crate::admission::classify::{ClientKey, Route};
+use crate::admission::{ControlParams, FeatureState, GatePolicy, Priority};
+
+pub use error::ConfigError;
+pub use load::{load_file, load_str};
+
+/// How an endpoint is picked for each request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Balance {
+    /// Two random endpoints, the one with fewer requests in flight.
+    LeastInflight,
+    RoundRobin,
+}
+
+/// The validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Decide and record, but admit everything.
+    pub shadow: bool,
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub admin_listen: Option<SocketAddr>,
+    pub log: LogConfig,
+    pub signals: SignalsConfig,
+    pub tick: Duration,
+    pub control: ControlParams,
+    pub gate: GatePolicy,
+    pub queue: QueueConfig,
+    pub reject: RejectConfig,
+    pub client_table_size: usize,
+    pub features: Vec<FeatureConfig>,
+    pub routes: Vec<Route>,
+    pub default_feature: usize,
+    pub client_key: ClientKey,
+}
+
+/// Client-facing listener settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Bounds reading a request head, and the idle wait between keep-alive requests.
+    pub client_header_timeout: Duration,
+    /// How long in-flight requests may run after SIGTERM.
+    pub drain_timeout: Duration,
+    pub h2_max_concurrent_streams: u32,
+}
+
+/// The upstream cluster.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub endpoints: Vec<Authority>,
+    pub balance: Balance,
+    /// Speak HTTP/2 without TLS (prior knowledge) to the upstream.
+    pub h2c: bool,
+    pub connect_timeout: Duration,
+    pub response_header_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_endpoint: usize,
+    pub eject_after_failures: u32,
+    pub eject_cooldown: Duration,
+    pub preserve_host: bool,
+}
+
+/// Logging.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub json: bool,
+    pub level: String,
+}
+
+/// Which response header carries the cache result.
+#[derive(Debug, Clone)]
+pub struct SignalsConfig {
+    /// Seconds of history the controller looks at.
+    pub window: Duration,
+    pub cache_header: HeaderName,
+    pub hit_values: Vec<HeaderValue>,
+    pub miss_values: Vec<HeaderValue>,
+}
+
+/// The bounded wait for critical requests over the limit.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueConfig {
+    pub max_len: u32,
+    pub max_wait: Duration,
+}
+
+/// How a reject is written.
+#[derive(Debug, Clone)]
+pub struct RejectConfig {
+    pub shed_status: StatusCode,
+    pub client_status: StatusCode,
+    /// A client header that marks retries (e.g. `X-Retry-Attempt`).
+    pub retry_header: Option<HeaderName>,
+    /// Hold an early returner's reject this long before answering (0 = off).
+    pub tarpit: Duration,
+    pub tarpit_max_held: u32,
+    /// Send the IETF `RateLimit-Policy` / `RateLimit` headers.
+    pub ratelimit_headers: bool,
+}
+
+/// A `[[feature]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureConfig {
+    pub name: String,
+    pub priority: Priority,
+    pub state: FeatureState,
+}
+
+/// A human-readable summary of the effective config (for `check-config`).
+pub fn summary(c: &Config) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(s, "config ok");
+    let _ = writeln!(
+        s,
+        "listen           {}  (mode: {})",
+        c.listen,
+        if c.shadow { "shadow" } else { "enforce" }
+    );
+    let _ = writeln!(
+        s,
+        "admin            {}",
+        c.admin_listen.map_or("off".to_string(), |a| a.to_string())
+    );
+    let eps: Vec<&str> = c.upstream.endpoints.iter().map(|e| e.as_str()).collect();
+    let _ = writeln!(
+        s,
+        "upstream         {}  ({:?}, {})",
+        eps.join(", "),
+        c.upstream.balance,
+        if c.upstream.h2c { "h2c" } else { "http1" }
+    );
+    let _ = writeln!(
+        s,
+        "timeouts         connect {:?}, response header {:?}, client header {:?}, drain {:?}",
+        c.upstream.connect_timeout,
+        c.upstream.response_header_timeout,
+        c.server.client_header_timeout,
+        c.server.drain_timeout
+    );
+    let p = &c.control;
+    let _ = writeln!(
+        s,
+        "limit            {:?}{}",
+        p.limit,
+        p.max_rps
+            .map_or(String::new(), |r| format!(", max {r} req/s"))
+    );
+    let _ = writeln!(
+        s,
+        "ramp             {} over {}s from {:.0} %, tick {:?}",
+        p.curve.name(),
+        p.ramp_duration_s,
+        p.start_fraction * 100.0,
+        c.tick
+    );
+    let _ = writeln!(
+        s,
+        "stages           critical {}, high {}, normal {}, low {}",
+        p.stages[3], p.stages[2], p.stages[1], p.stages[0]
+    );
+    let _ = writeln!(
+        s,
+        "signals          p99 warn {} ms / critical {} ms, errors warn {} / critical {}",
+        p.latency_p99_ms.warn, p.latency_p99_ms.critical, p.error_rate.warn, p.error_rate.critical
+    );
+    for f in &c.features {
+        let routes = c
+            .routes
+            .iter()
+            .filter(|r| c.features[r.feature].name == f.name)
+            .count();
+        let _ = writeln!(
+            s,
+            "feature          {:<12} {:<8} {:<4} {} route(s)",
+            f.name,
+            f.priority.as_str(),
+            f.state.as_str(),
+            routes
+        );
+    }
+    s
+}

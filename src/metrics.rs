@@ -1,0 +1,234 @@
+//! Pre-registered Prometheus metrics. Label children are resolved once (per feature at load),
+//! never formatted per request.
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+
+use crate::admission::{CtlState, Priority, RejectReason};
+
+/// What happened to a request, the `outcome` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Admitted,
+    Shed,
+    RejectedLimit,
+    RejectedRate,
+    RejectedEarlyRetry,
+    UpstreamError,
+    /// Shadow mode: would have been rejected, was admitted.
+    ShadowReject,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 7] = [
+        Outcome::Admitted,
+        Outcome::Shed,
+        Outcome::RejectedLimit,
+        Outcome::RejectedRate,
+        Outcome::RejectedEarlyRetry,
+        Outcome::UpstreamError,
+        Outcome::ShadowReject,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Admitted => "admitted",
+            Outcome::Shed => "shed",
+            Outcome::RejectedLimit => "rejected_limit",
+            Outcome::RejectedRate => "rejected_rate",
+            Outcome::RejectedEarlyRetry => "rejected_early_retry",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::ShadowReject => "shadow_reject",
+        }
+    }
+
+    /// The outcome of a reject.
+    pub fn of(reason: RejectReason) -> Outcome {
+        match reason {
+            RejectReason::Stage | RejectReason::FeatureOff => Outcome::Shed,
+            RejectReason::Limit => Outcome::RejectedLimit,
+            RejectReason::Rate => Outcome::RejectedRate,
+            RejectReason::EarlyRetry => Outcome::RejectedEarlyRetry,
+        }
+    }
+}
+
+/// Counters of one feature, one per outcome.
+#[derive(Clone, Debug)]
+pub struct FeatureCounters([IntCounter; 7]);
+
+impl FeatureCounters {
+    /// Counts one request with this outcome.
+    pub fn inc(&self, o: Outcome) {
+        self.0[o as usize].inc();
+    }
+
+    /// Current count for an outcome.
+    pub fn get(&self, o: Outcome) -> u64 {
+        self.0[o as usize].get()
+    }
+}
+
+/// All metrics of the process.
+pub struct Metrics {
+    pub registry: Registry,
+    requests: IntCounterVec,
+    pub attempts_first: IntCounter,
+    pub attempts_retry: IntCounter,
+    pub upstream_latency: Histogram,
+    pub queue_wait: Histogram,
+    pub limit: IntGauge,
+    pub inflight: IntGauge,
+    pub progress: Gauge,
+    pub hit_ratio: Gauge,
+    pub retry_share: Gauge,
+    pub p99: Gauge,
+    pub lowest_admitted_priority: IntGauge,
+    state: IntGaugeVec,
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+    // Registration fails only on a duplicate name, which the fixed set below cannot have.
+    let _ = r.register(Box::new(c.clone()));
+    c
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> prometheus::Result<Self> {
+        let r = Registry::new();
+        let buckets = vec![
+            0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+        Ok(Self {
+            requests: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "warmgate_requests_total",
+                        "Requests by feature, priority and outcome",
+                    ),
+                    &["feature", "priority", "outcome"],
+                )?,
+            ),
+            attempts_first: reg(
+                &r,
+                IntCounter::with_opts(
+                    Opts::new("warmgate_attempts_total", "Requests by attempt kind")
+                        .const_label("attempt", "first"),
+                )?,
+            ),
+            attempts_retry: reg(
+                &r,
+                IntCounter::with_opts(
+                    Opts::new("warmgate_attempts_total", "Requests by attempt kind")
+                        .const_label("attempt", "retry"),
+                )?,
+            ),
+            upstream_latency: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "warmgate_upstream_latency_seconds",
+                        "Upstream response-header latency",
+                    )
+                    .buckets(buckets.clone()),
+                )?,
+            ),
+            queue_wait: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "warmgate_queue_wait_seconds",
+                        "Time critical requests waited for a slot",
+                    )
+                    .buckets(buckets),
+                )?,
+            ),
+            limit: reg(
+                &r,
+                IntGauge::new("warmgate_admission_limit", "Max requests in flight now")?,
+            ),
+            inflight: reg(
+                &r,
+                IntGauge::new("warmgate_inflight", "Admitted requests in flight")?,
+            ),
+            progress: reg(
+                &r,
+                Gauge::new("warmgate_ramp_progress_ratio", "Ramp progress, 0 to 1")?,
+            ),
+            hit_ratio: reg(
+                &r,
+                Gauge::new(
+                    "warmgate_cache_hit_ratio",
+                    "Upstream cache hit ratio over the window (NaN: unknown)",
+                )?,
+            ),
+            retry_share: reg(
+                &r,
+                Gauge::new(
+                    "warmgate_retry_share_ratio",
+                    "Share of requests that are retries, over the last tick",
+                )?,
+            ),
+            p99: reg(
+                &r,
+                Gauge::new(
+                    "warmgate_upstream_p99_seconds",
+                    "Upstream p99 latency over the window",
+                )?,
+            ),
+            lowest_admitted_priority: reg(
+                &r,
+                IntGauge::new(
+                    "warmgate_stage",
+                    "Lowest priority admitted: 3 critical, 2 high, 1 normal, 0 low, -1 none",
+                )?,
+            ),
+            state: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "warmgate_controller_state",
+                        "1 for the controller's current state",
+                    ),
+                    &["state"],
+                )?,
+            ),
+            registry: r,
+        })
+    }
+
+    /// Resolves the counters of one feature (at load, never per request).
+    pub fn feature(&self, name: &str, p: Priority) -> FeatureCounters {
+        FeatureCounters(Outcome::ALL.map(|o| {
+            self.requests
+                .with_label_values(&[name, p.as_str(), o.as_str()])
+        }))
+    }
+
+    /// Marks the controller's state.
+    pub fn set_state(&self, s: CtlState) {
+        for st in [
+            CtlState::Advancing,
+            CtlState::Holding,
+            CtlState::BackingOff,
+            CtlState::WaitingForCache,
+            CtlState::Paused,
+            CtlState::Complete,
+        ] {
+            self.state
+                .with_label_values(&[st.as_str()])
+                .set(i64::from(st == s));
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

@@ -1,0 +1,178 @@
+//! Header hygiene (RFC 9110 §7.6.1): hop-by-hop headers are dropped in both directions;
+//! `X-Forwarded-*` and `Via` are set on the way up.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+const HOP_BY_HOP: [&HeaderName; 7] = [
+    &header::CONNECTION,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+    &header::PROXY_AUTHENTICATE,
+    &header::PROXY_AUTHORIZATION,
+];
+
+/// Removes hop-by-hop headers, including every header the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        // Rarely more than one Connection line; four covers real clients without allocating.
+        let mut listed: [Option<HeaderValue>; 4] = Default::default();
+        for (slot, v) in listed.iter_mut().zip(headers.get_all(header::CONNECTION)) {
+            *slot = Some(v.clone());
+        }
+        let extra: Vec<HeaderValue> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .skip(4)
+            .cloned()
+            .collect();
+        for v in listed.iter().flatten().chain(extra.iter()) {
+            if let Ok(s) = v.to_str() {
+                for token in s.split(',') {
+                    let token = token.trim();
+                    if !token.is_empty() {
+                        headers.remove(token);
+                    }
+                }
+            }
+        }
+    }
+    for h in HOP_BY_HOP {
+        headers.remove(h);
+    }
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+}
+
+/// Per-connection values computed once at accept.
+#[derive(Debug, Clone)]
+pub struct ConnHeaders {
+    /// The client's IP, ready to append to `X-Forwarded-For`.
+    pub client_ip: HeaderValue,
+    /// `http` or `https`.
+    pub proto: HeaderValue,
+}
+
+static VIA_H1: HeaderValue = HeaderValue::from_static("1.1 warmgate");
+static VIA_H2: HeaderValue = HeaderValue::from_static("2 warmgate");
+
+/// The `Via` entry for a message of this version.
+pub fn via(version: http::Version) -> &'static HeaderValue {
+    if version == http::Version::HTTP_2 {
+        &VIA_H2
+    } else {
+        &VIA_H1
+    }
+}
+
+/// Appends `value` to a comma-separated list header (or sets it).
+fn append_list(headers: &mut HeaderMap, name: &HeaderName, value: &HeaderValue) {
+    match headers.get(name) {
+        None => {
+            headers.insert(name.clone(), value.clone());
+        }
+        Some(old) => {
+            let mut joined = Vec::with_capacity(old.len() + 2 + value.len());
+            joined.extend_from_slice(old.as_bytes());
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(value.as_bytes());
+            if let Ok(v) = HeaderValue::from_bytes(&joined) {
+                headers.insert(name.clone(), v);
+            }
+        }
+    }
+}
+
+/// Prepares request headers for the upstream: hygiene, forwarding headers, `Via`.
+/// `host` is the client's Host (or h2 `:authority`), kept as Host when `preserve_host`.
+pub fn forward_request(
+    headers: &mut HeaderMap,
+    conn: &ConnHeaders,
+    version: http::Version,
+    host: Option<HeaderValue>,
+    preserve_host: bool,
+    upstream_authority: &HeaderValue,
+) {
+    strip_hop_by_hop(headers);
+    append_list(headers, &X_FORWARDED_FOR, &conn.client_ip);
+    headers.insert(X_FORWARDED_PROTO.clone(), conn.proto.clone());
+    if let Some(h) = &host {
+        if !headers.contains_key(&X_FORWARDED_HOST) {
+            headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+        }
+    }
+    append_list(headers, &header::VIA, via(version));
+    match host {
+        Some(h) if preserve_host => headers.insert(header::HOST, h),
+        _ => headers.insert(header::HOST, upstream_authority.clone()),
+    };
+}
+
+/// Prepares response headers for the client.
+pub fn forward_response(headers: &mut HeaderMap, version: http::Version) {
+    strip_hop_by_hop(headers);
+    append_list(headers, &header::VIA, via(version));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn() -> ConnHeaders {
+        ConnHeaders {
+            client_ip: HeaderValue::from_static("10.1.2.3"),
+            proto: HeaderValue::from_static("http"),
+        }
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_what_connection_lists() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, X-Secret"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        h.insert("proxy-authorization", HeaderValue::from_static("x"));
+        h.insert("x-keep", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h.get("x-keep").map(|v| v.as_bytes()), Some(&b"yes"[..]));
+    }
+
+    #[test]
+    fn sets_forwarding_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("192.0.2.1"));
+        h.insert("via", HeaderValue::from_static("1.1 edge"));
+        let up = HeaderValue::from_static("127.0.0.1:9000");
+        forward_request(
+            &mut h,
+            &conn(),
+            http::Version::HTTP_11,
+            Some(HeaderValue::from_static("app.example")),
+            true,
+            &up,
+        );
+        assert_eq!(h["x-forwarded-for"], "192.0.2.1, 10.1.2.3");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "app.example");
+        assert_eq!(h["via"], "1.1 edge, 1.1 warmgate");
+        assert_eq!(h["host"], "app.example");
+        let mut h = HeaderMap::new();
+        forward_request(&mut h, &conn(), http::Version::HTTP_2, None, true, &up);
+        assert_eq!(h["host"], "127.0.0.1:9000");
+        assert_eq!(h["via"], "2 warmgate");
+    }
+}

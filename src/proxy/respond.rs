@@ -1,0 +1,80 @@
+//! The one place where a rejection or an error becomes an HTTP response.
+
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use http::{Response, StatusCode};
+
+use super::body::ProxyBody;
+use crate::admission::Reject;
+use crate::config::RejectConfig;
+use crate::runtime::FeatureRt;
+
+/// Why the proxy answered instead of the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyError {
+    /// No connection to the upstream (refused, unreachable, connect timeout).
+    UpstreamConnect,
+    /// The upstream did not send response headers in time.
+    UpstreamTimeout,
+    /// The upstream connection broke mid-request.
+    UpstreamBroken,
+    /// No endpoint configured.
+    NoEndpoint,
+    /// The request cannot be forwarded as sent.
+    BadRequest(&'static str),
+}
+
+static JSON: HeaderValue = HeaderValue::from_static("application/json");
+static NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+
+fn json(status: StatusCode, body: String) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::local(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, JSON.clone());
+    r.headers_mut().insert(CACHE_CONTROL, NO_STORE.clone());
+    r
+}
+
+/// The response for a proxy error.
+pub fn error(e: ProxyError) -> Response<ProxyBody> {
+    let (status, what) = match e {
+        ProxyError::UpstreamConnect => (StatusCode::BAD_GATEWAY, "upstream unreachable"),
+        ProxyError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream timed out"),
+        ProxyError::UpstreamBroken => (StatusCode::BAD_GATEWAY, "upstream connection failed"),
+        ProxyError::NoEndpoint => (StatusCode::BAD_GATEWAY, "no upstream endpoint"),
+        ProxyError::BadRequest(why) => (StatusCode::BAD_REQUEST, why),
+    };
+    json(status, format!("{{\"error\":\"{what}\"}}\n"))
+}
+
+/// The response for a rejected request: status, `Retry-After`, and a body saying why.
+pub fn reject(
+    r: Reject,
+    feature: &FeatureRt,
+    cfg: &RejectConfig,
+    limit: u32,
+) -> Response<ProxyBody> {
+    let status = if r.reason.is_per_client() {
+        cfg.client_status
+    } else {
+        cfg.shed_status
+    };
+    let body = format!(
+        "{{\"reason\":\"{}\",\"feature\":\"{}\",\"priority\":\"{}\",\"retry_after_s\":{}}}\n",
+        r.reason.as_str(),
+        feature.name,
+        feature.priority.as_str(),
+        r.retry_after_s
+    );
+    let mut resp = json(status, body);
+    let h = resp.headers_mut();
+    h.insert(RETRY_AFTER, HeaderValue::from(r.retry_after_s));
+    if cfg.ratelimit_headers {
+        if let Ok(v) = HeaderValue::from_str(&format!("\"warmup\";q={limit}")) {
+            h.insert("ratelimit-policy", v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&format!("\"warmup\";r=0;t={}", r.retry_after_s)) {
+            h.insert("ratelimit", v);
+        }
+    }
+    resp
+}

@@ -1,0 +1,5 @@
+//! Backend health signals recorded by the data path and read by the controller.
+
+pub mod window;
+
+pub use window::{Cache, Window};

@@ -1,0 +1,7 @@
+//! The upstream cluster: pooled client, endpoint selection, passive health.
+
+pub mod client;
+pub mod endpoints;
+
+pub use client::{build as build_client, UpstreamClient};
+pub use endpoints::{Ejection, Endpoint, EndpointGuard, EndpointSet};

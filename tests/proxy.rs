@@ -1,0 +1,330 @@
+//! The reverse-proxy core on real loopback sockets: round trips, streaming, header hygiene,
+//! upstream failures, passive health, timeouts, malformed input.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::Response;
+use http_body_util::BodyExt;
+use hyper::body::Frame;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Open ramp: everything admitted from the start, so these tests see the proxy alone.
+fn open_config(endpoints: &str, extra: &str) -> String {
+    format!(
+        "[upstream]\nendpoints = [{endpoints}]\n{extra}\n[ramp]\nstages = {{ critical = 0.0, high = 0.0, normal = 0.0, low = 0.0 }}\n[limit]\nmode = \"fixed\"\nfull_capacity = 1000\n[ramp.headroom]\nlow = 1.0\nnormal = 1.0\nhigh = 1.0\n"
+    )
+}
+
+/// An upstream that echoes the request headers it received as `name: value` lines.
+async fn echo_headers() -> Upstream {
+    upstream(Arc::new(|req| {
+        Box::pin(async move {
+            let mut out = format!("version: {:?}\n", req.version());
+            for (k, v) in req.headers() {
+                out.push_str(&format!("{}: {}\n", k, v.to_str().unwrap_or("?")));
+            }
+            Response::builder()
+                .header("connection", "x-up-private")
+                .header("x-up-private", "1")
+                .header("keep-alive", "timeout=5")
+                .body(full(out))
+                .unwrap()
+        })
+    }))
+    .await
+}
+
+#[tokio::test]
+async fn h1_round_trip_with_header_hygiene() {
+    let up = echo_headers().await;
+    let p = proxy(&open_config(&format!("\"{}\"", up.addr), "")).await;
+    let (resp, body) = get(
+        &p.url("/hello?x=1"),
+        &[
+            ("host", "app.example"),
+            ("connection", "x-private"),
+            ("x-private", "secret"),
+            ("proxy-authorization", "Basic eA=="),
+            ("te", "trailers"),
+            ("x-forwarded-for", "192.0.2.7"),
+        ],
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        body.contains("host: app.example\n"),
+        "Host preserved: {body}"
+    );
+    assert!(
+        body.contains("x-forwarded-for: 192.0.2.7, 127.0.0.1\n"),
+        "{body}"
+    );
+    assert!(body.contains("x-forwarded-proto: http\n"), "{body}");
+    assert!(body.contains("x-forwarded-host: app.example\n"), "{body}");
+    assert!(body.contains("via: 1.1 warmgate\n"), "{body}");
+    for gone in ["x-private", "proxy-authorization", "te:", "connection"] {
+        assert!(!body.contains(gone), "{gone} forwarded: {body}");
+    }
+    assert!(
+        resp.headers().get("x-up-private").is_none(),
+        "response hop-by-hop stripped"
+    );
+    assert!(resp.headers().get("keep-alive").is_none());
+    assert_eq!(resp.headers()["via"], "1.1 warmgate");
+    assert_eq!(up.hits(), 1);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn h2c_round_trip() {
+    let up = echo_headers().await;
+    let p = proxy(&open_config(&format!("\"{}\"", up.addr), "")).await;
+    let (resp, body) = send(&h2(), "GET", &p.url("/h2"), &[], full(Bytes::new())).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        body.contains("version: HTTP/1.1"),
+        "h1 to the upstream: {body}"
+    );
+    assert!(
+        body.contains(&format!("host: {}", p.addr)),
+        "authority became Host: {body}"
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn h2c_to_the_upstream() {
+    let up = echo_headers().await;
+    let p = proxy(&open_config(
+        &format!("\"{}\"", up.addr),
+        "protocol = \"h2c\"",
+    ))
+    .await;
+    let (resp, body) = get(&p.url("/"), &[]).await;
+    assert_eq!(resp.status(), 200);
+    assert!(String::from_utf8_lossy(&body).contains("version: HTTP/2.0"));
+    p.stop().await;
+}
+
+const BIG: u64 = 32 * 1024 * 1024;
+
+#[tokio::test]
+async fn large_bodies_stream_both_ways() {
+    // Upload: the upstream counts what arrives. Download: it streams BIG bytes in chunks.
+    let up = upstream(Arc::new(|req| {
+        Box::pin(async move {
+            if req.uri().path() == "/upload" {
+                let mut n = 0u64;
+                let mut body = req.into_body();
+                while let Some(Ok(f)) = body.frame().await {
+                    if let Some(d) = f.data_ref() {
+                        n += d.len() as u64;
+                    }
+                }
+                Response::new(full(n.to_string()))
+            } else {
+                let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+                Response::new(chunks(chunk, BIG))
+            }
+        })
+    }))
+    .await;
+    let p = proxy(&open_config(&format!("\"{}\"", up.addr), "")).await;
+    let chunk = Bytes::from(vec![b'y'; 64 * 1024]);
+    let upload = chunks(chunk, BIG);
+    let (resp, body) = send(&h1(), "POST", &p.url("/upload"), &[], upload).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(body, BIG.to_string());
+    let (resp, body) = get(&p.url("/download"), &[]).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(body.len() as u64, BIG);
+    p.stop().await;
+}
+
+/// A body of `total` bytes sent in `chunk`-sized frames, generated as it is read.
+fn chunks(chunk: Bytes, total: u64) -> Body {
+    Chunks { chunk, left: total }.boxed()
+}
+
+struct Chunks {
+    chunk: Bytes,
+    left: u64,
+}
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = hyper::Error;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let n = self.left.min(self.chunk.len() as u64);
+        self.left -= n;
+        std::task::Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..n as usize)))))
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.left)
+    }
+}
+
+#[tokio::test]
+async fn upstream_down_is_a_502() {
+    let port = free_port();
+    let p = proxy(&open_config(
+        &format!("\"127.0.0.1:{port}\""),
+        "connect_timeout = \"500ms\"",
+    ))
+    .await;
+    let (resp, body) = get(&p.url("/"), &[]).await;
+    assert_eq!(resp.status(), 502);
+    assert!(String::from_utf8_lossy(&body).contains("upstream unreachable"));
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn slow_upstream_is_a_504() {
+    let up = ok_upstream(Duration::from_secs(3)).await;
+    let p = proxy(&open_config(
+        &format!("\"{}\"", up.addr),
+        "response_header_timeout = \"200ms\"",
+    ))
+    .await;
+    let t = std::time::Instant::now();
+    let (resp, _) = get(&p.url("/"), &[]).await;
+    assert_eq!(resp.status(), 504);
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "answered at the timeout, not the upstream"
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn failing_endpoint_is_ejected_then_retried() {
+    let good = ok_upstream(Duration::ZERO).await;
+    let dead = free_port();
+    let extra = "balance = \"round_robin\"\neject_after_failures = 2\neject_cooldown = \"600ms\"\nconnect_timeout = \"300ms\"";
+    let p = proxy(&open_config(
+        &format!("\"{}\", \"127.0.0.1:{dead}\"", good.addr),
+        extra,
+    ))
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(get(&p.url("/"), &[]).await.0.status().as_u16());
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 502).count(),
+        2,
+        "{statuses:?}"
+    );
+    let st = p.status().await;
+    assert_eq!(st["endpoints"][1]["ejected"], true, "{st}");
+    // While ejected, every request goes to the healthy endpoint.
+    for _ in 0..6 {
+        assert_eq!(get(&p.url("/"), &[]).await.0.status(), 200);
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let st = p.status().await;
+    assert_eq!(
+        st["endpoints"][1]["ejected"], false,
+        "cooldown over: tried again"
+    );
+    assert_eq!(st["endpoints"][1]["ejections"], 1);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_request_gets_a_400() {
+    let up = ok_upstream(Duration::ZERO).await;
+    let p = proxy(&open_config(&format!("\"{}\"", up.addr), "")).await;
+    let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nBad Header Line\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert_eq!(up.hits(), 0);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn slowloris_client_is_cut_off() {
+    let up = ok_upstream(Duration::ZERO).await;
+    let p = proxy(&format!(
+        "[server]\nclient_header_timeout = \"300ms\"\n{}",
+        open_config(&format!("\"{}\"", up.addr), "")
+    ))
+    .await;
+    for partial in [
+        &b""[..],
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ",
+        b"PRI * HTTP/2.0\r\n",
+    ] {
+        let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+        s.write_all(partial).await.unwrap();
+        let t = std::time::Instant::now();
+        let mut buf = Vec::new();
+        let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+        assert!(r.is_ok(), "connection not closed for {partial:?}");
+        assert!(t.elapsed() < Duration::from_secs(3));
+    }
+    assert_eq!(up.hits(), 0);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn in_flight_request_finishes_after_shutdown_starts() {
+    let up = ok_upstream(Duration::from_millis(600)).await;
+    let p = proxy(&open_config(&format!("\"{}\"", up.addr), "")).await;
+    let url = p.url("/slow");
+    let req = tokio::spawn(async move { get(&url, &[]).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let addr = p.addr;
+    p.stop().await;
+    let (resp, body) = req.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(body, "ok");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
+}
+
+#[tokio::test]
+async fn upstream_bytes_counted_once() {
+    let counter = Arc::new(AtomicU64::new(0));
+    let c = counter.clone();
+    let up = upstream(Arc::new(move |_req| {
+        c.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async { Response::new(full("x")) })
+    }))
+    .await;
+    let p = proxy(&open_config(&format!("\"{}\"", up.addr), "")).await;
+    let client = h1();
+    for _ in 0..20 {
+        let (r, _) = send(&client, "GET", &p.url("/"), &[], full(Bytes::new())).await;
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(
+        counter.load(Ordering::SeqCst),
+        20,
+        "no request duplicated or retried"
+    );
+    p.stop().await;
+}
