@@ -48,10 +48,17 @@ fn main() -> ExitCode {
                 Err(errs) => return report(&errs),
             };
             init_logging(&cfg.log);
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            // One worker: a current-thread runtime skips the work-stealing machinery entirely.
+            let mut builder = match cfg.server.workers {
+                Some(1) => tokio::runtime::Builder::new_current_thread(),
+                Some(n) => {
+                    let mut b = tokio::runtime::Builder::new_multi_thread();
+                    b.worker_threads(n);
+                    b
+                }
+                None => tokio::runtime::Builder::new_multi_thread(),
+            };
+            let rt = match builder.enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("warmgate: cannot start the runtime: {e}");

@@ -58,7 +58,7 @@ pub struct Control {
 /// Process-wide state shared by listeners, the controller and the admin API.
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
-    pub gate: Arc<Gate>,
+    pub gate: &'static Gate,
     pub window: Window,
     pub metrics: Metrics,
     pub clock: Clock,
@@ -124,7 +124,7 @@ impl Shared {
     /// Builds the state for a first config.
     pub fn new(config: Config) -> anyhow::Result<Arc<Self>> {
         let metrics = Metrics::new()?;
-        let gate = Arc::new(Gate::new(config.client_table_size));
+        let gate = Gate::leak(config.client_table_size);
         let params = config.control.clone();
         let controller = Controller::new(&params);
         let clock = Clock::new();

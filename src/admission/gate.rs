@@ -2,7 +2,6 @@
 //! two bounded client tables, and the controller's last [`Decision`] passed in.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
 
 use super::clients::{ClientEntry, ClientTable};
 use super::controller::Decision;
@@ -120,12 +119,19 @@ impl Default for GatePolicy {
     }
 }
 
-/// Shared admission state, one per process, kept across reloads.
+/// Keeps a hot counter on its own cache line, so cores updating neighbours do not collide.
+#[repr(align(64))]
+#[derive(Default)]
+struct Padded<T>(T);
+
+/// Shared admission state, one per process, kept across reloads. It lives as long as the
+/// process ([`Gate::leak`]), so a permit is a plain reference: no reference count to bounce
+/// between cores on every request.
 pub struct Gate {
-    inflight: AtomicU32,
-    peak_inflight: AtomicU32,
-    limit_rejects: AtomicU64,
-    nonce: AtomicU64,
+    inflight: Padded<AtomicU32>,
+    peak_inflight: Padded<AtomicU32>,
+    limit_rejects: Padded<AtomicU64>,
+    nonce: Padded<AtomicU64>,
     early: ClientTable,
     grace: ClientTable,
 }
@@ -133,12 +139,12 @@ pub struct Gate {
 /// Held by an admitted request; releases its in-flight slot when dropped.
 #[must_use]
 pub struct Permit {
-    gate: Arc<Gate>,
+    gate: &'static Gate,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.gate.inflight.fetch_sub(1, Ordering::AcqRel);
+        self.gate.inflight.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -146,26 +152,31 @@ impl Gate {
     /// A gate whose client tables hold `client_slots` entries each.
     pub fn new(client_slots: usize) -> Self {
         Self {
-            inflight: AtomicU32::new(0),
-            peak_inflight: AtomicU32::new(0),
-            limit_rejects: AtomicU64::new(0),
-            nonce: AtomicU64::new(0),
+            inflight: Padded::default(),
+            peak_inflight: Padded::default(),
+            limit_rejects: Padded::default(),
+            nonce: Padded::default(),
             early: ClientTable::new(client_slots),
             grace: ClientTable::new(client_slots),
         }
     }
 
+    /// A process-lifetime gate (one per process; reloads keep it).
+    pub fn leak(client_slots: usize) -> &'static Gate {
+        Box::leak(Box::new(Gate::new(client_slots)))
+    }
+
     /// Requests admitted and not yet finished.
     pub fn inflight(&self) -> u32 {
-        self.inflight.load(Ordering::Acquire)
+        self.inflight.0.load(Ordering::Acquire)
     }
 
     /// Peak in-flight and limit rejects since the last call (the controller reads these).
     pub fn take_tick_counters(&self) -> (u32, u64) {
         let now = self.inflight();
         (
-            self.peak_inflight.swap(now, Ordering::AcqRel).max(now),
-            self.limit_rejects.swap(0, Ordering::AcqRel),
+            self.peak_inflight.0.swap(now, Ordering::AcqRel).max(now),
+            self.limit_rejects.0.swap(0, Ordering::AcqRel),
         )
     }
 
@@ -187,7 +198,7 @@ impl Gate {
 
     /// Admits or rejects one request. `rate_ok` is asked only when everything else admits.
     pub fn try_admit(
-        self: &Arc<Self>,
+        &'static self,
         d: &Decision,
         policy: &GatePolicy,
         ask: Ask,
@@ -208,12 +219,10 @@ impl Gate {
             return Err(self.reject(d, policy, ask, reason));
         }
         if !self.acquire(d.caps[p]) {
-            self.limit_rejects.fetch_add(1, Ordering::Relaxed);
+            self.limit_rejects.0.fetch_add(1, Ordering::Relaxed);
             return Err(self.reject(d, policy, ask, RejectReason::Limit));
         }
-        let permit = Permit {
-            gate: Arc::clone(self),
-        };
+        let permit = Permit { gate: self };
         if !rate_ok() {
             return Err(self.reject(d, policy, ask, RejectReason::Rate));
         }
@@ -231,28 +240,33 @@ impl Gate {
     }
 
     /// Takes an in-flight slot whatever the limit (shadow mode: decisions recorded, never enforced).
-    pub fn admit_unchecked(self: &Arc<Self>) -> Permit {
-        let now = self.inflight.fetch_add(1, Ordering::AcqRel) + 1;
-        self.peak_inflight.fetch_max(now, Ordering::Relaxed);
-        Permit {
-            gate: Arc::clone(self),
+    pub fn admit_unchecked(&'static self) -> Permit {
+        let now = self.inflight.0.fetch_add(1, Ordering::AcqRel) + 1;
+        self.note_peak(now);
+        Permit { gate: self }
+    }
+
+    /// Raises the tick's peak; a plain read first, so the common case writes nothing.
+    fn note_peak(&self, now: u32) {
+        if now > self.peak_inflight.0.load(Ordering::Relaxed) {
+            self.peak_inflight.0.fetch_max(now, Ordering::Relaxed);
         }
     }
 
     fn acquire(&self, cap: u32) -> bool {
-        let mut cur = self.inflight.load(Ordering::Relaxed);
+        let mut cur = self.inflight.0.load(Ordering::Relaxed);
         loop {
             if cur >= cap {
                 return false;
             }
-            match self.inflight.compare_exchange_weak(
+            match self.inflight.0.compare_exchange_weak(
                 cur,
                 cur + 1,
                 Ordering::AcqRel,
                 Ordering::Relaxed,
             ) {
                 Ok(_) => {
-                    self.peak_inflight.fetch_max(cur + 1, Ordering::Relaxed);
+                    self.note_peak(cur + 1);
                     return true;
                 }
                 Err(actual) => cur = actual,
@@ -266,7 +280,7 @@ impl Gate {
     }
 
     fn rand(&self, ask: Ask) -> u64 {
-        mix64(self.nonce.fetch_add(1, Ordering::Relaxed) ^ ask.client)
+        mix64(self.nonce.0.fetch_add(1, Ordering::Relaxed) ^ ask.client)
     }
 
     fn reject(&self, d: &Decision, policy: &GatePolicy, ask: Ask, reason: RejectReason) -> Reject {
@@ -341,7 +355,7 @@ mod tests {
 
     #[test]
     fn sheds_by_stage_and_tells_when_to_return() {
-        let g = Arc::new(Gate::new(1024));
+        let g = Gate::leak(1024);
         let d = decision([false, false, true, true], [7, 8, 9, 10]);
         let pol = GatePolicy::default();
         let r = g
@@ -360,7 +374,7 @@ mod tests {
 
     #[test]
     fn headroom_keeps_room_for_critical_and_permits_release() {
-        let g = Arc::new(Gate::new(1024));
+        let g = Gate::leak(1024);
         let d = decision([true; 4], [2, 3, 3, 4]);
         let pol = GatePolicy::default();
         let mut held = Vec::new();
@@ -387,7 +401,7 @@ mod tests {
 
     #[test]
     fn early_returners_escalate() {
-        let g = Arc::new(Gate::new(1024));
+        let g = Gate::leak(1024);
         let d = decision([false, false, false, true], [10; 4]);
         let pol = GatePolicy {
             retry: RetryPolicy {
@@ -420,7 +434,7 @@ mod tests {
 
     #[test]
     fn a_polite_client_returning_on_time_is_not_early() {
-        let g = Arc::new(Gate::new(1024));
+        let g = Gate::leak(1024);
         let d = decision([true; 4], [0, 0, 0, 0]);
         let pol = GatePolicy {
             retry: RetryPolicy {
@@ -445,7 +459,7 @@ mod tests {
 
     #[test]
     fn overrides_beat_the_stage() {
-        let g = Arc::new(Gate::new(64));
+        let g = Gate::leak(64);
         let d = decision([false, false, false, true], [10; 4]);
         let pol = GatePolicy::default();
         let on = Ask {
@@ -463,7 +477,7 @@ mod tests {
 
     #[test]
     fn session_grace_lets_follow_ups_through() {
-        let g = Arc::new(Gate::new(1024));
+        let g = Gate::leak(1024);
         let d = decision([false, false, false, true], [10; 4]);
         let pol = GatePolicy {
             session_grace_ms: 5_000,
@@ -483,8 +497,7 @@ mod tests {
         assert!(g
             .try_admit(&d, &pol, ask(Priority::Low, 43, 1_000), || true)
             .is_err());
-        let fresh = Gate::new(1024);
-        let g2 = Arc::new(fresh);
+        let g2 = Gate::leak(1024);
         assert!(g2
             .try_admit(&d, &pol, ask(Priority::Critical, 44, 0), || true)
             .is_ok());
@@ -495,7 +508,7 @@ mod tests {
 
     #[test]
     fn rate_limit_rejects_and_releases_the_slot() {
-        let g = Arc::new(Gate::new(64));
+        let g = Gate::leak(64);
         let d = decision([true; 4], [10; 4]);
         let r = g
             .try_admit(

@@ -40,6 +40,7 @@ pub struct FileConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileServer {
+    pub workers: Option<usize>,
     pub client_header_timeout: Option<String>,
     pub drain_timeout: Option<String>,
     pub h2_max_concurrent_streams: Option<u32>,

@@ -55,6 +55,8 @@ pub struct Config {
 /// Client-facing listener settings.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
+    /// Runtime worker threads; `None` = one per CPU.
+    pub workers: Option<usize>,
     /// Bounds reading a request head, and the idle wait between keep-alive requests.
     pub client_header_timeout: Duration,
     /// How long in-flight requests may run after SIGTERM.

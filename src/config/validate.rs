@@ -51,7 +51,14 @@ pub fn validate(f: FileConfig) -> Result<Config, Vec<KeyError>> {
     };
 
     let s = &f.server;
+    if s.workers == Some(0) || s.workers.is_some_and(|w| w > 1024) {
+        e.push(
+            "server.workers",
+            "must be between 1 and 1024 (leave it out for one per CPU)",
+        );
+    }
     let server = ServerConfig {
+        workers: s.workers,
         client_header_timeout: e
             .take(duration_or(
                 "server.client_header_timeout",

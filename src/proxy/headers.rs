@@ -101,6 +101,7 @@ pub fn forward_request(
     upstream_authority: &HeaderValue,
 ) {
     strip_hop_by_hop(headers);
+    headers.reserve(4);
     append_list(headers, &X_FORWARDED_FOR, &conn.client_ip);
     headers.insert(X_FORWARDED_PROTO.clone(), conn.proto.clone());
     if let Some(h) = &host {
