@@ -55,6 +55,27 @@ pub struct Control {
     pub retry_share: f64,
 }
 
+/// Where critical requests over the limit wait (bounded in length and time by the handler).
+#[derive(Default)]
+pub struct WaitQueue {
+    pub notify: Notify,
+    pub queued: AtomicU32,
+}
+
+impl WaitQueue {
+    /// Requests waiting now.
+    pub fn waiting(&self) -> u32 {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    /// A slot was released: wake one waiter, if any (no lock taken when none wait).
+    pub fn slot_released(&self) {
+        if self.waiting() > 0 {
+            self.notify.notify_one();
+        }
+    }
+}
+
 /// Process-wide state shared by listeners, the controller and the admin API.
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
@@ -63,9 +84,8 @@ pub struct Shared {
     pub metrics: Metrics,
     pub clock: Clock,
     pub control: Mutex<Control>,
-    /// Woken when a permit is released while critical requests wait.
-    pub queue_notify: Notify,
-    pub queued: AtomicU32,
+    /// Critical requests waiting briefly for a slot.
+    pub queue: &'static WaitQueue,
     pub tarpit_held: AtomicU32,
     nonce: AtomicU64,
 }
@@ -138,6 +158,8 @@ impl Shared {
             attempts_seen: (0, 0),
             retry_share: 0.0,
         };
+        let window = Window::new();
+        window.rotate(clock.now_ms());
         let decision =
             control
                 .controller
@@ -150,12 +172,11 @@ impl Shared {
                 rate,
             }),
             gate,
-            window: Window::new(),
+            window,
             metrics,
             clock,
             control: Mutex::new(control),
-            queue_notify: Notify::new(),
-            queued: AtomicU32::new(0),
+            queue: Box::leak(Box::default()),
             tarpit_held: AtomicU32::new(0),
             nonce: AtomicU64::new(0),
         }))
@@ -202,8 +223,9 @@ impl Shared {
             decision,
             rate,
         }));
-        if self.queued.load(Ordering::Acquire) > 0 {
-            self.queue_notify.notify_waiters();
+        if self.queue.waiting() > 0 {
+            // The limit may have grown: let every waiter try again.
+            self.queue.notify.notify_waiters();
         }
     }
 

@@ -89,7 +89,7 @@ pub fn status(shared: &Shared) -> Value {
             "error_rate": signals.error_rate,
             "inflight": shared.gate.inflight(),
             "retry_share": retry_share,
-            "queued": shared.queued.load(std::sync::atomic::Ordering::Relaxed),
+            "queued": shared.queue.waiting(),
             "waiting_clients": shared.gate.waiting_clients(now),
         },
         "features": features,

@@ -204,6 +204,36 @@ impl Gate {
         ask: Ask,
         rate_ok: impl FnOnce() -> bool,
     ) -> Result<Permit, Reject> {
+        self.decide(d, policy, ask, rate_ok, true)
+    }
+
+    /// As [`Gate::try_admit`], for a request that will wait and ask again: a reject is not
+    /// remembered (the wait is not an early return). Call [`Gate::remember`] if it finally fails.
+    pub fn try_admit_waiting(
+        &'static self,
+        d: &Decision,
+        policy: &GatePolicy,
+        ask: Ask,
+        rate_ok: impl FnOnce() -> bool,
+    ) -> Result<Permit, Reject> {
+        self.decide(d, policy, ask, rate_ok, false)
+    }
+
+    fn decide(
+        &'static self,
+        d: &Decision,
+        policy: &GatePolicy,
+        ask: Ask,
+        rate_ok: impl FnOnce() -> bool,
+        memo: bool,
+    ) -> Result<Permit, Reject> {
+        let reject = |reason| {
+            let r = self.reject(d, policy, ask, reason);
+            if memo {
+                self.remember(ask, r);
+            }
+            r
+        };
         if let Some(e) = self.early.get(early_key(ask), ask.now_ms) {
             return Err(self.reject_early(policy, ask, e));
         }
@@ -216,15 +246,15 @@ impl Gate {
             _ => None,
         };
         if let Some(reason) = reason {
-            return Err(self.reject(d, policy, ask, reason));
+            return Err(reject(reason));
         }
         if !self.acquire(d.caps[p]) {
             self.limit_rejects.0.fetch_add(1, Ordering::Relaxed);
-            return Err(self.reject(d, policy, ask, RejectReason::Limit));
+            return Err(reject(RejectReason::Limit));
         }
         let permit = Permit { gate: self };
         if !rate_ok() {
-            return Err(self.reject(d, policy, ask, RejectReason::Rate));
+            return Err(reject(RejectReason::Rate));
         }
         if ask.priority == Priority::Critical && policy.session_grace_ms > 0 {
             let until_ms = ask.now_ms + policy.session_grace_ms;
@@ -290,7 +320,6 @@ impl Gate {
             _ => 0.0,
         };
         let retry_after_s = policy.retry.retry_after(eta, 0, self.rand(ask));
-        self.remember(ask, retry_after_s, 0);
         Reject {
             reason,
             retry_after_s,
@@ -303,7 +332,7 @@ impl Gate {
         let retry_after_s = policy
             .retry
             .retry_after(remaining_s, strikes, self.rand(ask));
-        self.remember(ask, retry_after_s, strikes);
+        self.remember_for(ask, retry_after_s, strikes);
         Reject {
             reason: RejectReason::EarlyRetry,
             retry_after_s,
@@ -312,7 +341,11 @@ impl Gate {
 
     /// Remembers when the client may come back. A little slack (a quarter of the delay, at most
     /// a second) keeps a polite client whose clock rounds differently from counting as early.
-    fn remember(&self, ask: Ask, retry_after_s: u32, strikes: u32) {
+    pub fn remember(&self, ask: Ask, r: Reject) {
+        self.remember_for(ask, r.retry_after_s, 0);
+    }
+
+    fn remember_for(&self, ask: Ask, retry_after_s: u32, strikes: u32) {
         let ms = u64::from(retry_after_s) * 1000;
         let until_ms = ask.now_ms + ms - (ms / 4).min(1000);
         self.early

@@ -192,8 +192,8 @@ pub fn validate(f: FileConfig) -> Result<Config, Vec<KeyError>> {
             Duration::from_millis(250),
         ))
         .unwrap_or_default();
-    if tick < Duration::from_millis(10) || tick > Duration::from_secs(10) {
-        e.push("ramp.tick", "must be between 10ms and 10s");
+    if tick < Duration::from_millis(10) || tick > Duration::from_secs(1) {
+        e.push("ramp.tick", "must be between 10ms and 1s");
     }
     let ramp_duration_s = e
         .take(duration_or(

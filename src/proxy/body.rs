@@ -10,6 +10,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 
 use crate::admission::Permit;
+use crate::runtime::WaitQueue;
 use crate::upstream::EndpointGuard;
 
 /// What keeps counts exact while a response streams; released on drop.
@@ -17,6 +18,18 @@ use crate::upstream::EndpointGuard;
 pub struct Held {
     pub permit: Option<Permit>,
     pub endpoint: Option<EndpointGuard>,
+    /// Told when the permit is released, so a waiting critical request can take the slot.
+    pub queue: Option<&'static WaitQueue>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if self.permit.take().is_some() {
+            if let Some(q) = self.queue {
+                q.slot_released();
+            }
+        }
+    }
 }
 
 /// A response body.

@@ -78,44 +78,58 @@ pub async fn handle(
 
 /// The gate, plus the bounded wait for critical requests that only missed the limit.
 async fn admit(shared: &Arc<Shared>, snap: &Snapshot, ask: Ask) -> Result<Permit, Reject> {
-    let try_once = |s: &Snapshot, now_ms| {
+    let q = snap.compiled.config.queue;
+    let may_wait = ask.priority == Priority::Critical && q.max_len > 0 && !q.max_wait.is_zero();
+    let try_once = |s: &Snapshot, now_ms, waiting: bool| {
         let ask = Ask { now_ms, ..ask };
         let rate = s.rate.as_deref();
-        shared
-            .gate
-            .try_admit(&s.decision, &s.compiled.config.gate, ask, || {
-                rate.is_none_or(|r| r.check().is_ok())
-            })
+        let rate_ok = || rate.is_none_or(|r| r.check().is_ok());
+        let policy = &s.compiled.config.gate;
+        if waiting {
+            shared
+                .gate
+                .try_admit_waiting(&s.decision, policy, ask, rate_ok)
+        } else {
+            shared.gate.try_admit(&s.decision, policy, ask, rate_ok)
+        }
     };
-    let first = try_once(snap, ask.now_ms);
-    let q = snap.compiled.config.queue;
-    let waitable = matches!(first, Err(r) if r.reason == RejectReason::Limit)
-        && ask.priority == Priority::Critical
-        && q.max_len > 0
-        && !q.max_wait.is_zero();
-    if !waitable {
-        return first;
+    if !may_wait {
+        return try_once(snap, ask.now_ms, false);
     }
-    if shared.queued.fetch_add(1, Ordering::AcqRel) >= q.max_len {
-        shared.queued.fetch_sub(1, Ordering::AcqRel);
+    let first = try_once(snap, ask.now_ms, true);
+    let full = shared.queue.queued.fetch_add(1, Ordering::AcqRel) >= q.max_len;
+    if !matches!(first, Err(r) if r.reason == RejectReason::Limit) || full {
+        shared.queue.queued.fetch_sub(1, Ordering::AcqRel);
+        if let Err(r) = first {
+            shared.gate.remember(ask, r);
+        }
         return first;
     }
     let start = Instant::now();
     let deadline = tokio::time::Instant::now() + q.max_wait;
     let mut result = first;
     while result.is_err() {
-        let notified = shared.queue_notify.notified();
+        let notified = shared.queue.notify.notified();
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
             break;
         }
         let s = shared.snapshot.load_full();
-        result = try_once(&s, shared.clock.now_ms());
+        result = try_once(&s, shared.clock.now_ms(), true);
     }
-    shared.queued.fetch_sub(1, Ordering::AcqRel);
+    shared.queue.queued.fetch_sub(1, Ordering::AcqRel);
     shared
         .metrics
         .queue_wait
         .observe(start.elapsed().as_secs_f64());
+    if let Err(r) = result {
+        shared.gate.remember(
+            Ask {
+                now_ms: shared.clock.now_ms(),
+                ..ask
+            },
+            r,
+        );
+    }
     result
 }
 
@@ -155,6 +169,12 @@ async fn forward(
     permit: Permit,
     feature: &FeatureRt,
 ) -> Response<ProxyBody> {
+    // Released (and a waiting critical request woken) when the response ends or on any error.
+    let mut held = Held {
+        permit: Some(permit),
+        endpoint: None,
+        queue: Some(shared.queue),
+    };
     let c = &snap.compiled;
     let cfg = &c.config.upstream;
     let now_ms = shared.clock.now_ms();
@@ -222,10 +242,7 @@ async fn forward(
             feature.counters.inc(Outcome::Admitted);
             headers::forward_response(&mut parts.headers, parts.version);
             parts.version = Version::HTTP_11;
-            let held = Held {
-                permit: Some(permit),
-                endpoint: Some(ep),
-            };
+            held.endpoint = Some(ep);
             Response::from_parts(parts, ProxyBody::Upstream { body, held })
         }
         Ok(Err(e)) => {
