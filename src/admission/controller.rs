@@ -145,9 +145,14 @@ impl Controller {
                 }
                 CtlState::BackingOff
             }
-            Health::Warn => CtlState::Holding,
-            Health::Healthy if self.progress >= 1.0 => CtlState::Complete,
-            Health::Healthy => {
+            // With a fixed capacity, progress *is* the load, so warn holds it. With an adaptive
+            // limit the limit holds (and keeps the backend at its knee) while progress goes on
+            // opening stages: sitting in the warn band is that limit's normal operating point.
+            Health::Warn if !matches!(params.limit, LimitMode::Adaptive { .. }) => {
+                CtlState::Holding
+            }
+            _ if self.progress >= 1.0 => CtlState::Complete,
+            Health::Warn | Health::Healthy => {
                 let step = if params.ramp_duration_s > 0.0 {
                     dt / params.ramp_duration_s
                 } else {
@@ -412,6 +417,29 @@ mod tests {
         assert_eq!(d.limit, 91, "linear from 5 % at progress 0.9");
         assert!(d.caps[0] < d.caps[1] && d.caps[1] < d.caps[2] && d.caps[2] < d.caps[3]);
         assert_eq!(d.caps[3], d.limit);
+    }
+
+    #[test]
+    fn adaptive_mode_holds_the_limit_but_not_progress_in_the_warn_band() {
+        let p = ControlParams {
+            ramp_duration_s: 10.0,
+            limit: LimitMode::Adaptive {
+                initial: 10,
+                min: 4,
+                max: 50,
+            },
+            ..Default::default()
+        };
+        let mut c = Controller::new(&p);
+        let warn = SignalSnapshot {
+            p99_ms: 300.0,
+            limit_rejects: 9,
+            ..healthy()
+        };
+        let d = run(&mut c, &p, &warn, 0, 3);
+        assert_eq!(d.state, CtlState::Advancing);
+        assert!((d.progress - 0.3).abs() < 1e-6, "{}", d.progress);
+        assert_eq!(d.limit, 10, "the limit holds in the warn band");
     }
 
     #[test]

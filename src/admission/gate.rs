@@ -332,7 +332,15 @@ impl Gate {
         let retry_after_s = policy
             .retry
             .retry_after(remaining_s, strikes, self.rand(ask));
-        self.remember_for(ask, retry_after_s, strikes);
+        // The told delay escalates, but the deadline stays: a client that hammers is answered
+        // cheaply and told to wait longer, yet is not locked out past its original turn.
+        self.early.put(
+            early_key(ask),
+            ClientEntry {
+                until_ms: e.until_ms,
+                strikes,
+            },
+        );
         Reject {
             reason: RejectReason::EarlyRetry,
             retry_after_s,
@@ -341,8 +349,11 @@ impl Gate {
 
     /// Remembers when the client may come back. A little slack (a quarter of the delay, at most
     /// a second) keeps a polite client whose clock rounds differently from counting as early.
+    /// An early return already updated its own entry, so it is not remembered again.
     pub fn remember(&self, ask: Ask, r: Reject) {
-        self.remember_for(ask, r.retry_after_s, 0);
+        if r.reason != RejectReason::EarlyRetry {
+            self.remember_for(ask, r.retry_after_s, 0);
+        }
     }
 
     fn remember_for(&self, ask: Ask, retry_after_s: u32, strikes: u32) {
@@ -463,6 +474,35 @@ mod tests {
         assert!(g
             .try_admit(&d, &pol, ask(Priority::Critical, 8, 2_000), || true)
             .is_ok());
+    }
+
+    #[test]
+    fn hammering_does_not_push_the_deadline() {
+        let g = Gate::leak(1024);
+        let d = decision([true; 4], [0; 4]);
+        let pol = GatePolicy {
+            retry: RetryPolicy {
+                min_s: 2.0,
+                max_s: 1000.0,
+                jitter_s: 0.0,
+                escalation: 2.0,
+            },
+            ..Default::default()
+        };
+        let a = |now_ms| ask(Priority::Critical, 5, now_ms);
+        assert!(g.try_admit(&d, &pol, a(0), || true).is_err());
+        for t in (250..1500).step_by(250) {
+            let r = g.try_admit(&d, &pol, a(t), || true).err();
+            assert_eq!(r.map(|r| r.reason), Some(RejectReason::EarlyRetry));
+            if let Some(r) = r {
+                g.remember(a(t), r);
+            }
+        }
+        let open = decision([true; 4], [10; 4]);
+        assert!(
+            g.try_admit(&open, &pol, a(1_600), || true).is_ok(),
+            "in at its original turn"
+        );
     }
 
     #[test]

@@ -1,0 +1,324 @@
+//! `drill`: start coldsim, optionally warmgate in front of it, run the storm, sample both every
+//! second, stop what was started, and write the report.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+use crate::coldsim::{self, Sim, SimConfig};
+use crate::storm::{self, StormConfig, StormReport};
+
+/// Drill parameters.
+#[derive(Args, Clone, Debug)]
+pub struct DrillConfig {
+    /// warmgate config to put in front of the simulator (its listen, admin and upstream
+    /// addresses are replaced by loopback ports of the drill's choosing).
+    #[arg(long, default_value = "config/warmgate.toml")]
+    pub config: PathBuf,
+    /// Send the storm straight at the simulator, without warmgate.
+    #[arg(long, conflicts_with = "compare")]
+    pub no_warmgate: bool,
+    /// Run the same seeded storm twice, without and with warmgate, and compare.
+    #[arg(long)]
+    pub compare: bool,
+    /// The warmgate binary (default: next to this one, then target/release/warmgate).
+    #[arg(long)]
+    pub warmgate_bin: Option<PathBuf>,
+    /// Where to write report.html, report.json and logs.
+    #[arg(long, default_value = "drill-report")]
+    pub report_dir: PathBuf,
+    #[command(flatten)]
+    pub storm: StormConfig,
+    #[command(flatten)]
+    pub sim: SimConfig,
+}
+
+/// One sample of the backend and of warmgate, taken every second.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Sample {
+    pub t: f64,
+    pub backend_p50_ms: f64,
+    pub backend_p99_ms: f64,
+    pub backend_rps: f64,
+    pub hit_ratio: f64,
+    pub db_active: u64,
+    pub progress: Option<f64>,
+    pub limit: Option<u64>,
+    pub inflight: Option<u64>,
+    pub state: Option<String>,
+}
+
+/// One run of the drill.
+#[derive(Clone, Debug, Serialize)]
+pub struct Run {
+    pub label: String,
+    pub with_warmgate: bool,
+    pub storm: StormReport,
+    pub samples: Vec<Sample>,
+}
+
+fn warmgate_bin(cfg: &DrillConfig) -> PathBuf {
+    if let Some(b) = &cfg.warmgate_bin {
+        return b.clone();
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("warmgate")))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("target/release/warmgate"))
+}
+
+/// The user's config with the drill's addresses.
+fn drill_config(path: &Path, listen: u16, admin: u16, upstream: &str) -> anyhow::Result<String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let mut t: toml::Table = text
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    t.insert(
+        "listen".into(),
+        toml::Value::String(format!("127.0.0.1:{listen}")),
+    );
+    let table = |t: &mut toml::Table, k: &str| -> anyhow::Result<toml::Table> {
+        match t.remove(k) {
+            Some(toml::Value::Table(x)) => Ok(x),
+            None => Ok(toml::Table::new()),
+            Some(_) => anyhow::bail!("{}: {k} must be a table", path.display()),
+        }
+    };
+    let mut up = table(&mut t, "upstream")?;
+    up.insert(
+        "endpoints".into(),
+        toml::Value::Array(vec![toml::Value::String(upstream.into())]),
+    );
+    t.insert("upstream".into(), toml::Value::Table(up));
+    let mut admin_t = table(&mut t, "admin")?;
+    admin_t.insert(
+        "listen".into(),
+        toml::Value::String(format!("127.0.0.1:{admin}")),
+    );
+    t.insert("admin".into(), toml::Value::Table(admin_t));
+    Ok(toml::to_string(&t)?)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn wait_for_port(port: u16, child: &mut Child) -> anyhow::Result<()> {
+    let t = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!(
+                "warmgate exited ({status}) before listening; see its log in the report directory"
+            );
+        }
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(15),
+            "warmgate did not listen on {port} within 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Ok(())
+}
+
+/// Stops a child we started: SIGTERM (graceful drain), then SIGKILL after 5 s.
+fn stop_child(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(5) {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+async fn get_json(
+    client: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Empty<bytes::Bytes>,
+    >,
+    url: &str,
+) -> Option<serde_json::Value> {
+    use http_body_util::BodyExt;
+    let uri: http::Uri = url.parse().ok()?;
+    let resp = tokio::time::timeout(Duration::from_millis(800), client.get(uri))
+        .await
+        .ok()?
+        .ok()?;
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    serde_json::from_slice(&body).ok()
+}
+
+/// One run: simulator, maybe warmgate, storm; everything started here is stopped here.
+pub async fn run_once(cfg: &DrillConfig, with_warmgate: bool) -> anyhow::Result<Run> {
+    let label = if with_warmgate {
+        "with warmgate"
+    } else {
+        "without warmgate"
+    }
+    .to_string();
+    eprintln!(
+        "== drill {label}: {} users over {} s",
+        cfg.storm.users, cfg.storm.duration_s
+    );
+    std::fs::create_dir_all(&cfg.report_dir)?;
+    // The simulator gets its own runtime thread, as a separate data center would: the storm's
+    // thousands of client tasks must not delay its clock.
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    std_listener.set_nonblocking(true)?;
+    let sim_addr = std_listener.local_addr()?;
+    let sim = Sim::new(SimConfig {
+        listen: sim_addr,
+        ..cfg.sim.clone()
+    });
+    let (stop_sim, sim_stopped) = tokio::sync::oneshot::channel::<()>();
+    let sim_thread = {
+        let sim = Arc::clone(&sim);
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let listener = TcpListener::from_std(std_listener)?;
+                tokio::select! {
+                    _ = coldsim::serve(listener, sim) => {}
+                    _ = sim_stopped => {}
+                }
+                Ok(())
+            })
+        })
+    };
+
+    let mut child = None;
+    let mut admin_url = None;
+    let target = if with_warmgate {
+        let (port, admin) = (free_port()?, free_port()?);
+        let text = drill_config(&cfg.config, port, admin, &sim_addr.to_string())?;
+        let path = cfg.report_dir.join("warmgate-drill.toml");
+        std::fs::write(&path, text)?;
+        let log = std::fs::File::create(cfg.report_dir.join("warmgate.log"))?;
+        let bin = warmgate_bin(cfg);
+        let mut c = Command::new(&bin)
+            .arg("run")
+            .arg("--config")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot start {}: {e} (build it: cargo build --release)",
+                    bin.display()
+                )
+            })?;
+        if let Err(e) = wait_for_port(port, &mut c).await {
+            stop_child(&mut c);
+            return Err(e);
+        }
+        child = Some(c);
+        admin_url = Some(format!("http://127.0.0.1:{admin}/status"));
+        format!("http://127.0.0.1:{port}")
+    } else {
+        format!("http://{sim_addr}")
+    };
+
+    let samples = Arc::new(Mutex::new(Vec::<Sample>::new()));
+    let sampler = {
+        let (samples, sim, admin_url) = (samples.clone(), sim.clone(), admin_url.clone());
+        tokio::spawn(async move {
+            let client =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http();
+            let start = Instant::now();
+            let mut last_done = 0u64;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let s = sim.stats();
+                let total: u64 = ["login", "sync", "feed", "recommend"]
+                    .iter()
+                    .map(|k| s["endpoints"][k]["requests"].as_u64().unwrap_or(0))
+                    .sum();
+                let mut sample = Sample {
+                    t: start.elapsed().as_secs_f64(),
+                    backend_p50_ms: s["latency_last_1s"]["p50_ms"].as_f64().unwrap_or(0.0),
+                    backend_p99_ms: s["latency_last_1s"]["p99_ms"].as_f64().unwrap_or(0.0),
+                    backend_rps: (total - last_done) as f64,
+                    hit_ratio: s["hit_ratio"].as_f64().unwrap_or(0.0),
+                    db_active: s["db_active"].as_u64().unwrap_or(0),
+                    ..Default::default()
+                };
+                last_done = total;
+                if let Some(url) = &admin_url {
+                    if let Some(st) = get_json(&client, url).await {
+                        sample.progress = st["controller"]["progress"].as_f64();
+                        sample.limit = st["controller"]["limit"].as_u64();
+                        sample.inflight = st["signals"]["inflight"].as_u64();
+                        sample.state = st["controller"]["state"].as_str().map(String::from);
+                    }
+                }
+                if let Ok(mut v) = samples.lock() {
+                    v.push(sample);
+                }
+            }
+        })
+    };
+
+    let storm_cfg = StormConfig {
+        target,
+        out: None,
+        ..cfg.storm.clone()
+    };
+    let result = storm::run(storm_cfg).await;
+    sampler.abort();
+    if let Some(mut c) = child {
+        stop_child(&mut c);
+    }
+    let _ = stop_sim.send(());
+    let _ = sim_thread.join();
+    let storm = result?;
+    let samples = samples.lock().map(|v| v.clone()).unwrap_or_default();
+    Ok(Run {
+        label,
+        with_warmgate,
+        storm,
+        samples,
+    })
+}
+
+/// `warmgate-loadtest drill`.
+pub async fn run(cfg: DrillConfig) -> anyhow::Result<PathBuf> {
+    let mut runs = Vec::new();
+    if cfg.compare || cfg.no_warmgate {
+        runs.push(run_once(&cfg, false).await?);
+    }
+    if !cfg.no_warmgate {
+        runs.push(run_once(&cfg, true).await?);
+    }
+    std::fs::create_dir_all(&cfg.report_dir)?;
+    std::fs::write(
+        cfg.report_dir.join("report.json"),
+        serde_json::to_vec_pretty(&runs)?,
+    )?;
+    let html = crate::report::html(&runs)?;
+    let path = cfg.report_dir.join("report.html");
+    std::fs::write(&path, html)?;
+    println!("{}", crate::report::table(&runs));
+    Ok(path)
+}

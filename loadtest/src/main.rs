@@ -1,0 +1,70 @@
+//! `warmgate-loadtest`: rehearse a cutover. `coldsim` is a cold data center, `storm` a login
+//! storm, `drill` runs both (with and without warmgate) and writes a report with plots.
+#![forbid(unsafe_code)]
+
+mod coldsim;
+mod drill;
+mod report;
+mod rng;
+mod storm;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "warmgate-loadtest",
+    version,
+    about = "Cutover drills for warmgate"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve a simulated cold data center (empty cache, database with a knee).
+    Coldsim(coldsim::SimConfig),
+    /// Send a login storm at a loopback target and report what happened.
+    Storm(storm::StormConfig),
+    /// Run coldsim, warmgate and a storm together, and write an HTML report.
+    Drill(drill::DrillConfig),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("warmgate-loadtest: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Coldsim(c) => coldsim::run(c).await,
+            Cmd::Storm(c) => {
+                let r = storm::run(c).await?;
+                println!("{}", serde_json::to_string_pretty(&r.summary)?);
+                Ok(())
+            }
+            Cmd::Drill(c) => {
+                let path = drill::run(c).await?;
+                println!("report: {}", path.display());
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("warmgate-loadtest: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
