@@ -323,3 +323,99 @@ pub async fn run(cfg: SimConfig) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    async fn start(cfg: SimConfig) -> (SocketAddr, Arc<Sim>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sim = Sim::new(SimConfig {
+            listen: addr,
+            ..cfg
+        });
+        tokio::spawn(serve(listener, sim.clone()));
+        (addr, sim)
+    }
+
+    async fn call(addr: SocketAddr, method: &str, path: &str, user: &str) -> (Duration, String) {
+        use http_body_util::BodyExt;
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .build_http::<Full<Bytes>>();
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"))
+            .header("x-user", user)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let t = Instant::now();
+        let resp = client.request(req).await.unwrap();
+        let cache = resp
+            .headers()
+            .get("x-cache")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let _ = resp.into_body().collect().await;
+        (t.elapsed(), cache)
+    }
+
+    #[tokio::test]
+    async fn cache_warms_with_repeated_keys_and_stats_count_it() {
+        let (addr, sim) = start(SimConfig {
+            db_ms: 20.0,
+            ..Default::default()
+        })
+        .await;
+        let (miss_t, first) = call(addr, "POST", "/api/login", "alice").await;
+        let (hit_t, second) = call(addr, "POST", "/api/login", "alice").await;
+        assert_eq!((first.as_str(), second.as_str()), ("MISS", "HIT"));
+        assert!(
+            hit_t < miss_t / 4,
+            "a hit is cheap: {hit_t:?} vs {miss_t:?}"
+        );
+        for u in ["a", "b", "c"] {
+            call(addr, "GET", "/api/sync", u).await;
+            call(addr, "GET", "/api/sync", u).await;
+        }
+        let s = sim.stats();
+        assert_eq!(s["endpoints"]["login"]["requests"], 2);
+        assert_eq!(s["endpoints"]["sync"]["hits"], 3);
+        assert_eq!(s["endpoints"]["sync"]["misses"], 3);
+        assert_eq!(s["hit_ratio"], 0.5);
+        assert_eq!(s["db_queries_done"], 4);
+    }
+
+    #[tokio::test]
+    async fn latency_grows_past_the_knee() {
+        let cfg = SimConfig {
+            db_ms: 30.0,
+            db_knee: 4,
+            contention: 0.5,
+            ..Default::default()
+        };
+        let (addr, _) = start(cfg).await;
+        let batch = |n: usize, tag: &'static str| async move {
+            let tasks: Vec<_> = (0..n)
+                .map(|i| {
+                    tokio::spawn(async move {
+                        call(addr, "GET", "/api/sync", &format!("{tag}{i}")).await.0
+                    })
+                })
+                .collect();
+            let mut worst = Duration::ZERO;
+            for t in tasks {
+                worst = worst.max(t.await.unwrap());
+            }
+            worst
+        };
+        let at_knee = batch(4, "k").await;
+        let past = batch(16, "p").await;
+        // 16 concurrent misses: 12 over the knee, each slowing all by 50 % → several times slower.
+        assert!(
+            past > at_knee * 3,
+            "{at_knee:?} at the knee, {past:?} past it"
+        );
+    }
+}

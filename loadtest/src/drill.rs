@@ -322,3 +322,85 @@ pub async fn run(cfg: DrillConfig) -> anyhow::Result<PathBuf> {
     println!("{}", crate::report::table(&runs));
     Ok(path)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct P {
+        #[command(flatten)]
+        d: DrillConfig,
+    }
+
+    /// The warmgate binary built for the workspace's tests (target/<profile>/warmgate).
+    fn built_warmgate() -> Option<PathBuf> {
+        let exe = std::env::current_exe().ok()?;
+        let dir = exe.parent()?.parent()?;
+        let bin = dir.join("warmgate");
+        bin.exists().then_some(bin)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_short_drill_writes_json_and_html() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/warmgate.toml");
+        let mut args = vec![
+            "drill".to_string(),
+            "--config".into(),
+            config.into(),
+            "--report-dir".into(),
+            dir.path().display().to_string(),
+            "--users".into(),
+            "200".into(),
+            "--duration-s".into(),
+            "8".into(),
+            "--arrival-s".into(),
+            "1".into(),
+            "--quiet".into(),
+        ];
+        match built_warmgate() {
+            Some(bin) => {
+                args.push("--compare".into());
+                args.push("--warmgate-bin".into());
+                args.push(bin.display().to_string());
+            }
+            None => {
+                assert!(
+                    std::env::var("CI").is_err(),
+                    "the warmgate binary must be built in CI"
+                );
+                eprintln!("warmgate binary not built: drill without it only");
+                args.push("--no-warmgate".into());
+            }
+        }
+        let cfg = P::parse_from(args).d;
+        let html = run(cfg.clone()).await.unwrap();
+        let page = std::fs::read_to_string(&html).unwrap();
+        assert!(page.contains("<svg"), "plots drawn");
+        assert!(page.contains("Users logged in"));
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap())
+                .unwrap();
+        let runs = json.as_array().unwrap();
+        assert!(!runs.is_empty());
+        for r in runs {
+            assert!(r["storm"]["summary"]["requests_sent"].as_u64().unwrap() > 0);
+            assert!(
+                r["samples"].as_array().unwrap().len() >= 5,
+                "sampled every second"
+            );
+            assert!(!r["storm"]["timeline"].as_array().unwrap().is_empty());
+        }
+        if runs.len() == 2 {
+            assert_eq!(runs[1]["with_warmgate"], true);
+            assert!(
+                runs[1]["samples"][3]["progress"].is_number(),
+                "warmgate status polled"
+            );
+            assert!(page.contains("warmgate ramp progress"));
+        }
+    }
+}

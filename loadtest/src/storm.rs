@@ -424,3 +424,148 @@ fn finish(cfg: &StormConfig, rec: &Recorder) -> StormReport {
         timeline,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use http::Response;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    use std::convert::Infallible;
+
+    /// A server that rejects every first login of a user with `Retry-After: 2` and records when
+    /// each user's requests arrive.
+    async fn rejecting_server() -> (std::net::SocketAddr, Arc<Mutex<Vec<(String, Instant)>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::<(String, Instant)>::new()));
+        let s = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let s = s.clone();
+                        async move {
+                            let user = req
+                                .headers()
+                                .get("x-user")
+                                .map(|v| v.to_str().unwrap().to_string())
+                                .unwrap_or_default();
+                            let mut seen = s.lock().unwrap();
+                            let first = !seen.iter().any(|(u, _)| *u == user);
+                            seen.push((user, Instant::now()));
+                            let resp = if first && req.uri().path() == "/api/login" {
+                                Response::builder()
+                                    .status(503)
+                                    .header("retry-after", "2")
+                                    .body(Full::new(Bytes::new()))
+                                    .unwrap()
+                            } else {
+                                Response::new(Full::new(Bytes::from_static(b"ok")))
+                            };
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    fn cfg(addr: std::net::SocketAddr, polite: f64) -> StormConfig {
+        StormConfig {
+            target: format!("http://{addr}"),
+            users: 3,
+            arrival_s: 0.0,
+            duration_s: 3.5,
+            polite,
+            blind_delay_ms: 200,
+            timeout_ms: 1000,
+            think_ms: 10_000,
+            max_requests: 1000,
+            seed: 1,
+            out: None,
+            quiet: true,
+        }
+    }
+
+    fn retry_gaps(seen: &[(String, Instant)]) -> Vec<Duration> {
+        let mut users: Vec<&String> = seen.iter().map(|(u, _)| u).collect();
+        users.sort();
+        users.dedup();
+        users
+            .iter()
+            .filter_map(|u| {
+                let times: Vec<Instant> = seen
+                    .iter()
+                    .filter(|(x, _)| x == *u)
+                    .map(|(_, t)| *t)
+                    .collect();
+                Some(times.get(1)?.duration_since(times[0]))
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn polite_clients_honour_retry_after_and_blind_ones_do_not() {
+        let (addr, seen) = rejecting_server().await;
+        let r = run(cfg(addr, 1.0)).await.unwrap();
+        assert_eq!(r.summary.logged_in, 3);
+        let gaps = retry_gaps(&seen.lock().unwrap());
+        assert_eq!(gaps.len(), 3);
+        assert!(
+            gaps.iter().all(|g| *g >= Duration::from_secs(2)),
+            "polite: {gaps:?}"
+        );
+
+        let (addr, seen) = rejecting_server().await;
+        let r = run(cfg(addr, 0.0)).await.unwrap();
+        assert_eq!(r.summary.logged_in, 3);
+        let gaps = retry_gaps(&seen.lock().unwrap());
+        assert!(
+            gaps.iter().all(|g| *g < Duration::from_secs(1)),
+            "blind: {gaps:?}"
+        );
+        assert!(r.summary.retry_amplification > 1.0);
+    }
+
+    #[tokio::test]
+    async fn refuses_targets_that_are_not_loopback() {
+        for bad in [
+            "http://192.0.2.1:80",
+            "http://10.0.0.1:8080",
+            "https://127.0.0.1:1",
+            "not a url",
+        ] {
+            assert!(check_loopback(bad).is_err(), "{bad}");
+        }
+        assert!(check_loopback("http://127.0.0.1:8080").is_ok());
+        assert!(check_loopback("http://[::1]:8080").is_ok());
+        assert!(check_loopback("http://localhost:8080").is_ok());
+    }
+
+    #[tokio::test]
+    async fn bounded_by_request_count_and_time() {
+        let (addr, seen) = rejecting_server().await;
+        let t = Instant::now();
+        let r = run(StormConfig {
+            max_requests: 5,
+            users: 10,
+            polite: 0.0,
+            ..cfg(addr, 0.0)
+        })
+        .await
+        .unwrap();
+        assert!(r.summary.requests_sent <= 5, "{}", r.summary.requests_sent);
+        assert!(seen.lock().unwrap().len() <= 5);
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
+}
