@@ -56,6 +56,14 @@ full_capacity = 100000
 stages = { critical = 0.0, high = 0.0, normal = 0.0, low = 0.0 }
 start_fraction = 1.0
 CONF
+# The same proxy with every request rejected (feature switched off): the cost of a reject.
+sed -e 's/18083/18084/' "$work/warmgate.toml" > "$work/warmgate-reject.toml"
+cat >> "$work/warmgate-reject.toml" <<CONF
+[[feature]]
+name = "default"
+priority = "normal"
+state = "off"
+CONF
 cat > "$work/pace.lua" <<LUA
 function delay() return $PACE_MS end
 LUA
@@ -63,7 +71,8 @@ LUA
 taskset -c "$LOAD_CPU" "$NGINX" -c "$work/upstream.conf" -p "$work" & pids+=($!)
 taskset -c "$PROXY_CPU" "$NGINX" -c "$work/nginx-proxy.conf" -p "$work" & NGINX_PID=$!; pids+=($NGINX_PID)
 taskset -c "$PROXY_CPU" ./target/release/warmgate run --config "$work/warmgate.toml" & WG_PID=$!; pids+=($WG_PID)
-for port in 18081 18082 18083; do
+taskset -c "$PROXY_CPU" ./target/release/warmgate run --config "$work/warmgate-reject.toml" & WR_PID=$!; pids+=($WR_PID)
+for port in 18081 18082 18083 18084; do
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
 done
 
@@ -108,3 +117,8 @@ awk -v ne="$n_eff" -v we="$w_eff" -v d="$d99" -v n="$n99" -v w="$w99" 'BEGIN {
   na = n - d; wa = w - d; if (na < 0.001) na = 0.001; if (wa < 0.001) wa = 0.001;
   printf "efficiency ratio (warmgate/nginx req per CPU-s): %.2f\n", we / ne;
   printf "added p99: nginx %.3f ms, warmgate %.3f ms, ratio nginx/warmgate %.2f (>= 1 means warmgate adds less)\n", na, wa, na / wa }'
+
+echo "== reject vs forward: the same warmgate, all requests rejected (503 + Retry-After) vs all forwarded"
+r_line=$(saturate rejects 18084 "$WR_PID"); echo "$r_line"
+r_eff=$(echo "$r_line" | awk '{print $6}')
+awk -v r="$r_eff" -v f="$w_eff" 'BEGIN { printf "a reject costs %.2fx less CPU than a forward (req/CPU-s %.0f vs %.0f)\n", r / f, r, f }'

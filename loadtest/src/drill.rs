@@ -319,6 +319,7 @@ pub async fn run(cfg: DrillConfig) -> anyhow::Result<PathBuf> {
     let html = crate::report::html(&runs)?;
     let path = cfg.report_dir.join("report.html");
     std::fs::write(&path, html)?;
+    crate::report::write_charts(&runs, &cfg.report_dir.join("charts"))?;
     println!("{}", crate::report::table(&runs));
     Ok(path)
 }

@@ -118,12 +118,22 @@ fn charts(run: &Run, x_max: f64) -> anyhow::Result<Vec<String>> {
             x_max,
         )?,
         chart(
-            "Backend latency p99 (simulator)",
+            "Backend latency p99 of completed requests",
             "ms",
             &one(
                 "p99",
                 COLORS[0],
                 s.iter().map(|x| (x.t, x.backend_p99_ms)).collect(),
+            ),
+            x_max,
+        )?,
+        chart(
+            "Database queries in progress",
+            "queries",
+            &one(
+                "in progress",
+                COLORS[3],
+                s.iter().map(|x| (x.t, x.db_active as f64)).collect(),
             ),
             x_max,
         )?,
@@ -310,4 +320,21 @@ body {{ font-family: sans-serif; margin: 24px; }} table {{ border-collapse: coll
 td, th {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }} th:first-child {{ text-align: left; }} \
 .grid {{ display: grid; gap: 8px; }}</style></head><body>\n{body}</body></html>\n"
     ))
+}
+
+/// Writes every chart as its own SVG file in `dir` (for embedding elsewhere), named
+/// `<without|with>-<n>.svg`.
+pub fn write_charts(runs: &[Run], dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let x_max = runs
+        .iter()
+        .map(|r| r.storm.config.duration_s)
+        .fold(1.0, f64::max);
+    for r in runs {
+        let prefix = if r.with_warmgate { "with" } else { "without" };
+        for (i, svg) in charts(r, x_max)?.iter().enumerate() {
+            std::fs::write(dir.join(format!("{prefix}-{i}.svg")), svg)?;
+        }
+    }
+    Ok(())
 }

@@ -24,7 +24,7 @@ pub struct StormConfig {
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub target: String,
     /// Users who arrive after the cutover.
-    #[arg(long, default_value_t = 3000)]
+    #[arg(long, default_value_t = 2000)]
     pub users: u64,
     /// Arrivals spread uniformly over this many seconds.
     #[arg(long, default_value_t = 5.0)]

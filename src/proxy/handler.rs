@@ -183,17 +183,13 @@ async fn forward(
         return respond::error(ProxyError::NoEndpoint);
     };
     let (mut parts, body) = req.into_parts();
-    let authority_value = match HeaderValue::from_str(ep.endpoint.authority.as_str()) {
-        Ok(v) => v,
-        Err(_) => return respond::error(ProxyError::NoEndpoint),
-    };
     headers::forward_request(
         &mut parts.headers,
         &conn.headers,
         parts.version,
         host,
         cfg.preserve_host,
-        &authority_value,
+        &ep.endpoint.host_header,
     );
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(Scheme::HTTP);

@@ -12,6 +12,8 @@ use crate::config::Balance;
 #[derive(Debug)]
 pub struct Endpoint {
     pub authority: Authority,
+    /// The authority as a `Host` value, built once.
+    pub host_header: http::HeaderValue,
     inflight: AtomicU32,
     failures: AtomicU32,
     ejected_until_ms: AtomicU64,
@@ -21,7 +23,10 @@ pub struct Endpoint {
 impl Endpoint {
     /// A healthy, idle endpoint.
     pub fn new(authority: Authority) -> Self {
+        let host_header = http::HeaderValue::from_str(authority.as_str())
+            .unwrap_or(http::HeaderValue::from_static("localhost"));
         Self {
+            host_header,
             authority,
             inflight: AtomicU32::new(0),
             failures: AtomicU32::new(0),
