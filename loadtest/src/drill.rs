@@ -29,6 +29,10 @@ pub struct DrillConfig {
     /// The warmgate binary (default: next to this one, then target/release/warmgate).
     #[arg(long)]
     pub warmgate_bin: Option<PathBuf>,
+    /// Also run the storm behind nginx with a static rate limit of this many requests/s
+    /// (`limit_req`), the usual alternative to a warm-up ramp.
+    #[arg(long)]
+    pub nginx_limit_rps: Option<u32>,
     /// Where to write report.html, report.json and logs.
     #[arg(long, default_value = "drill-report")]
     pub report_dir: PathBuf,
@@ -165,14 +169,57 @@ async fn get_json(
     serde_json::from_slice(&body).ok()
 }
 
+/// What stands in front of the simulator in one run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Front {
+    Nothing,
+    Warmgate,
+    /// nginx with a static `limit_req` at this many requests per second (503 over it).
+    NginxLimit(u32),
+}
+
+/// nginx as a static rate limiter (one global `limit_req` zone) in front of `upstream`.
+fn start_nginx(cfg: &DrillConfig, rps: u32, port: u16, upstream: &str) -> anyhow::Result<Child> {
+    let dir = std::fs::canonicalize(&cfg.report_dir)?;
+    let d = dir.display();
+    let burst = (rps / 5).max(1);
+    let conf = format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\n\
+events {{ worker_connections 16384; }}\n\
+http {{\n access_log off;\n client_body_temp_path {d};\n proxy_temp_path {d};\n fastcgi_temp_path {d};\n uwsgi_temp_path {d};\n scgi_temp_path {d};\n\
+ limit_req_zone $server_port zone=all:1m rate={rps}r/s;\n\
+ upstream backend {{ server {upstream}; keepalive 256; }}\n\
+ server {{\n  listen 127.0.0.1:{port};\n  limit_req zone=all burst={burst} nodelay;\n  limit_req_status 503;\n\
+  location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n }}\n}}\n"
+    );
+    let path = dir.join("nginx-limit.conf");
+    std::fs::write(&path, conf)?;
+    let bin = ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .ok_or_else(|| {
+            anyhow::anyhow!("--nginx-limit-rps needs nginx installed (apt-get install -y nginx)")
+        })?;
+    Command::new(bin)
+        .arg("-c")
+        .arg(&path)
+        .arg("-p")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot start nginx: {e}"))
+}
+
 /// One run: simulator, maybe warmgate, storm; everything started here is stopped here.
-pub async fn run_once(cfg: &DrillConfig, with_warmgate: bool) -> anyhow::Result<Run> {
-    let label = if with_warmgate {
-        "with warmgate"
-    } else {
-        "without warmgate"
-    }
-    .to_string();
+pub async fn run_once(cfg: &DrillConfig, front: Front) -> anyhow::Result<Run> {
+    let with_warmgate = front == Front::Warmgate;
+    let label = match front {
+        Front::Nothing => "without warmgate".to_string(),
+        Front::Warmgate => "with warmgate".to_string(),
+        Front::NginxLimit(r) => format!("nginx limit_req {r} r/s"),
+    };
     eprintln!(
         "== drill {label}: {} users over {} s",
         cfg.storm.users, cfg.storm.duration_s
@@ -234,6 +281,15 @@ pub async fn run_once(cfg: &DrillConfig, with_warmgate: bool) -> anyhow::Result<
         }
         child = Some(c);
         admin_url = Some(format!("http://127.0.0.1:{admin}/status"));
+        format!("http://127.0.0.1:{port}")
+    } else if let Front::NginxLimit(rps) = front {
+        let port = free_port()?;
+        let mut c = start_nginx(cfg, rps, port, &sim_addr.to_string())?;
+        if let Err(e) = wait_for_port(port, &mut c).await {
+            stop_child(&mut c);
+            return Err(e);
+        }
+        child = Some(c);
         format!("http://127.0.0.1:{port}")
     } else {
         format!("http://{sim_addr}")
@@ -306,10 +362,13 @@ pub async fn run_once(cfg: &DrillConfig, with_warmgate: bool) -> anyhow::Result<
 pub async fn run(cfg: DrillConfig) -> anyhow::Result<PathBuf> {
     let mut runs = Vec::new();
     if cfg.compare || cfg.no_warmgate {
-        runs.push(run_once(&cfg, false).await?);
+        runs.push(run_once(&cfg, Front::Nothing).await?);
+    }
+    if let Some(rps) = cfg.nginx_limit_rps {
+        runs.push(run_once(&cfg, Front::NginxLimit(rps)).await?);
     }
     if !cfg.no_warmgate {
-        runs.push(run_once(&cfg, true).await?);
+        runs.push(run_once(&cfg, Front::Warmgate).await?);
     }
     std::fs::create_dir_all(&cfg.report_dir)?;
     std::fs::write(

@@ -228,7 +228,14 @@ pub fn table(runs: &[Run]) -> String {
     rows.push((
         "retry amplification (sent / ok)".into(),
         runs.iter()
-            .map(|r| format!("{:.2}", r.storm.summary.retry_amplification))
+            .map(|r| {
+                let a = r.storm.summary.retry_amplification;
+                if a.is_finite() {
+                    format!("{a:.2}")
+                } else {
+                    "none succeeded".into()
+                }
+            })
             .collect(),
     ));
     for (k, kind) in KINDS.iter().enumerate() {
@@ -246,7 +253,20 @@ pub fn table(runs: &[Run]) -> String {
             .collect(),
     ));
     rows.push((
-        "median backend p99 (per second)".into(),
+        "peak database queries in progress".into(),
+        runs.iter()
+            .map(|r| {
+                r.samples
+                    .iter()
+                    .map(|x| x.db_active)
+                    .max()
+                    .unwrap_or(0)
+                    .to_string()
+            })
+            .collect(),
+    ));
+    rows.push((
+        "median backend p99 of completed requests".into(),
         runs.iter()
             .map(|r| format!("{:.0} ms", median_p99(r)))
             .collect(),
@@ -331,7 +351,13 @@ pub fn write_charts(runs: &[Run], dir: &std::path::Path) -> anyhow::Result<()> {
         .map(|r| r.storm.config.duration_s)
         .fold(1.0, f64::max);
     for r in runs {
-        let prefix = if r.with_warmgate { "with" } else { "without" };
+        let prefix = if r.with_warmgate {
+            "with"
+        } else if r.label.starts_with("nginx") {
+            "nginx"
+        } else {
+            "without"
+        };
         for (i, svg) in charts(r, x_max)?.iter().enumerate() {
             std::fs::write(dir.join(format!("{prefix}-{i}.svg")), svg)?;
         }

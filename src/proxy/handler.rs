@@ -73,7 +73,7 @@ pub async fn handle(
         }
         Err(r) => return Ok(rejected(&shared, &snap, feature, r).await),
     };
-    Ok(forward(&shared, &snap, &conn, req, host, permit, feature).await)
+    Ok(forward(&shared, &snap, &conn, req, permit, feature, now_ms).await)
 }
 
 /// The gate, plus the bounded wait for critical requests that only missed the limit.
@@ -165,9 +165,9 @@ async fn forward(
     snap: &Snapshot,
     conn: &ConnInfo,
     req: Request<Incoming>,
-    host: Option<HeaderValue>,
     permit: Permit,
     feature: &FeatureRt,
+    now_ms: u64,
 ) -> Response<ProxyBody> {
     // Released (and a waiting critical request woken) when the response ends or on any error.
     let mut held = Held {
@@ -177,11 +177,11 @@ async fn forward(
     };
     let c = &snap.compiled;
     let cfg = &c.config.upstream;
-    let now_ms = shared.clock.now_ms();
     let Some(ep) = c.endpoints.pick(now_ms, shared.rand()) else {
         feature.counters.inc(Outcome::UpstreamError);
         return respond::error(ProxyError::NoEndpoint);
     };
+    let host = host_of(&req);
     let (mut parts, body) = req.into_parts();
     headers::forward_request(
         &mut parts.headers,
@@ -218,7 +218,7 @@ async fn forward(
     )
     .await;
     let elapsed = start.elapsed();
-    let now_ms = shared.clock.now_ms();
+    let now_ms = now_ms + elapsed.as_millis() as u64;
     let ej = c.endpoints.ejection;
     match sent {
         Ok(Ok(resp)) => {

@@ -19,8 +19,17 @@ const HOP_BY_HOP: [&HeaderName; 7] = [
     &header::PROXY_AUTHORIZATION,
 ];
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(&name) || name == KEEP_ALIVE || name == PROXY_CONNECTION
+}
+
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the few names a message has is cheaper than nine hashed removals, and
+    // most messages carry none of them.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         // Rarely more than one Connection line; four covers real clients without allocating.
         let mut listed: [Option<HeaderValue>; 4] = Default::default();
