@@ -47,10 +47,12 @@ pub async fn run(
     };
     tracing::info!(listen = %bound.proxy, admin = ?bound.admin, "warmgate serving");
     let ticker = tokio::spawn(controller_loop(Arc::clone(&shared)));
+    let scraper = tokio::spawn(crate::signals::scrape::run(Arc::clone(&shared)));
     let admin_task = admin.map(|l| tokio::spawn(crate::admin::serve(l, Arc::clone(&shared))));
     let reloader = config_path.map(|p| tokio::spawn(reload_on_sighup(Arc::clone(&shared), p)));
     crate::proxy::serve(proxy, Arc::clone(&shared), shutdown).await;
     ticker.abort();
+    scraper.abort();
     if let Some(t) = admin_task {
         t.abort();
     }

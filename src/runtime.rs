@@ -81,6 +81,8 @@ pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub gate: &'static Gate,
     pub window: Window,
+    /// The hit ratio read from a backend stats endpoint, if configured.
+    pub scraped: crate::signals::scrape::Scraped,
     pub metrics: Metrics,
     pub clock: Clock,
     pub control: Mutex<Control>,
@@ -173,6 +175,7 @@ impl Shared {
             }),
             gate,
             window,
+            scraped: Default::default(),
             metrics,
             clock,
             control: Mutex::new(control),
@@ -198,6 +201,13 @@ impl Shared {
         signals.inflight = self.gate.inflight();
         signals.peak_inflight = peak;
         signals.limit_rejects = limit_rejects;
+        if signals.hit_ratio.is_none() {
+            // No cache header seen through us: fall back on the backend's own figure, if fresh.
+            if let Some(scrape) = &cur.compiled.config.signals.scrape {
+                let max_age = 3 * scrape.interval.as_millis() as u64 + 1000;
+                signals.hit_ratio = self.scraped.fresh(now, max_age);
+            }
+        }
         let Ok(mut control) = self.control.lock() else {
             return;
         };

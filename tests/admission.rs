@@ -306,3 +306,63 @@ async fn metrics_and_status_describe_the_ramp() {
     assert_eq!(st["signals"]["hit_ratio"], 1.0);
     p.stop().await;
 }
+
+#[tokio::test]
+async fn tarpit_holds_early_returners_and_ratelimit_headers_are_sent() {
+    let up = ok_upstream(Duration::ZERO).await;
+    let extra = "[ramp]\nduration = \"10m\"\n[retry]\njitter_window = \"0s\"\ntarpit = \"400ms\"\ntarpit_max_held = 8\nratelimit_headers = true";
+    let p = proxy(&config(&up.addr.to_string(), extra)).await;
+    let t = Instant::now();
+    let (first, _) = get(&p.url("/api/recommend"), &[("x-user", "h")]).await;
+    assert_eq!(first.status(), 503);
+    assert!(
+        t.elapsed() < Duration::from_millis(300),
+        "a first reject is not held"
+    );
+    assert!(first.headers()["ratelimit-policy"]
+        .to_str()
+        .unwrap()
+        .starts_with("\"warmup\";q="));
+    let ra = first.headers()["retry-after"].to_str().unwrap().to_string();
+    assert_eq!(
+        first.headers()["ratelimit"].to_str().unwrap(),
+        format!("\"warmup\";r=0;t={ra}")
+    );
+    let t = Instant::now();
+    let (again, _) = get(&p.url("/api/recommend"), &[("x-user", "h")]).await;
+    assert_eq!(again.status(), 429);
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "the early returner was held: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(up.hits(), 0);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn hit_ratio_is_scraped_when_responses_carry_no_cache_header() {
+    let up = upstream(Arc::new(|req| {
+        Box::pin(async move {
+            let body = if req.uri().path() == "/__stats" {
+                "{\"cache\":{\"hit_ratio\":0.8}}"
+            } else {
+                "ok"
+            };
+            Response::new(full(body))
+        })
+    }))
+    .await;
+    let extra = format!(
+        "[ramp]\ntick = \"50ms\"\n[signals.scrape]\nurl = \"http://{}/__stats\"\ninterval = \"100ms\"\njson_pointer = \"/cache/hit_ratio\"",
+        up.addr
+    );
+    let p = proxy(&config(&up.addr.to_string(), &extra)).await;
+    get(&p.url("/api/login"), &[("x-user", "s")]).await;
+    let st = until(&p, "scraped hit ratio", Duration::from_secs(5), |s| {
+        s["signals"]["hit_ratio"] == 0.8
+    })
+    .await;
+    assert_eq!(st["signals"]["hit_ratio"], 0.8);
+    p.stop().await;
+}

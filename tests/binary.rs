@@ -56,6 +56,8 @@ fn check_config_names_the_key_and_line() {
         ("[[feature]]\nname = \"a\"\npriority = \"low\"\n[[feature]]\nname = \"a\"\npriority = \"low\"\n", "w.toml:5: feature[1].name: duplicate feature \"a\""),
         ("[[feature]]\nname = \"a\"\npriority = \"low\"\n[[route]]\nfeature = \"a\"\npath_regex = \"(\"\n", "w.toml:6: route[0].path_regex: invalid regex"),
         ("listen = [\n", "w.toml:2"),
+        ("[signals.scrape]\nurl = \"ftp://x/\"\njson_pointer = \"/a\"\n", "w.toml:2: signals.scrape.url: \"ftp://x/\" is not an http://host:port/path URL"),
+        ("[signals.scrape]\nurl = \"http://127.0.0.1:9/s\"\n", "w.toml:1: signals.scrape: set exactly one of json_pointer or prometheus_metric"),
     ];
     for (text, want) in cases {
         let (code, err) = check(text);

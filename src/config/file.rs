@@ -83,8 +83,21 @@ pub struct FileSignals {
     pub cache_miss_values: Option<Vec<String>>,
     /// `allow` or `block`: what an unknown hit ratio does to a hit-ratio gate.
     pub unknown_hit_ratio: Option<String>,
+    /// Also read the hit ratio from a backend stats endpoint.
+    pub scrape: Option<FileScrape>,
     pub latency_p99: Option<FileThresholds<String>>,
     pub error_rate: Option<FileThresholds<f64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileScrape {
+    pub url: String,
+    pub interval: Option<String>,
+    /// JSON pointer to the ratio in a JSON document, e.g. `/hit_ratio`.
+    pub json_pointer: Option<String>,
+    /// Or the name of a Prometheus metric holding it.
+    pub prometheus_metric: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -92,9 +92,28 @@ pub struct LogConfig {
 pub struct SignalsConfig {
     /// Seconds of history the controller looks at.
     pub window: Duration,
+    /// A backend stats endpoint to read the hit ratio from.
+    pub scrape: Option<ScrapeConfig>,
     pub cache_header: HeaderName,
     pub hit_values: Vec<HeaderValue>,
     pub miss_values: Vec<HeaderValue>,
+}
+
+/// Where to read a hit ratio from, and how.
+#[derive(Debug, Clone)]
+pub struct ScrapeConfig {
+    pub url: http::Uri,
+    pub interval: Duration,
+    pub format: ScrapeFormat,
+}
+
+/// How the stats document gives the hit ratio.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScrapeFormat {
+    /// A JSON pointer (RFC 6901) into a JSON document.
+    JsonPointer(String),
+    /// A Prometheus text-format metric name (first sample wins).
+    Prometheus(String),
 }
 
 /// The bounded wait for critical requests over the limit.

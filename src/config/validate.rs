@@ -129,8 +129,51 @@ pub fn validate(f: FileConfig) -> Result<Config, Vec<KeyError>> {
     if window < Duration::from_secs(1) || window > Duration::from_secs(15) {
         e.push("signals.window", "must be between 1s and 15s");
     }
+    let scrape = sig.scrape.as_ref().and_then(|sc| {
+        let url = e.take(
+            sc.url
+                .parse::<http::Uri>()
+                .ok()
+                .filter(|u| u.scheme_str() == Some("http") && u.authority().is_some())
+                .ok_or_else(|| {
+                    bad(
+                        "signals.scrape.url",
+                        format!("{:?} is not an http://host:port/path URL", sc.url),
+                    )
+                }),
+        )?;
+        let interval = e.take(duration_or(
+            "signals.scrape.interval",
+            &sc.interval,
+            Duration::from_secs(1),
+        ))?;
+        let format = match (&sc.json_pointer, &sc.prometheus_metric) {
+            (Some(p), None) if p.starts_with('/') => ScrapeFormat::JsonPointer(p.clone()),
+            (Some(p), None) => {
+                e.push(
+                    "signals.scrape.json_pointer",
+                    format!("{p:?} must start with '/' (e.g. \"/hit_ratio\")"),
+                );
+                return None;
+            }
+            (None, Some(m)) => ScrapeFormat::Prometheus(m.clone()),
+            _ => {
+                e.push(
+                    "signals.scrape",
+                    "set exactly one of json_pointer or prometheus_metric",
+                );
+                return None;
+            }
+        };
+        Some(ScrapeConfig {
+            url,
+            interval,
+            format,
+        })
+    });
     let signals = SignalsConfig {
         window,
+        scrape,
         cache_header: header(
             &mut e,
             "signals.cache_header",

@@ -1,0 +1,132 @@
+//! The hit ratio read from a backend stats endpoint (JSON or Prometheus text) on an interval,
+//! for backends whose responses carry no cache header. Parsing is pure; the task is thin.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Empty};
+
+use crate::config::ScrapeFormat;
+use crate::runtime::Shared;
+
+/// The last scraped ratio and when it was read (0: never).
+#[derive(Default)]
+pub struct Scraped {
+    bits: AtomicU64,
+    at_ms: AtomicU64,
+}
+
+impl Scraped {
+    /// Stores a fresh reading.
+    pub fn store(&self, ratio: f64, now_ms: u64) {
+        self.bits.store(ratio.to_bits(), Ordering::Relaxed);
+        self.at_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// The reading, if one was taken within `max_age_ms`.
+    pub fn fresh(&self, now_ms: u64, max_age_ms: u64) -> Option<f64> {
+        let at = self.at_ms.load(Ordering::Relaxed);
+        (at != 0 && now_ms.saturating_sub(at) <= max_age_ms)
+            .then(|| f64::from_bits(self.bits.load(Ordering::Relaxed)))
+    }
+}
+
+/// Extracts a ratio in 0..=1 from a stats document.
+pub fn parse(body: &[u8], format: &ScrapeFormat) -> Result<f64, String> {
+    let v = match format {
+        ScrapeFormat::JsonPointer(p) => {
+            let doc: serde_json::Value =
+                serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+            doc.pointer(p)
+                .and_then(serde_json::Value::as_f64)
+                .ok_or_else(|| format!("no number at {p}"))?
+        }
+        ScrapeFormat::Prometheus(name) => {
+            let text = std::str::from_utf8(body).map_err(|_| "not UTF-8 text".to_string())?;
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .find(|l| {
+                    l.strip_prefix(name.as_str())
+                        .is_some_and(|rest| rest.starts_with([' ', '{']))
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .ok_or_else(|| format!("no sample of {name}"))?
+        }
+    };
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not a ratio between 0 and 1"))
+    }
+}
+
+/// Reads the configured stats endpoint every interval while one is configured (re-read from
+/// the live config each round, so a reload can add, change or remove it).
+pub async fn run(shared: Arc<Shared>) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<bytes::Bytes>>();
+    loop {
+        let cfg = shared
+            .snapshot
+            .load()
+            .compiled
+            .config
+            .signals
+            .scrape
+            .clone();
+        let Some(cfg) = cfg else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        let fetch = async {
+            let resp = client
+                .get(cfg.url.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            if !resp.status().is_success() {
+                return Err(format!("status {}", resp.status()));
+            }
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            parse(&body, &cfg.format)
+        };
+        match tokio::time::timeout(cfg.interval.max(Duration::from_millis(100)), fetch).await {
+            Ok(Ok(ratio)) => shared.scraped.store(ratio, shared.clock.now_ms()),
+            Ok(Err(e)) => tracing::warn!(url = %cfg.url, error = %e, "hit-ratio scrape failed"),
+            Err(_) => tracing::warn!(url = %cfg.url, "hit-ratio scrape timed out"),
+        }
+        tokio::time::sleep(cfg.interval).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_json_and_prometheus() {
+        let j = ScrapeFormat::JsonPointer("/cache/hit_ratio".into());
+        assert_eq!(parse(br#"{"cache":{"hit_ratio":0.42}}"#, &j), Ok(0.42));
+        assert!(parse(br#"{"cache":{}}"#, &j).is_err());
+        assert!(parse(b"nope", &j).is_err());
+        let p = ScrapeFormat::Prometheus("cache_hit_ratio".into());
+        let text = b"# HELP cache_hit_ratio x\n# TYPE cache_hit_ratio gauge\ncache_hit_ratio_total 5\ncache_hit_ratio{shard=\"a\"} 0.75\n";
+        assert_eq!(parse(text, &p), Ok(0.75));
+        assert!(parse(b"cache_hit_ratio 7\n", &p).is_err(), "not a ratio");
+    }
+
+    #[test]
+    fn stale_readings_are_unknown() {
+        let s = Scraped::default();
+        assert_eq!(s.fresh(1_000, 3_000), None);
+        s.store(0.5, 1_000);
+        assert_eq!(s.fresh(3_000, 3_000), Some(0.5));
+        assert_eq!(s.fresh(5_000, 3_000), None);
+    }
+}
