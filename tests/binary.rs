@@ -219,3 +219,52 @@ fn which(name: &str) -> Result<std::path::PathBuf, ()> {
     }
     Err(())
 }
+
+#[tokio::test]
+async fn sighup_reloads_and_a_bad_file_keeps_the_running_config() {
+    let up = ok_upstream(Duration::ZERO).await;
+    let port = free_port();
+    let base = open(port, &up.addr.to_string());
+    let (mut child, dir) = spawn(&base, port);
+    let path = dir.path().join("w.toml");
+    let url = format!("http://127.0.0.1:{port}/x");
+    assert_eq!(get(&url, &[]).await.0.status(), 200);
+    let hup = |child: &std::process::Child| {
+        let pid = child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    // Switch the default feature off: after the reload, requests are shed.
+    std::fs::write(
+        &path,
+        format!(
+            "{base}\n[[feature]]\nname = \"default\"\npriority = \"normal\"\nstate = \"off\"\n"
+        ),
+    )
+    .unwrap();
+    hup(&child);
+    let t = Instant::now();
+    while get(&url, &[]).await.0.status() != 503 {
+        assert!(t.elapsed() < Duration::from_secs(5), "reload not applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // An invalid file is refused; the last good config keeps serving.
+    std::fs::write(&path, "listen = \"nowhere\"\n").unwrap();
+    hup(&child);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    let hits = up.hits();
+    let (resp, body) = get(&url, &[]).await;
+    assert!(
+        resp.status() == 503 || resp.status() == 429,
+        "still shedding: {}",
+        resp.status()
+    );
+    assert!(String::from_utf8_lossy(&body).contains("\"feature\":\"default\""));
+    assert_eq!(up.hits(), hits, "the reloaded config still applies");
+    let _ = child.kill();
+    let _ = child.wait();
+}

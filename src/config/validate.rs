@@ -263,9 +263,6 @@ pub fn validate(f: FileConfig) -> Result<Config, Vec<KeyError>> {
         e.take(fraction("ramp.progress_floor", v)).unwrap_or(0.0)
     });
     let stages = per_priority(&mut e, "ramp.stages", &r.stages, d.stages);
-    if stages[Priority::Critical.index()] > 0.0 {
-        // Allowed, but then nothing at all is admitted at progress 0: say so in check-config.
-    }
     for w in Priority::ALL.windows(2) {
         if stages[w[0].index()] < stages[w[1].index()] {
             e.push(
