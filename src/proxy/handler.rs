@@ -34,13 +34,14 @@ pub async fn handle(
     let snap = shared.snapshot.load_full();
     let c = &snap.compiled;
     let now_ms = shared.clock.now_ms();
-    let host = host_of(&req);
-    let fidx = c.classifier.feature(
-        req.method(),
-        host.as_ref().and_then(|h| h.to_str().ok()),
-        req.uri().path(),
-        req.headers(),
-    );
+    let host = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    let fidx = c
+        .classifier
+        .feature(req.method(), host, req.uri().path(), req.headers());
     let Some(feature) = c.features.get(fidx) else {
         return Ok(respond::error(ProxyError::BadRequest("no feature")));
     };
@@ -97,9 +98,12 @@ async fn admit(shared: &Arc<Shared>, snap: &Snapshot, ask: Ask) -> Result<Permit
         return try_once(snap, ask.now_ms, false);
     }
     let first = try_once(snap, ask.now_ms, true);
-    let full = shared.queue.queued.fetch_add(1, Ordering::AcqRel) >= q.max_len;
-    if !matches!(first, Err(r) if r.reason == RejectReason::Limit) || full {
-        shared.queue.queued.fetch_sub(1, Ordering::AcqRel);
+    // Only a request that missed the limit touches the shared queue counter.
+    let missed_limit = matches!(first, Err(r) if r.reason == RejectReason::Limit);
+    if !missed_limit || shared.queue.queued.fetch_add(1, Ordering::AcqRel) >= q.max_len {
+        if missed_limit {
+            shared.queue.queued.fetch_sub(1, Ordering::AcqRel);
+        }
         if let Err(r) = first {
             shared.gate.remember(ask, r);
         }
