@@ -287,6 +287,8 @@ impl Sim {
 pub async fn serve(listener: TcpListener, sim: Arc<Sim>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            // Out of descriptors and the like: back off instead of spinning.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             continue;
         };
         let sim = Arc::clone(&sim);
