@@ -83,8 +83,33 @@ fn run_with_a_bad_config_exits_2() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("mode: \"chaos\" is not a mode"));
 }
 
+/// A child process killed when the test ends, even when it fails.
+struct Reaped(std::process::Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Starts the binary on `config`, waiting until its port answers.
-fn spawn(config: &str, port: u16) -> (std::process::Child, tempfile::TempDir) {
+fn spawn(config: &str, port: u16) -> (Reaped, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("w.toml");
     std::fs::write(&path, config).unwrap();
@@ -96,6 +121,7 @@ fn spawn(config: &str, port: u16) -> (std::process::Child, tempfile::TempDir) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let child = Reaped(child);
     let t = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
@@ -170,22 +196,24 @@ async fn real_nginx_upstream_serves_static_files() {
         ),
     )
     .unwrap();
-    let mut ng = Command::new(nginx)
-        .arg("-c")
-        .arg(&conf)
-        .arg("-p")
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let ng = Reaped(
+        Command::new(nginx)
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let t = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", nport)).is_err() {
         assert!(t.elapsed() < Duration::from_secs(10), "nginx did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
     let port = free_port();
-    let (mut wg, _d) = spawn(&open(port, &format!("127.0.0.1:{nport}")), port);
+    let (wg, _d) = spawn(&open(port, &format!("127.0.0.1:{nport}")), port);
     let (resp, body) = get(&format!("http://127.0.0.1:{port}/index.html"), &[]).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(body, "<h1>nginx behind warmgate</h1>\n");
@@ -198,10 +226,7 @@ async fn real_nginx_upstream_serves_static_files() {
     assert!(body == big, "4 MiB file intact");
     let (resp, _) = get(&format!("http://127.0.0.1:{port}/missing"), &[]).await;
     assert_eq!(resp.status(), 404, "upstream status passed through");
-    let _ = wg.kill();
-    let _ = ng.kill();
-    let _ = wg.wait();
-    let _ = ng.wait();
+    drop((wg, ng));
 }
 
 fn which(name: &str) -> Result<std::path::PathBuf, ()> {
@@ -229,7 +254,7 @@ async fn sighup_reloads_and_a_bad_file_keeps_the_running_config() {
     let path = dir.path().join("w.toml");
     let url = format!("http://127.0.0.1:{port}/x");
     assert_eq!(get(&url, &[]).await.0.status(), 200);
-    let hup = |child: &std::process::Child| {
+    let hup = |child: &Reaped| {
         let pid = child.id().to_string();
         assert!(Command::new("kill")
             .args(["-HUP", &pid])
