@@ -102,6 +102,13 @@ impl Metrics {
         let buckets = vec![
             0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
         ];
+        let attempts = reg(
+            &r,
+            IntCounterVec::new(
+                Opts::new("warmgate_attempts_total", "Requests by attempt kind"),
+                &["attempt"],
+            )?,
+        );
         Ok(Self {
             requests: reg(
                 &r,
@@ -113,20 +120,8 @@ impl Metrics {
                     &["feature", "priority", "outcome"],
                 )?,
             ),
-            attempts_first: reg(
-                &r,
-                IntCounter::with_opts(
-                    Opts::new("warmgate_attempts_total", "Requests by attempt kind")
-                        .const_label("attempt", "first"),
-                )?,
-            ),
-            attempts_retry: reg(
-                &r,
-                IntCounter::with_opts(
-                    Opts::new("warmgate_attempts_total", "Requests by attempt kind")
-                        .const_label("attempt", "retry"),
-                )?,
-            ),
+            attempts_first: attempts.with_label_values(&["first"]),
+            attempts_retry: attempts.with_label_values(&["retry"]),
             upstream_latency: reg(
                 &r,
                 Histogram::with_opts(

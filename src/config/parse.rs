@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use http::header::{HeaderName, HeaderValue};
 use http::uri::Authority;
 
 use super::error::{bad, KeyError};
@@ -58,6 +59,17 @@ pub fn host_port(key: &str, s: &str) -> Result<Authority, KeyError> {
         return Err(err());
     }
     s.parse::<Authority>().map_err(|_| err())
+}
+
+/// A header name.
+pub fn header_name(key: &str, s: &str) -> Result<HeaderName, KeyError> {
+    HeaderName::from_bytes(s.as_bytes())
+        .map_err(|_| bad(key, format!("{s:?} is not a header name")))
+}
+
+/// A header value.
+pub fn header_value(key: &str, s: &str) -> Result<HeaderValue, KeyError> {
+    HeaderValue::from_str(s).map_err(|_| bad(key, format!("{s:?} is not a header value")))
 }
 
 /// A number in `0.0..=1.0`.

@@ -9,7 +9,9 @@ use regex::Regex;
 
 use super::error::{bad, KeyError};
 use super::file::{FileConfig, FilePriorityMap, FileThresholds};
-use super::parse::{duration, duration_or, fraction, host_port, listen_addr};
+use super::parse::{
+    duration, duration_or, fraction, header_name, header_value, host_port, listen_addr,
+};
 use super::*;
 use crate::admission::classify::{ClientKey, Route};
 use crate::admission::curve::Curve;
@@ -98,25 +100,13 @@ pub fn validate(f: FileConfig) -> Result<Config, Vec<KeyError>> {
     };
 
     let sig = &f.signals;
-    let header = |e: &mut Errors, key: &str, v: &str| {
-        e.take(
-            HeaderName::from_bytes(v.as_bytes())
-                .map_err(|_| bad(key, format!("{v:?} is not a header name"))),
-        )
-    };
+    let header = |e: &mut Errors, key: &str, v: &str| e.take(header_name(key, v));
     let values =
         |e: &mut Errors, key: &str, vs: &Option<Vec<String>>, default: &str| -> Vec<HeaderValue> {
             let list = vs.clone().unwrap_or_else(|| vec![default.to_string()]);
             list.iter()
                 .enumerate()
-                .filter_map(|(i, v)| {
-                    e.take(HeaderValue::from_str(v).map_err(|_| {
-                        bad(
-                            format!("{key}[{i}]"),
-                            format!("{v:?} is not a header value"),
-                        )
-                    }))
-                })
+                .filter_map(|(i, v)| e.take(header_value(&format!("{key}[{i}]"), v)))
                 .collect()
         };
     let window = e
@@ -768,22 +758,14 @@ fn routes(e: &mut Errors, f: &FileConfig, features: &[FeatureConfig]) -> Vec<Rou
                 );
             }
         }
-        let header = r.header.as_deref().and_then(|h| {
-            e.take(HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
-                bad(
-                    format!("{key}.header"),
-                    format!("{h:?} is not a header name"),
-                )
-            }))
-        });
-        let header_value = r.header_value.as_deref().and_then(|v| {
-            e.take(HeaderValue::from_str(v).map_err(|_| {
-                bad(
-                    format!("{key}.header_value"),
-                    format!("{v:?} is not a header value"),
-                )
-            }))
-        });
+        let header = r
+            .header
+            .as_deref()
+            .and_then(|h| e.take(header_name(&format!("{key}.header"), h)));
+        let header_value = r
+            .header_value
+            .as_deref()
+            .and_then(|v| e.take(header_value(&format!("{key}.header_value"), v)));
         if header_value.is_some() && r.header.is_none() {
             e.push(format!("{key}.header_value"), "needs header = \"name\"");
         }
