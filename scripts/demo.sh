@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole story in about a minute and a half: a cold backend (coldsim), a login storm against
+# The whole story in two 40-second runs (after the build): a cold backend (coldsim), a login storm against
 # it without warmgate, then the same seeded storm with warmgate on config/warmgate.toml in front.
 # Writes drill-report/report.html (plots) and prints the comparison table.
 set -euo pipefail
