@@ -11,21 +11,32 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Method, Version};
 use warmgate::admission::classify::{Classifier, ClientKey, Route};
 use warmgate::admission::controller::{CtlState, Decision, Health};
+use warmgate::admission::limit::{KneeLimit, KneeParams, LimitAlgorithm, Outcome};
 use warmgate::admission::{Ask, FeatureState, Gate, GatePolicy, Priority};
 use warmgate::config::Balance;
 use warmgate::proxy::headers::{forward_request, forward_response, ConnHeaders};
 use warmgate::upstream::{Ejection, Endpoint, EndpointSet};
 
-fn decision(open: [bool; 4], cap: u32) -> Decision {
+fn decision(open: [bool; 4]) -> Decision {
     Decision {
+        engaged: true,
         progress: 0.5,
         state: CtlState::Advancing,
         health: Health::Healthy,
-        limit: cap,
-        caps: [cap; 4],
         open,
         eta_s: [30.0, 0.0, 0.0, 0.0],
-        rps: None,
+        drain_rps: [100.0; 4],
+        ..Decision::default()
+    }
+}
+
+fn ask(priority: Priority, client: u64) -> Ask {
+    Ask {
+        priority,
+        state: FeatureState::Auto,
+        feature: priority.index() as u32,
+        client,
+        now_ms: 1_000,
     }
 }
 
@@ -120,6 +131,7 @@ fn classify(c: &mut Criterion) {
         ],
         4,
         ClientKey::Header(http::header::HeaderName::from_static("x-user")),
+        std::hash::RandomState::new(),
     );
     let h = request_headers();
     let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -138,46 +150,50 @@ fn classify(c: &mut Criterion) {
 
 fn gate(c: &mut Criterion) {
     let pol = GatePolicy::default();
-    let g = Gate::leak(1 << 16);
-    let open = decision([true; 4], 1_000_000);
+    let g = Gate::leak(1 << 16, 1 << 16);
+    g.set_limit(1_000_000, 1_000_000, false);
+    let open = decision([true; 4]);
     let mut client = 0u64;
     c.bench_function("gate/admit_release", |b| {
         b.iter(|| {
             client = client.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let ask = Ask {
-                priority: Priority::High,
-                state: FeatureState::Auto,
-                client,
-                now_ms: 1_000,
-            };
-            drop(black_box(g.try_admit(&open, &pol, ask, || true)));
+            drop(black_box(g.admit(
+                &open,
+                &pol,
+                ask(Priority::High, client),
+                || true,
+            )));
         })
     });
-    let shut = decision([false, false, false, true], 1_000_000);
+    let shut = decision([false, false, false, true]);
     c.bench_function("gate/reject_stage", |b| {
         b.iter(|| {
             client = client.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let ask = Ask {
-                priority: Priority::Low,
-                state: FeatureState::Auto,
-                client,
-                now_ms: 1_000,
-            };
-            black_box(g.try_admit(&shut, &pol, ask, || true).err())
+            drop(black_box(g.admit(
+                &shut,
+                &pol,
+                ask(Priority::Low, client),
+                || true,
+            )));
         })
     });
-    c.bench_function("gate/reject_early_retry", |b| {
-        let ask = Ask {
-            priority: Priority::Low,
-            state: FeatureState::Auto,
-            client: 42,
-            now_ms: 1_000,
-        };
-        b.iter(|| black_box(g.try_admit(&shut, &pol, ask, || true).err()))
+    // A full limit: the request joins the line and leaves it (a wait that is given up).
+    let full = Gate::leak(1 << 16, 1 << 16);
+    full.set_limit(1, 1, false);
+    let _held = full.admit(&open, &pol, ask(Priority::Critical, 1), || true);
+    c.bench_function("gate/queue_join_and_leave", |b| {
+        b.iter(|| {
+            client = client.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            drop(black_box(full.admit(
+                &open,
+                &pol,
+                ask(Priority::High, client),
+                || true,
+            )));
+        })
     });
     c.bench_function("gate/admit_release_contended_2_threads", |b| {
         b.iter_custom(|iters| {
-            let start = Instant::now();
             let mut total = Duration::ZERO;
             std::thread::scope(|s| {
                 let hs: Vec<_> = (0..2u64)
@@ -186,13 +202,8 @@ fn gate(c: &mut Criterion) {
                         s.spawn(move || {
                             let t0 = Instant::now();
                             for i in 0..iters {
-                                let ask = Ask {
-                                    priority: Priority::High,
-                                    state: FeatureState::Auto,
-                                    client: i ^ (t << 40),
-                                    now_ms: 1_000,
-                                };
-                                drop(black_box(g.try_admit(&open, &pol, ask, || true)));
+                                let a = ask(Priority::High, i ^ (t << 40));
+                                drop(black_box(g.admit(&open, &pol, a, || true)));
                             }
                             t0.elapsed()
                         })
@@ -202,11 +213,25 @@ fn gate(c: &mut Criterion) {
                     total = total.max(h.join().unwrap_or_default());
                 }
             });
-            let _ = start;
             total
         })
     });
 }
 
-criterion_group!(benches, headers, endpoints, classify, gate);
+/// One controller tick's work on the limit: twelve classes sampled, one update.
+fn limit(c: &mut Criterion) {
+    let mut alg = KneeLimit::new(KneeParams::default());
+    let mut now = 0u64;
+    c.bench_function("limit/knee_tick", |b| {
+        b.iter(|| {
+            now += 100;
+            for class in 0..12 {
+                alg.sample(class, 20.0 + class as f64, 10, 16, Outcome::Ok);
+            }
+            black_box(alg.update(now, true))
+        })
+    });
+}
+
+criterion_group!(benches, headers, endpoints, classify, gate, limit);
 criterion_main!(benches);

@@ -2,8 +2,8 @@
 //! never formatted per request.
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::admission::{CtlState, Priority, RejectReason};
@@ -12,22 +12,22 @@ use crate::admission::{CtlState, Priority, RejectReason};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Admitted,
+    /// A closed stage or a feature switched off.
     Shed,
-    RejectedLimit,
+    /// The wait line was full, or the wait ran out.
+    RejectedQueue,
     RejectedRate,
-    RejectedEarlyRetry,
     UpstreamError,
-    /// Shadow mode: would have been rejected, was admitted.
+    /// Shadow mode: would have waited or been rejected, was admitted.
     ShadowReject,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 7] = [
+    const ALL: [Outcome; 6] = [
         Outcome::Admitted,
         Outcome::Shed,
-        Outcome::RejectedLimit,
+        Outcome::RejectedQueue,
         Outcome::RejectedRate,
-        Outcome::RejectedEarlyRetry,
         Outcome::UpstreamError,
         Outcome::ShadowReject,
     ];
@@ -36,9 +36,8 @@ impl Outcome {
         match self {
             Outcome::Admitted => "admitted",
             Outcome::Shed => "shed",
-            Outcome::RejectedLimit => "rejected_limit",
+            Outcome::RejectedQueue => "rejected_queue",
             Outcome::RejectedRate => "rejected_rate",
-            Outcome::RejectedEarlyRetry => "rejected_early_retry",
             Outcome::UpstreamError => "upstream_error",
             Outcome::ShadowReject => "shadow_reject",
         }
@@ -48,16 +47,15 @@ impl Outcome {
     pub fn of(reason: RejectReason) -> Outcome {
         match reason {
             RejectReason::Stage | RejectReason::FeatureOff => Outcome::Shed,
-            RejectReason::Limit => Outcome::RejectedLimit,
+            RejectReason::QueueFull | RejectReason::QueueTimeout => Outcome::RejectedQueue,
             RejectReason::Rate => Outcome::RejectedRate,
-            RejectReason::EarlyRetry => Outcome::RejectedEarlyRetry,
         }
     }
 }
 
 /// Counters of one feature, one per outcome.
 #[derive(Clone, Debug)]
-pub struct FeatureCounters([IntCounter; 7]);
+pub struct FeatureCounters([IntCounter; 6]);
 
 impl FeatureCounters {
     /// Counts one request with this outcome.
@@ -78,7 +76,16 @@ pub struct Metrics {
     pub attempts_first: IntCounter,
     pub attempts_retry: IntCounter,
     pub upstream_latency: Histogram,
-    pub queue_wait: Histogram,
+    /// Time spent in the wait line, by priority (index = `Priority::index`).
+    pub queue_wait: [Histogram; 4],
+    /// Waits that ran out without a slot, by priority.
+    pub queue_timeouts: [IntCounter; 4],
+    /// Requests in line, by priority (set on the tick).
+    pub queue_len: [IntGauge; 4],
+    /// Early returners held before their reject.
+    pub held: IntGauge,
+    pub engaged: IntGauge,
+    pub inflation: Gauge,
     pub limit: IntGauge,
     pub inflight: IntGauge,
     pub progress: Gauge,
@@ -132,14 +139,62 @@ impl Metrics {
                     .buckets(buckets.clone()),
                 )?,
             ),
-            queue_wait: reg(
+            queue_wait: {
+                let v = reg(
+                    &r,
+                    HistogramVec::new(
+                        HistogramOpts::new(
+                            "warmgate_queue_wait_seconds",
+                            "Time requests waited in line, admitted or not",
+                        )
+                        .buckets(buckets),
+                        &["priority"],
+                    )?,
+                );
+                Priority::ALL.map(|p| v.with_label_values(&[p.as_str()]))
+            },
+            queue_timeouts: {
+                let v = reg(
+                    &r,
+                    IntCounterVec::new(
+                        Opts::new(
+                            "warmgate_queue_timeouts_total",
+                            "Waits that reached the priority's longest wait without a slot",
+                        ),
+                        &["priority"],
+                    )?,
+                );
+                Priority::ALL.map(|p| v.with_label_values(&[p.as_str()]))
+            },
+            queue_len: {
+                let v = reg(
+                    &r,
+                    IntGaugeVec::new(
+                        Opts::new("warmgate_queue_length", "Requests waiting in line"),
+                        &["priority"],
+                    )?,
+                );
+                Priority::ALL.map(|p| v.with_label_values(&[p.as_str()]))
+            },
+            held: reg(
                 &r,
-                Histogram::with_opts(
-                    HistogramOpts::new(
-                        "warmgate_queue_wait_seconds",
-                        "Time critical requests waited for a slot",
-                    )
-                    .buckets(buckets),
+                IntGauge::new(
+                    "warmgate_held_early_returners",
+                    "Clients that came back before their Retry-After, held before the answer",
+                )?,
+            ),
+            engaged: reg(
+                &r,
+                IntGauge::new(
+                    "warmgate_ramp_engaged",
+                    "1 while the warm-up ramp is engaged",
+                )?,
+            ),
+            inflation: reg(
+                &r,
+                Gauge::new(
+                    "warmgate_latency_inflation_ratio",
+                    "Upstream latency over its no-load latency for the same mix, last tick",
                 )?,
             ),
             limit: reg(
@@ -206,14 +261,7 @@ impl Metrics {
 
     /// Marks the controller's state.
     pub fn set_state(&self, s: CtlState) {
-        for st in [
-            CtlState::Advancing,
-            CtlState::Holding,
-            CtlState::BackingOff,
-            CtlState::WaitingForCache,
-            CtlState::Paused,
-            CtlState::Complete,
-        ] {
+        for st in CtlState::ALL {
             self.state
                 .with_label_values(&[st.as_str()])
                 .set(i64::from(st == s));

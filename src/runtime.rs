@@ -1,23 +1,23 @@
 //! The running state: one immutable snapshot (config, compiled routes, endpoints, the last
 //! controller decision) behind `ArcSwap`, plus the long-lived counters that survive reloads.
 
+use std::hash::RandomState;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwap;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::Notify;
-
 use crate::admission::classify::Classifier;
+use crate::admission::limit::CLASSES;
 use crate::admission::{
     ControlParams, Controller, Decision, FeatureState, Gate, Priority, SignalSnapshot,
 };
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::{FeatureCounters, Metrics};
-use crate::signals::Window;
+use crate::signals::{Completions, Window};
 use crate::upstream::{build_client, Ejection, Endpoint, EndpointSet, UpstreamClient};
+use arc_swap::ArcSwap;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 /// One feature, compiled for the hot path.
 #[derive(Debug)]
@@ -42,9 +42,14 @@ pub struct Snapshot {
     pub compiled: Arc<Compiled>,
     pub decision: Decision,
     pub rate: Option<Arc<DefaultDirectRateLimiter>>,
+    /// Per class, the latency under which a completion counts as fast for slow start
+    /// (0: no baseline yet, any success counts).
+    pub fast_us: [u64; CLASSES],
 }
 
 /// Controller state and its parameters: touched on the tick and by operators, never per request.
+/// Whoever holds this lock is the only writer of [`Shared::snapshot`]: the tick and a reload
+/// both store under it, so neither can put back what the other replaced.
 pub struct Control {
     pub params: ControlParams,
     pub controller: Controller,
@@ -55,46 +60,33 @@ pub struct Control {
     pub retry_share: f64,
 }
 
-/// Where critical requests over the limit wait (bounded in length and time by the handler).
-#[derive(Default)]
-pub struct WaitQueue {
-    pub notify: Notify,
-    pub queued: AtomicU32,
-}
-
-impl WaitQueue {
-    /// Requests waiting now.
-    pub fn waiting(&self) -> u32 {
-        self.queued.load(Ordering::Acquire)
-    }
-
-    /// A slot was released: wake one waiter, if any (no lock taken when none wait).
-    pub fn slot_released(&self) {
-        if self.waiting() > 0 {
-            self.notify.notify_one();
-        }
-    }
-}
-
 /// Process-wide state shared by listeners, the controller and the admin API.
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub gate: &'static Gate,
     pub window: Window,
+    /// Completions by class since the last tick (the limit's input).
+    pub completions: Completions,
     /// The hit ratio read from a backend stats endpoint, if configured.
     pub scraped: crate::signals::scrape::Scraped,
     pub metrics: Metrics,
     pub clock: Clock,
     pub control: Mutex<Control>,
-    /// Critical requests waiting briefly for a slot.
-    pub queue: &'static WaitQueue,
-    pub tarpit_held: AtomicU32,
+    /// Keys the client hash; kept for the process so a reload keeps client memory.
+    pub hasher: RandomState,
     nonce: AtomicU64,
 }
 
 impl Compiled {
-    /// Compiles a validated config; endpoints already known keep their counters.
-    pub fn new(config: Config, metrics: &Metrics, previous: Option<&Compiled>) -> Self {
+    /// Compiles a validated config; endpoints already known keep their counters, and the
+    /// upstream client (with its pooled keep-alive connections) is kept while the upstream
+    /// settings it was built from are unchanged.
+    pub fn new(
+        config: Config,
+        metrics: &Metrics,
+        previous: Option<&Compiled>,
+        hasher: &RandomState,
+    ) -> Self {
         let features = config
             .features
             .iter()
@@ -126,11 +118,15 @@ impl Compiled {
             cooldown_ms: config.upstream.eject_cooldown.as_millis() as u64,
         };
         let endpoints = EndpointSet::new(endpoints, config.upstream.balance, ejection);
-        let client = build_client(&config.upstream);
+        let client = match previous {
+            Some(p) if same_client(&p.config.upstream, &config.upstream) => p.client.clone(),
+            _ => build_client(&config.upstream),
+        };
         let classifier = Classifier::new(
             config.routes.clone(),
             config.default_feature,
             config.client_key.clone(),
+            hasher.clone(),
         );
         Self {
             config,
@@ -142,15 +138,24 @@ impl Compiled {
     }
 }
 
+/// Whether two upstream configs build the same client (pool settings, protocol, timeouts).
+fn same_client(a: &crate::config::UpstreamConfig, b: &crate::config::UpstreamConfig) -> bool {
+    a.h2c == b.h2c
+        && a.connect_timeout == b.connect_timeout
+        && a.pool_idle_timeout == b.pool_idle_timeout
+        && a.pool_max_idle_per_endpoint == b.pool_max_idle_per_endpoint
+}
+
 impl Shared {
     /// Builds the state for a first config.
     pub fn new(config: Config) -> anyhow::Result<Arc<Self>> {
         let metrics = Metrics::new()?;
-        let gate = Gate::leak(config.client_table_size);
+        let gate = Gate::leak(config.client_table_size, config.queue.max_len as usize);
         let params = config.control.clone();
         let controller = Controller::new(&params);
         let clock = Clock::new();
-        let compiled = Arc::new(Compiled::new(config, &metrics, None));
+        let hasher = RandomState::new();
+        let compiled = Arc::new(Compiled::new(config, &metrics, None, &hasher));
         let mut control = Control {
             params,
             controller,
@@ -166,21 +171,23 @@ impl Shared {
             control
                 .controller
                 .tick(clock.now_ms(), &control.params, &SignalSnapshot::default());
+        gate.set_limit(decision.limit, decision.ceiling, decision.slow_start);
         let rate = control.rate_for(decision.rps);
         Ok(Arc::new(Self {
             snapshot: ArcSwap::from_pointee(Snapshot {
                 compiled,
                 decision,
                 rate,
+                fast_us: [0; CLASSES],
             }),
             gate,
             window,
+            completions: Completions::default(),
             scraped: Default::default(),
             metrics,
             clock,
             control: Mutex::new(control),
-            queue: Box::leak(Box::default()),
-            tarpit_held: AtomicU32::new(0),
+            hasher,
             nonce: AtomicU64::new(0),
         }))
     }
@@ -192,15 +199,22 @@ impl Shared {
 
     /// One controller tick: read signals, step the controller, publish a new snapshot.
     pub fn tick(&self) {
-        let now = self.clock.now_ms();
+        let Ok(mut control) = self.control.lock() else {
+            return;
+        };
+        let control = &mut *control;
+        // Loaded under the lock: a reload cannot slip in between this load and the store.
         let cur = self.snapshot.load_full();
+        let now = self.clock.now_ms();
         let window_s = cur.compiled.config.signals.window.as_secs().max(1);
         self.window.rotate(now);
         let mut signals = self.window.snapshot(now, window_s);
-        let (peak, limit_rejects) = self.gate.take_tick_counters();
+        let (class_n, class_us, dropped) = self.completions.take();
+        signals.class_n = class_n;
+        signals.class_us = class_us;
+        signals.dropped = dropped;
+        signals.gate = self.gate.take_tick_counters();
         signals.inflight = self.gate.inflight();
-        signals.peak_inflight = peak;
-        signals.limit_rejects = limit_rejects;
         if signals.hit_ratio.is_none() {
             // No cache header seen through us: fall back on the backend's own figure, if fresh.
             if let Some(scrape) = &cur.compiled.config.signals.scrape {
@@ -208,11 +222,9 @@ impl Shared {
                 signals.hit_ratio = self.scraped.fresh(now, max_age);
             }
         }
-        let Ok(mut control) = self.control.lock() else {
-            return;
-        };
-        let control = &mut *control;
         let decision = control.controller.tick(now, &control.params, &signals);
+        self.gate
+            .set_limit(decision.limit, decision.ceiling, decision.slow_start);
         control.last_signals = signals;
         let rate = control.rate_for(decision.rps);
         let (first, retry) = (
@@ -228,30 +240,38 @@ impl Shared {
             control.retry_share = dr as f64 / (df + dr) as f64;
         }
         self.publish_metrics(&decision, &signals, control.retry_share);
+        let fast_us = control.controller.fast_us(&control.params);
         self.snapshot.store(Arc::new(Snapshot {
             compiled: cur.compiled.clone(),
             decision,
             rate,
+            fast_us,
         }));
-        if self.queue.waiting() > 0 {
-            // The limit may have grown: let every waiter try again.
-            self.queue.notify.notify_waiters();
-        }
     }
 
-    /// Swaps in a new config; controller state, counters and client memory carry over.
+    /// Swaps in a new config; controller state, counters, client memory and pooled upstream
+    /// connections carry over.
     pub fn reload(&self, config: Config) {
+        let Ok(mut control) = self.control.lock() else {
+            return;
+        };
         let cur = self.snapshot.load_full();
-        let compiled = Arc::new(Compiled::new(config, &self.metrics, Some(&cur.compiled)));
-        if let Ok(mut control) = self.control.lock() {
-            let paused = control.params.paused;
-            control.params = compiled.config.control.clone();
-            control.params.paused = paused;
-        }
+        let compiled = Arc::new(Compiled::new(
+            config,
+            &self.metrics,
+            Some(&cur.compiled),
+            &self.hasher,
+        ));
+        let paused = control.params.paused;
+        control.params = compiled.config.control.clone();
+        control.params.paused = paused;
+        self.gate
+            .set_max_len(compiled.config.queue.max_len as usize);
         self.snapshot.store(Arc::new(Snapshot {
             compiled,
             decision: cur.decision,
             rate: cur.rate.clone(),
+            fast_us: cur.fast_us,
         }));
     }
 
@@ -260,9 +280,15 @@ impl Shared {
         m.limit.set(i64::from(d.limit));
         m.inflight.set(i64::from(s.inflight));
         m.progress.set(d.progress);
+        m.engaged.set(i64::from(d.engaged));
+        m.inflation.set(d.inflation.unwrap_or(f64::NAN));
         m.hit_ratio.set(s.hit_ratio.unwrap_or(f64::NAN));
         m.p99.set(s.p99_ms / 1000.0);
         m.retry_share.set(retry_share);
+        m.held.set(i64::from(self.gate.held()));
+        for p in Priority::ALL {
+            m.queue_len[p.index()].set(i64::from(s.gate.waiting[p.index()]));
+        }
         let lowest = Priority::ALL
             .iter()
             .find(|p| d.open[p.index()])

@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// Open ramp: everything admitted from the start, so these tests see the proxy alone.
 fn open_config(endpoints: &str, extra: &str) -> String {
     format!(
-        "[upstream]\nendpoints = [{endpoints}]\n{extra}\n[ramp]\nstages = {{ critical = 0.0, high = 0.0, normal = 0.0, low = 0.0 }}\n[limit]\nmode = \"fixed\"\nfull_capacity = 1000\n[ramp.headroom]\nlow = 1.0\nnormal = 1.0\nhigh = 1.0\n"
+        "[upstream]\nendpoints = [{endpoints}]\n{extra}\n[limit]\nmode = \"fixed\"\nfull_capacity = 1000\n"
     )
 }
 

@@ -16,6 +16,7 @@ pub fn status(shared: &Shared) -> Value {
         Ok(ctl) => (ctl.last_signals, ctl.params.clone(), ctl.retry_share),
         Err(_) => return json!({"error": "controller state unavailable"}),
     };
+    let waiting = shared.gate.waiting_by_priority();
     let stages: serde_json::Map<String, Value> = Priority::ALL
         .iter()
         .rev()
@@ -26,8 +27,10 @@ pub fn status(shared: &Shared) -> Value {
                 json!({
                     "admitted": d.open[i],
                     "stage": params.stages[i],
-                    "cap": d.caps[i],
                     "eta_s": d.eta_s[i],
+                    "waiting": waiting[i],
+                    "max_wait_ms": c.config.gate.max_wait_ms[i],
+                    "drain_rps": d.drain_rps[i],
                 }),
             )
         })
@@ -42,9 +45,8 @@ pub fn status(shared: &Shared) -> Value {
                 "state": f.state.as_str(),
                 "admitted": f.counters.get(Outcome::Admitted),
                 "shed": f.counters.get(Outcome::Shed),
-                "rejected_limit": f.counters.get(Outcome::RejectedLimit),
+                "rejected_queue": f.counters.get(Outcome::RejectedQueue),
                 "rejected_rate": f.counters.get(Outcome::RejectedRate),
-                "rejected_early_retry": f.counters.get(Outcome::RejectedEarlyRetry),
                 "upstream_error": f.counters.get(Outcome::UpstreamError),
                 "shadow_reject": f.counters.get(Outcome::ShadowReject),
             })
@@ -68,9 +70,14 @@ pub fn status(shared: &Shared) -> Value {
         "controller": {
             "state": d.state.as_str(),
             "health": format!("{:?}", d.health).to_lowercase(),
+            "engage": params.engage.as_str(),
+            "engaged": d.engaged,
             "progress": d.progress,
             "paused": params.paused,
             "limit": d.limit,
+            "limit_ceiling": d.ceiling,
+            "slow_start": d.slow_start,
+            "latency_inflation": d.inflation,
             "limit_mode": match params.limit {
                 crate::admission::params::LimitMode::Fixed { .. } => "fixed",
                 crate::admission::params::LimitMode::Adaptive { .. } => "adaptive",
@@ -89,7 +96,8 @@ pub fn status(shared: &Shared) -> Value {
             "error_rate": signals.error_rate,
             "inflight": shared.gate.inflight(),
             "retry_share": retry_share,
-            "queued": shared.queue.waiting(),
+            "queued": shared.gate.waiting(),
+            "held_early_returners": shared.gate.held(),
             "waiting_clients": shared.gate.waiting_clients(now),
         },
         "features": features,

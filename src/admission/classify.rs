@@ -93,13 +93,19 @@ fn strip_port(host: &str) -> &str {
 }
 
 impl Classifier {
-    /// A classifier over compiled routes; the client-key hash is keyed per process.
-    pub fn new(routes: Vec<Route>, default_feature: usize, client_key: ClientKey) -> Self {
+    /// A classifier over compiled routes; `hasher` keys the client hash (keep it across
+    /// reloads, or client memory is lost).
+    pub fn new(
+        routes: Vec<Route>,
+        default_feature: usize,
+        client_key: ClientKey,
+        hasher: RandomState,
+    ) -> Self {
         Self {
             routes,
             default_feature,
             client_key,
-            hasher: RandomState::new(),
+            hasher,
         }
     }
 
@@ -174,7 +180,7 @@ mod tests {
             header_value: Some(HeaderValue::from_static("1")),
             ..route(2)
         };
-        Classifier::new(vec![login, admin, beta], 3, key)
+        Classifier::new(vec![login, admin, beta], 3, key, RandomState::new())
     }
 
     #[test]

@@ -1,77 +1,111 @@
-//! The controller: every tick, signals → progress, limit and per-priority caps. Pure: the clock
-//! and the signals are arguments.
+//! The controller: every tick, signals → limit, engaged ramp progress, stages and drain rates.
+//! Pure: the clock and the signals are arguments.
+//!
+//! Three things, kept apart (control model v2): the **limit** (how much the backend takes now,
+//! [`KneeLimit`] or a fixed capacity), the **queue** (served by the gate; the controller only
+//! measures how fast each priority drains), and the **ramp** (the operator's cutover plan:
+//! engaged on start, by an operator, or on strain; invisible otherwise). Progress advances only
+//! on the backend's answers: no completions, no progress.
 
-use super::params::{ControlParams, LimitMode, Thresholds};
+use super::gate::TickCounters;
+use super::limit::{KneeLimit, LimitAlgorithm, Outcome, CLASSES};
+use super::params::{ControlParams, Engage, LimitMode, Thresholds};
 use super::priority::{PerPriority, Priority};
 
-/// What the data path measured over the signal window, read once per tick.
+/// What the data path measured, read once per tick.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct SignalSnapshot {
-    /// Upstream responses in the window.
+    /// Upstream responses in the guard-rail window.
     pub samples: u64,
     pub p50_ms: f64,
     pub p90_ms: f64,
     pub p99_ms: f64,
     /// `None` when no response carried the cache header.
     pub hit_ratio: Option<f64>,
-    /// 5xx, connect failures and timeouts over forwarded requests; `None` with no traffic.
+    /// 5xx, connect failures and timeouts over forwarded requests in the window; `None` with no traffic.
     pub error_rate: Option<f64>,
     /// Requests in flight to the upstream right now.
     pub inflight: u32,
-    /// Highest in-flight count seen since the last tick.
-    pub peak_inflight: u32,
-    /// Requests refused by the limit (not by a stage) since the last tick: demand exceeds it.
-    pub limit_rejects: u64,
+    /// Completions since the last tick by class (see [`super::limit::class_of`]).
+    pub class_n: [u64; CLASSES],
+    /// Their summed latency, microseconds.
+    pub class_us: [u64; CLASSES],
+    /// Dropped requests (5xx, timeouts, connect failures) since the last tick.
+    pub dropped: u64,
+    /// The gate's counters since the last tick.
+    pub gate: TickCounters,
 }
 
-/// Health of the signals taken together, worst first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Health of the guard rails, worst first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Health {
     Critical,
     Warn,
+    #[default]
     Healthy,
 }
 
 /// What the controller did on its last tick.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CtlState {
+    /// No ramp engaged: every priority admitted within the limit.
+    #[default]
+    Open,
     Advancing,
+    /// Engaged, waiting for evidence (completions, a short line) before advancing.
     Holding,
     BackingOff,
-    /// Healthy, but a hit-ratio gate keeps progress where it is.
+    /// A hit-ratio gate keeps progress where it is.
     WaitingForCache,
     Paused,
-    Complete,
 }
 
 impl CtlState {
+    /// Every state, for pre-registering metrics.
+    pub const ALL: [CtlState; 6] = [
+        CtlState::Open,
+        CtlState::Advancing,
+        CtlState::Holding,
+        CtlState::BackingOff,
+        CtlState::WaitingForCache,
+        CtlState::Paused,
+    ];
+
     /// Label for status and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
+            CtlState::Open => "open",
             CtlState::Advancing => "advancing",
             CtlState::Holding => "holding",
             CtlState::BackingOff => "backing_off",
             CtlState::WaitingForCache => "waiting_for_cache",
             CtlState::Paused => "paused",
-            CtlState::Complete => "complete",
         }
     }
 }
 
 /// The published result of a tick, read by the gate.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Decision {
+    /// Whether the ramp is engaged (stages apply, the curve caps the limit).
+    pub engaged: bool,
     pub progress: f64,
     pub state: CtlState,
     pub health: Health,
     /// Max requests in flight.
     pub limit: u32,
-    /// Max in-flight (all priorities counted) that a request of each priority may join.
-    pub caps: PerPriority<u32>,
-    /// Whether each priority's stage is reached.
+    /// How far slow start on the data path may raise the limit before the next tick.
+    pub ceiling: u32,
+    /// The limit is still doubling (no queueing seen since the last restart).
+    pub slow_start: bool,
+    /// Whether each priority is admitted (always, unless an engaged ramp has not reached it).
     pub open: PerPriority<bool>,
     /// Expected seconds until each priority's stage opens (0 when open).
     pub eta_s: PerPriority<f64>,
+    /// Measured admissions per second of each priority *and above* (a place in line drains at this).
+    pub drain_rps: PerPriority<f64>,
+    /// Latency over the no-load latency of the same mix, last tick.
+    pub inflation: Option<f64>,
     /// Requests per second allowed now, if rate limited.
     pub rps: Option<u32>,
 }
@@ -80,20 +114,32 @@ pub struct Decision {
 #[derive(Clone, Debug)]
 pub struct Controller {
     progress: f64,
-    adaptive_limit: f64,
+    engaged: bool,
+    /// The limit when the ramp engaged: the curve scales up from it.
+    engage_limit: f64,
+    knee: KneeLimit,
+    pinned: Option<u32>,
+    strain_s: f64,
+    drain: PerPriority<f64>,
     last_tick_ms: Option<u64>,
 }
 
 impl Controller {
-    /// A controller at progress 0 with the adaptive limit at its initial value.
+    /// A controller before its first tick; the ramp is engaged if the params say `on_start`.
     pub fn new(params: &ControlParams) -> Self {
-        let adaptive_limit = match params.limit {
-            LimitMode::Adaptive { initial, .. } => f64::from(initial),
-            LimitMode::Fixed { full_capacity } => f64::from(full_capacity),
+        let kp = match params.limit {
+            LimitMode::Adaptive(kp) => kp,
+            LimitMode::Fixed { .. } => Default::default(),
         };
+        let knee = KneeLimit::new(kp);
         Self {
             progress: 0.0,
-            adaptive_limit,
+            engaged: params.engage == Engage::OnStart,
+            engage_limit: f64::from(knee.limit()),
+            knee,
+            pinned: None,
+            strain_s: 0.0,
+            drain: [0.0; 4],
             last_tick_ms: None,
         }
     }
@@ -103,14 +149,43 @@ impl Controller {
         self.progress
     }
 
+    /// Whether the ramp is engaged.
+    pub fn engaged(&self) -> bool {
+        self.engaged
+    }
+
+    /// Operator: engage the ramp from progress 0 (or disengage it).
+    pub fn set_engaged(&mut self, engaged: bool) {
+        if engaged && !self.engaged {
+            self.progress = 0.0;
+            self.engage_limit = f64::from(self.knee.limit());
+        }
+        self.engaged = engaged;
+        self.strain_s = 0.0;
+    }
+
     /// Operator override of progress.
     pub fn set_progress(&mut self, progress: f64) {
         self.progress = progress.clamp(0.0, 1.0);
     }
 
-    /// Operator override of the adaptive limit's current value.
-    pub fn set_adaptive_limit(&mut self, limit: u32) {
-        self.adaptive_limit = f64::from(limit.max(1));
+    /// Operator: pin the limit to a value, or release it to the algorithm.
+    pub fn pin_limit(&mut self, limit: Option<u32>) {
+        self.pinned = limit.map(|l| l.max(1));
+    }
+
+    /// Per class, the latency under which a completion counts as fast for slow start on the
+    /// data path: the baseline plus the tolerance (0 where nothing is learned yet).
+    pub fn fast_us(&self, params: &ControlParams) -> [u64; CLASSES] {
+        let tol = match params.limit {
+            LimitMode::Adaptive(kp) => kp.tolerance,
+            LimitMode::Fixed { .. } => 0.0,
+        };
+        std::array::from_fn(|c| {
+            self.knee
+                .baseline_ms(c)
+                .map_or(0, |b| (b * (1.0 + tol) * 1000.0).ceil() as u64)
+        })
     }
 
     /// Advances the controller to `now_ms` and returns what the gate should enforce.
@@ -121,9 +196,78 @@ impl Controller {
         };
         self.last_tick_ms = Some(now_ms);
         let health = classify(params, s);
+        let demand = s.gate.pressed > 0 || s.gate.waiting.iter().any(|&w| w > 0);
+        self.step_limit(now_ms, dt, params, s, demand);
+        self.step_drain(dt, s);
+        self.step_engage(dt, params, s, demand);
         let state = self.step_progress(dt, params, s, health);
-        self.step_limit(dt, params, s, health);
         self.decide(params, state, health)
+    }
+
+    fn step_limit(
+        &mut self,
+        now_ms: u64,
+        dt: f64,
+        params: &ControlParams,
+        s: &SignalSnapshot,
+        demand: bool,
+    ) {
+        let LimitMode::Adaptive(kp) = params.limit else {
+            return;
+        };
+        self.knee.set_params(kp);
+        self.knee.raise_to(s.gate.limit);
+        let peak = s.gate.peak_inflight;
+        for c in 0..CLASSES {
+            let n = s.class_n[c];
+            if n > 0 {
+                let mean_ms = s.class_us[c] as f64 / n as f64 / 1000.0;
+                self.knee.sample(c, mean_ms, n, peak, Outcome::Ok);
+            }
+        }
+        self.knee.sample(0, 0.0, s.dropped, peak, Outcome::Dropped);
+        let limit = self.knee.update(now_ms, demand);
+        // The latency SLO is a guard rail, not the control signal: past it the limit comes
+        // down by `backoff_factor` a second whatever the inflation says.
+        if s.samples >= params.min_samples && s.p99_ms >= params.latency_p99_ms.critical {
+            let f = params.backoff_factor.clamp(0.1, 1.0).powf(dt);
+            self.knee.set((f64::from(limit) * f).floor() as u32);
+        }
+    }
+
+    fn step_drain(&mut self, dt: f64, s: &SignalSnapshot) {
+        if dt <= 0.0 {
+            return;
+        }
+        // An exponential average over about a second of ticks.
+        let a = (dt / 1.0).min(1.0);
+        for p in 0..4 {
+            let rate = s.gate.admitted[p] as f64 / dt;
+            self.drain[p] += a * (rate - self.drain[p]);
+        }
+    }
+
+    fn step_engage(&mut self, dt: f64, params: &ControlParams, s: &SignalSnapshot, demand: bool) {
+        if self.engaged || params.engage != Engage::Auto {
+            self.strain_s = 0.0;
+            return;
+        }
+        let tol = match params.limit {
+            LimitMode::Adaptive(kp) => kp.tolerance,
+            LimitMode::Fixed { .. } => 0.15,
+        };
+        let queueing = self.knee.inflation().is_some_and(|i| i > 1.0 + 2.0 * tol);
+        let cold = s.samples >= params.min_samples
+            && s.hit_ratio
+                .is_some_and(|h| h < params.auto_engage_hit_ratio);
+        if demand && (queueing || cold) {
+            self.strain_s += dt;
+        } else {
+            self.strain_s = 0.0;
+        }
+        if self.strain_s >= params.auto_engage_after_s {
+            self.set_engaged(true);
+        }
     }
 
     fn step_progress(
@@ -133,105 +277,123 @@ impl Controller {
         s: &SignalSnapshot,
         health: Health,
     ) -> CtlState {
+        if !self.engaged {
+            return CtlState::Open;
+        }
         if params.paused {
             return CtlState::Paused;
         }
-        match health {
-            Health::Critical => {
-                let floor = params.progress_floor.clamp(0.0, 1.0);
-                if self.progress > floor {
-                    let shrunk = self.progress * params.backoff_factor.clamp(0.0, 1.0).powf(dt);
-                    self.progress = shrunk.max(floor);
-                }
-                CtlState::BackingOff
+        if health == Health::Critical {
+            let floor = params.progress_floor.clamp(0.0, 1.0);
+            if self.progress > floor {
+                let shrunk = self.progress * params.backoff_factor.clamp(0.0, 1.0).powf(dt);
+                self.progress = shrunk.max(floor);
             }
-            // With a fixed capacity, progress *is* the load, so warn holds it. With an adaptive
-            // limit the limit holds (and keeps the backend at its knee) while progress goes on
-            // opening stages: sitting in the warn band is that limit's normal operating point.
-            Health::Warn if !matches!(params.limit, LimitMode::Adaptive { .. }) => {
-                CtlState::Holding
-            }
-            _ if self.progress >= 1.0 => CtlState::Complete,
-            Health::Warn | Health::Healthy => {
-                let step = if params.ramp_duration_s > 0.0 {
-                    dt / params.ramp_duration_s
-                } else {
-                    1.0
-                };
-                let wanted = (self.progress + step).min(1.0);
-                let allowed = hit_gate_ceiling(params, s, self.progress);
-                if wanted > allowed {
-                    self.progress = self.progress.max(allowed);
-                    CtlState::WaitingForCache
-                } else {
-                    self.progress = wanted;
-                    CtlState::Advancing
-                }
-            }
+            return CtlState::BackingOff;
         }
-    }
-
-    fn step_limit(&mut self, dt: f64, params: &ControlParams, s: &SignalSnapshot, health: Health) {
-        let LimitMode::Adaptive { min, max, .. } = params.limit else {
-            return;
+        // Evidence: the backend answered this window, is not queueing past the knee, and the
+        // priorities already open are served (their line is shorter than one limit's worth).
+        let tol = match params.limit {
+            LimitMode::Adaptive(kp) => kp.tolerance,
+            LimitMode::Fixed { .. } => 0.15,
         };
-        let (min, max) = (f64::from(min.max(1)), f64::from(max.max(min.max(1))));
-        let saturated =
-            s.limit_rejects > 0 || f64::from(s.peak_inflight) >= 0.8 * self.adaptive_limit;
-        match health {
-            // Multiplicative decrease: quick to leave the knee.
-            Health::Critical => self.adaptive_limit *= 0.9f64.powf(dt * 4.0),
-            Health::Warn => {}
-            // Grow only with evidence that more is wanted: at most +25 % a second, at least +1 a tick.
-            Health::Healthy if saturated => {
-                let grown = self.adaptive_limit * 1.25f64.powf(dt);
-                self.adaptive_limit = grown.max(self.adaptive_limit + 1.0);
-            }
-            Health::Healthy => {}
+        let answered = s.samples >= params.min_samples;
+        let not_queueing = self.knee.inflation().is_none_or(|i| i <= 1.0 + 2.0 * tol)
+            || matches!(params.limit, LimitMode::Fixed { .. });
+        let open_waiting: u32 = Priority::ALL
+            .iter()
+            .filter(|p| self.progress >= params.stages[p.index()])
+            .map(|p| s.gate.waiting[p.index()])
+            .sum();
+        let served = open_waiting <= s.gate.limit.max(1);
+        if !(answered && not_queueing && served && health == Health::Healthy) {
+            return CtlState::Holding;
         }
-        self.adaptive_limit = self.adaptive_limit.clamp(min, max);
+        let step = if params.ramp_duration_s > 0.0 {
+            dt / params.ramp_duration_s
+        } else {
+            1.0
+        };
+        let wanted = (self.progress + step).min(1.0);
+        let allowed = hit_gate_ceiling(params, s, self.progress);
+        if wanted > allowed {
+            self.progress = self.progress.max(allowed);
+            return CtlState::WaitingForCache;
+        }
+        self.progress = wanted;
+        if self.progress >= 1.0 {
+            // The plan is done: the ramp steps aside until strain or an operator engages it again.
+            self.engaged = false;
+            return CtlState::Open;
+        }
+        CtlState::Advancing
     }
 
     fn decide(&self, params: &ControlParams, state: CtlState, health: Health) -> Decision {
-        let fraction = params.curve.fraction(self.progress, params.start_fraction);
-        let limit = match params.limit {
-            LimitMode::Fixed { full_capacity } => (fraction * f64::from(full_capacity)).ceil(),
-            LimitMode::Adaptive { .. } => self.adaptive_limit.floor(),
-        }
-        .max(1.0) as u32;
-        let mut caps = [0u32; 4];
-        let mut open = [false; 4];
+        let fraction = if self.engaged {
+            params.curve.fraction(self.progress, params.start_fraction)
+        } else {
+            1.0
+        };
+        let (limit, ceiling, slow_start) = match params.limit {
+            LimitMode::Fixed { full_capacity } => {
+                let l = (fraction * f64::from(full_capacity)).ceil().max(1.0) as u32;
+                (l, l, false)
+            }
+            LimitMode::Adaptive(kp) => {
+                let cap = if self.engaged {
+                    let start = params.curve.fraction(0.0, params.start_fraction).max(1e-3);
+                    (self.engage_limit * fraction / start).max(f64::from(kp.min))
+                } else {
+                    f64::from(kp.max)
+                };
+                let cap = cap.min(f64::from(kp.max)).max(1.0) as u32;
+                (self.knee.limit().min(cap), cap, self.knee.slow_start())
+            }
+        };
+        let (limit, ceiling, slow_start) = match self.pinned {
+            Some(p) => (p, p, false),
+            None => (limit, ceiling, slow_start),
+        };
+        let mut open = [true; 4];
         let mut eta_s = [0f64; 4];
-        for p in Priority::ALL {
+        let mut drain_rps = [0f64; 4];
+        let mut above = 0.0;
+        for p in Priority::ALL.iter().rev() {
             let i = p.index();
-            caps[i] = ((f64::from(limit) * params.headroom[i].clamp(0.0, 1.0)).floor() as u32)
-                .max(u32::from(p == Priority::Critical));
-            open[i] = self.progress >= params.stages[i];
-            let remaining = (params.stages[i] - self.progress).max(0.0);
-            eta_s[i] = remaining * params.ramp_duration_s.max(0.0);
+            if self.engaged {
+                open[i] = self.progress >= params.stages[i];
+                eta_s[i] = (params.stages[i] - self.progress).max(0.0) * params.ramp_duration_s;
+            }
+            above += self.drain[i];
+            drain_rps[i] = above;
         }
         let rps = params
             .max_rps
             .map(|r| ((fraction * f64::from(r)).ceil() as u32).max(1));
         Decision {
+            engaged: self.engaged,
             progress: self.progress,
             state,
             health,
             limit,
-            caps,
+            ceiling,
+            slow_start,
             open,
             eta_s,
+            drain_rps,
+            inflation: self.knee.inflation(),
             rps,
         }
     }
 }
 
-/// The worst band any signal is in. No traffic means no evidence of trouble.
+/// The worst band any guard rail is in. Too few samples is no evidence of trouble.
 pub fn classify(params: &ControlParams, s: &SignalSnapshot) -> Health {
-    let mut worst = Health::Healthy;
-    if s.samples > 0 {
-        worst = worse(worst, band(s.p99_ms, params.latency_p99_ms));
+    if s.samples < params.min_samples.max(1) {
+        return Health::Healthy;
     }
+    let mut worst = band(s.p99_ms, params.latency_p99_ms);
     if let Some(e) = s.error_rate {
         worst = worse(worst, band(e, params.error_rate));
     }
@@ -272,11 +434,13 @@ fn hit_gate_ceiling(params: &ControlParams, s: &SignalSnapshot, progress: f64) -
 
 #[cfg(test)]
 mod tests {
+    use super::super::limit::{class_of, KneeParams};
     use super::super::params::HitGate;
     use super::*;
 
+    /// A healthy tick: 50 completions at 5 ms, in the window and since the last tick.
     fn healthy() -> SignalSnapshot {
-        SignalSnapshot {
+        let mut s = SignalSnapshot {
             samples: 100,
             p50_ms: 5.0,
             p90_ms: 10.0,
@@ -284,18 +448,22 @@ mod tests {
             hit_ratio: Some(0.9),
             error_rate: Some(0.0),
             ..Default::default()
-        }
+        };
+        s.class_n[class_of(3, 0)] = 50;
+        s.class_us[class_of(3, 0)] = 50 * 5_000;
+        s.gate.limit = 8;
+        s
     }
 
-    fn fixed(duration: f64) -> ControlParams {
+    fn engaged(duration: f64) -> ControlParams {
         ControlParams {
+            engage: Engage::OnStart,
             ramp_duration_s: duration,
-            limit: LimitMode::Fixed { full_capacity: 100 },
             ..Default::default()
         }
     }
 
-    /// Ticks every 250 ms for `secs` seconds with the same signals.
+    /// Ticks every 100 ms for `secs` seconds with the same signals.
     fn run(
         c: &mut Controller,
         p: &ControlParams,
@@ -304,43 +472,67 @@ mod tests {
         secs: u64,
     ) -> Decision {
         let mut last = c.tick(from_ms, p, s);
-        for i in 1..=(secs * 4) {
-            last = c.tick(from_ms + i * 250, p, s);
+        for i in 1..=(secs * 10) {
+            last = c.tick(from_ms + i * 100, p, s);
         }
         last
     }
 
     #[test]
-    fn advances_at_one_over_duration_while_healthy() {
-        let p = fixed(10.0);
+    fn without_a_ramp_everything_is_open_from_the_first_tick() {
+        let p = ControlParams::default();
         let mut c = Controller::new(&p);
-        let d = run(&mut c, &p, &healthy(), 0, 5);
-        assert_eq!(d.state, CtlState::Advancing);
-        assert!((d.progress - 0.5).abs() < 1e-6, "{}", d.progress);
-        let d = run(&mut c, &p, &healthy(), 5_000, 6);
-        assert_eq!(d.state, CtlState::Complete);
-        assert!((d.progress - 1.0).abs() < 1e-9);
-        assert_eq!(d.limit, 100);
+        let d = c.tick(0, &p, &SignalSnapshot::default());
+        assert!(!d.engaged);
+        assert_eq!(d.open, [true; 4]);
+        assert_eq!(d.state, CtlState::Open);
+        assert!(d.limit >= 1 && d.slow_start);
     }
 
     #[test]
-    fn holds_in_the_warn_band() {
-        let p = fixed(10.0);
+    fn no_traffic_no_progress() {
+        let p = engaged(10.0);
         let mut c = Controller::new(&p);
-        run(&mut c, &p, &healthy(), 0, 2);
-        let before = c.progress();
-        let warn = SignalSnapshot {
-            p99_ms: 300.0,
-            ..healthy()
-        };
-        let d = run(&mut c, &p, &warn, 2_000, 3);
+        let d = run(&mut c, &p, &SignalSnapshot::default(), 0, 60);
+        assert_eq!(d.progress, 0.0);
         assert_eq!(d.state, CtlState::Holding);
-        assert!((d.progress - before).abs() < 1e-9);
+        assert_eq!(d.open, [false, false, false, true]);
     }
 
     #[test]
-    fn backs_off_multiplicatively_to_the_floor() {
-        let mut p = fixed(10.0);
+    fn an_engaged_ramp_advances_on_answers_and_opens_stages_in_order() {
+        let p = engaged(10.0);
+        let mut c = Controller::new(&p);
+        let d = run(&mut c, &p, &healthy(), 0, 3);
+        assert_eq!(d.state, CtlState::Advancing);
+        assert_eq!(d.open, [false, false, true, true]);
+        assert!(d.eta_s[Priority::Low.index()] > 4.0);
+        let d = run(&mut c, &p, &healthy(), 3_000, 3);
+        assert_eq!(d.open, [false, true, true, true]);
+        // Done: the ramp steps aside.
+        let d = run(&mut c, &p, &healthy(), 6_000, 5);
+        assert!(!d.engaged);
+        assert_eq!(d.open, [true; 4]);
+        assert_eq!(d.state, CtlState::Open);
+    }
+
+    #[test]
+    fn a_long_line_of_open_priorities_holds_progress() {
+        let p = engaged(10.0);
+        let mut c = Controller::new(&p);
+        let mut s = healthy();
+        s.gate.waiting[Priority::Critical.index()] = 500;
+        let d = run(&mut c, &p, &s, 0, 3);
+        assert_eq!(d.state, CtlState::Holding);
+        assert_eq!(d.progress, 0.0);
+        // Lower priorities waiting do not hold it: they are what the next stage is for.
+        s.gate.waiting = [500, 0, 0, 0];
+        assert!(run(&mut c, &p, &s, 3_000, 2).progress > 0.1);
+    }
+
+    #[test]
+    fn guard_rails_back_off_and_need_enough_samples() {
+        let mut p = engaged(10.0);
         p.progress_floor = 0.3;
         let mut c = Controller::new(&p);
         c.set_progress(0.8);
@@ -358,15 +550,18 @@ mod tests {
             "floor holds: {}",
             d.progress
         );
-        // Back-off never raises progress that is already under the floor.
-        c.set_progress(0.1);
-        let d = c.tick(12_000, &p, &crit);
-        assert!((d.progress - 0.1).abs() < 1e-9);
+        // One slow request in a quiet window is not critical.
+        let quiet = SignalSnapshot {
+            samples: 1,
+            p99_ms: 60_000.0,
+            ..healthy()
+        };
+        assert_eq!(classify(&p, &quiet), Health::Healthy);
     }
 
     #[test]
     fn hit_ratio_gate_waits_for_the_cache() {
-        let mut p = fixed(10.0);
+        let mut p = engaged(10.0);
         p.hit_gates = vec![HitGate {
             progress: 0.5,
             min_hit_ratio: 0.6,
@@ -384,110 +579,66 @@ mod tests {
     }
 
     #[test]
-    fn unknown_hit_ratio_blocks_only_when_configured() {
-        let mut p = fixed(10.0);
-        p.hit_gates = vec![HitGate {
-            progress: 0.3,
-            min_hit_ratio: 0.5,
-        }];
-        p.unknown_hit_ratio_allows = false;
-        let unknown = SignalSnapshot {
-            hit_ratio: None,
+    fn strain_engages_an_auto_ramp() {
+        let p = ControlParams::default();
+        let mut c = Controller::new(&p);
+        let mut cold = SignalSnapshot {
+            hit_ratio: Some(0.05),
             ..healthy()
         };
-        let mut c = Controller::new(&p);
-        assert!((run(&mut c, &p, &unknown, 0, 8).progress - 0.3).abs() < 1e-9);
-        p.unknown_hit_ratio_allows = true;
-        assert!(run(&mut c, &p, &unknown, 8_000, 2).progress > 0.3);
-    }
-
-    #[test]
-    fn stages_open_in_priority_order_with_headroom() {
-        let p = fixed(10.0);
-        let mut c = Controller::new(&p);
-        let d = c.tick(0, &p, &healthy());
+        // Demand alone (a warm backend at its knee) does not engage it...
+        let mut busy = healthy();
+        busy.gate.pressed = 10;
+        assert!(!run(&mut c, &p, &busy, 0, 5).engaged);
+        // ...a cold cache under pressure does, after the configured time.
+        cold.gate.pressed = 10;
+        assert!(!c.tick(5_100, &p, &cold).engaged);
+        let d = run(&mut c, &p, &cold, 5_100, 3);
+        assert!(d.engaged);
         assert_eq!(d.open, [false, false, false, true]);
-        let d = run(&mut c, &p, &healthy(), 0, 3);
-        assert_eq!(d.open, [false, false, true, true]);
-        let d = run(&mut c, &p, &healthy(), 3_000, 3);
-        assert_eq!(d.open, [false, true, true, true]);
-        assert!(d.eta_s[Priority::Low.index()] > 1.0);
-        let d = run(&mut c, &p, &healthy(), 6_000, 3);
-        assert_eq!(d.open, [true; 4]);
-        assert_eq!(d.limit, 91, "linear from 5 % at progress 0.9");
-        assert!(d.caps[0] < d.caps[1] && d.caps[1] < d.caps[2] && d.caps[2] < d.caps[3]);
-        assert_eq!(d.caps[3], d.limit);
     }
 
     #[test]
-    fn adaptive_mode_holds_the_limit_but_not_progress_in_the_warn_band() {
-        let p = ControlParams {
-            ramp_duration_s: 10.0,
-            limit: LimitMode::Adaptive {
-                initial: 10,
-                min: 4,
-                max: 50,
-            },
+    fn the_curve_caps_the_limit_while_engaged() {
+        let mut p = engaged(100.0);
+        p.limit = LimitMode::Adaptive(KneeParams {
+            initial: 10,
             ..Default::default()
-        };
+        });
+        p.start_fraction = 0.1;
         let mut c = Controller::new(&p);
-        let warn = SignalSnapshot {
-            p99_ms: 300.0,
-            limit_rejects: 9,
-            ..healthy()
-        };
-        let d = run(&mut c, &p, &warn, 0, 3);
-        assert_eq!(d.state, CtlState::Advancing);
-        assert!((d.progress - 0.3).abs() < 1e-6, "{}", d.progress);
-        assert_eq!(d.limit, 10, "the limit holds in the warn band");
+        let mut s = healthy();
+        s.gate.pressed = 100;
+        s.gate.limit = 10_000; // slow start on the data path ran far ahead
+        let d = run(&mut c, &p, &s, 0, 5);
+        // Progress 0.05 on a linear curve from 0.1: fraction 0.145, cap 10 × 1.45.
+        assert_eq!(d.ceiling, 14);
+        assert!(d.limit <= 14, "{}", d.limit);
+        c.set_engaged(false);
+        let d = c.tick(5_200, &p, &s);
+        assert!(d.limit > 100, "{}", d.limit);
     }
 
     #[test]
-    fn paused_freezes_progress() {
-        let mut p = fixed(10.0);
+    fn a_fixed_capacity_follows_the_curve_only_while_engaged() {
+        let mut p = engaged(10.0);
+        p.limit = LimitMode::Fixed { full_capacity: 100 };
         let mut c = Controller::new(&p);
-        run(&mut c, &p, &healthy(), 0, 2);
-        p.paused = true;
-        let before = c.progress();
-        let d = run(&mut c, &p, &healthy(), 2_000, 5);
-        assert_eq!(d.state, CtlState::Paused);
-        assert!((d.progress - before).abs() < 1e-9);
+        assert_eq!(c.tick(0, &p, &healthy()).limit, 10);
+        c.set_engaged(false);
+        assert_eq!(c.tick(100, &p, &healthy()).limit, 100);
+        c.pin_limit(Some(7));
+        assert_eq!(c.tick(200, &p, &healthy()).limit, 7);
     }
 
     #[test]
-    fn adaptive_limit_grows_when_saturated_and_shrinks_when_critical() {
-        let p = ControlParams {
-            limit: LimitMode::Adaptive {
-                initial: 10,
-                min: 4,
-                max: 50,
-            },
-            ..Default::default()
-        };
+    fn drain_is_measured_per_priority_and_above() {
+        let p = ControlParams::default();
         let mut c = Controller::new(&p);
-        let idle = healthy();
-        assert_eq!(
-            run(&mut c, &p, &idle, 0, 2).limit,
-            10,
-            "no demand, no growth"
-        );
-        let busy = SignalSnapshot {
-            limit_rejects: 5,
-            ..healthy()
-        };
-        let grown = run(&mut c, &p, &busy, 2_000, 4).limit;
-        assert!(grown > 20, "{grown}");
-        assert_eq!(run(&mut c, &p, &busy, 6_000, 30).limit, 50, "capped at max");
-        let slow = SignalSnapshot {
-            p99_ms: 5_000.0,
-            ..busy
-        };
-        let shrunk = run(&mut c, &p, &slow, 36_000, 2).limit;
-        assert!(shrunk < 25, "{shrunk}");
-        assert_eq!(
-            run(&mut c, &p, &slow, 38_000, 60).limit,
-            4,
-            "floored at min"
-        );
+        let mut s = healthy();
+        s.gate.admitted = [1, 0, 2, 5]; // per 100 ms tick
+        let d = run(&mut c, &p, &s, 0, 6);
+        assert!((d.drain_rps[3] - 50.0).abs() < 2.0, "{:?}", d.drain_rps);
+        assert!((d.drain_rps[0] - 80.0).abs() < 3.0, "{:?}", d.drain_rps);
     }
 }

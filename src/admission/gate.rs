@@ -1,19 +1,32 @@
-//! The gate: the per-request admit / reject decision. Atomics only: a shared in-flight count,
-//! two bounded client tables, and the controller's last [`Decision`] passed in.
+//! The gate: the per-request decision (admit, wait in line, or reject with a reason).
+//!
+//! The fast path is atomics only: the stage check against the controller's last [`Decision`],
+//! then a compare-and-swap on the shared in-flight count while nobody waits. Only a request that
+//! finds the limit full touches the wait line (a mutex around an ordered map, held for a push or
+//! a pop): at that point the request is going to wait for a backend that takes milliseconds, so
+//! a lock of a few hundred nanoseconds is not what limits anyone, and it buys an exact order
+//! (priority, then first arrival) that a lock-free structure could only approximate.
+//!
+//! Every slot, place in line and hold is a guard released on drop ([`Permit`], [`Ticket`],
+//! [`Hold`]): a client that disconnects or resets its stream while queued leaves no residue.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
 
 use super::clients::{ClientEntry, ClientTable};
 use super::controller::Decision;
-use super::priority::Priority;
+use super::priority::{PerPriority, Priority};
+use super::queue::{Joined, Line, Place};
 use super::retry::{mix64, RetryPolicy};
 
 /// Operator switch for a feature; a forced switch beats the ramp.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FeatureState {
-    /// Follows the priority stages.
+    /// Follows the ramp's stages while one is engaged.
     Auto,
-    /// Admitted whatever the stage (still within the limit).
+    /// Admitted whatever the stage (still within the limit), never held.
     On,
     /// Always shed.
     Off,
@@ -43,16 +56,16 @@ impl FeatureState {
 /// Why a request was not admitted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RejectReason {
-    /// The feature's priority stage is not reached yet (warming up).
+    /// An engaged ramp has not reached the feature's priority stage yet.
     Stage,
     /// An operator switched the feature off.
     FeatureOff,
-    /// In-flight is at this priority's share of the limit.
-    Limit,
+    /// The wait line was full of requests at least as important.
+    QueueFull,
+    /// The request waited its priority's longest wait without a slot.
+    QueueTimeout,
     /// The request-rate limit is spent.
     Rate,
-    /// The client came back before its `Retry-After`.
-    EarlyRetry,
 }
 
 impl RejectReason {
@@ -60,9 +73,9 @@ impl RejectReason {
     pub const ALL: [RejectReason; 5] = [
         RejectReason::Stage,
         RejectReason::FeatureOff,
-        RejectReason::Limit,
+        RejectReason::QueueFull,
+        RejectReason::QueueTimeout,
         RejectReason::Rate,
-        RejectReason::EarlyRetry,
     ];
 
     /// Label for bodies, logs and metrics.
@@ -70,15 +83,10 @@ impl RejectReason {
         match self {
             RejectReason::Stage => "warming_up",
             RejectReason::FeatureOff => "feature_off",
-            RejectReason::Limit => "over_limit",
+            RejectReason::QueueFull => "queue_full",
+            RejectReason::QueueTimeout => "queue_timeout",
             RejectReason::Rate => "over_rate",
-            RejectReason::EarlyRetry => "early_retry",
         }
-    }
-
-    /// Whether this is a per-client limit (429 by default) rather than shedding (503).
-    pub fn is_per_client(self) -> bool {
-        self == RejectReason::EarlyRetry
     }
 }
 
@@ -87,6 +95,8 @@ impl RejectReason {
 pub struct Reject {
     pub reason: RejectReason,
     pub retry_after_s: u32,
+    /// The client came back before the time it was told (it is held before this answer).
+    pub early: bool,
 }
 
 /// Everything the gate needs to know about one request.
@@ -94,6 +104,8 @@ pub struct Reject {
 pub struct Ask {
     pub priority: Priority,
     pub state: FeatureState,
+    /// Index of the feature (early-return memory is per feature).
+    pub feature: u32,
     /// Hash of the client key.
     pub client: u64,
     pub now_ms: u64,
@@ -107,6 +119,8 @@ pub struct GatePolicy {
     pub session_grace_ms: u64,
     /// Lowest priority the session grace applies to.
     pub grace_min_priority: Priority,
+    /// Longest wait in line per priority; 0 means a full limit rejects at once.
+    pub max_wait_ms: PerPriority<u64>,
 }
 
 impl Default for GatePolicy {
@@ -115,8 +129,20 @@ impl Default for GatePolicy {
             retry: RetryPolicy::default(),
             session_grace_ms: 30_000,
             grace_min_priority: Priority::High,
+            max_wait_ms: [500, 1_000, 1_000, 1_500],
         }
     }
+}
+
+/// What the gate decided.
+#[must_use]
+pub enum Admission {
+    /// In: forward the request, holding the permit until the response ends.
+    Admitted(Permit),
+    /// Wait in line: await [`Ticket::notified`], then [`Ticket::take`], or [`Gate::expire`] at
+    /// the priority's longest wait.
+    Queued(Ticket),
+    Rejected(Reject),
 }
 
 /// Keeps a hot counter on its own cache line, so cores updating neighbours do not collide.
@@ -124,19 +150,53 @@ impl Default for GatePolicy {
 #[derive(Default)]
 struct Padded<T>(T);
 
+const WAITING: u8 = 0;
+const GRANTED: u8 = 1;
+const EVICTED: u8 = 2;
+const TAKEN: u8 = 3;
+
+/// One request waiting in line.
+#[derive(Default)]
+pub struct Waiter {
+    state: AtomicU8,
+    notify: Notify,
+}
+
+/// What the controller reads from the gate once per tick.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TickCounters {
+    /// Highest in-flight count since the last tick.
+    pub peak_inflight: u32,
+    /// Requests that found the limit full (waited or were refused for it) since the last tick.
+    pub pressed: u64,
+    /// Requests admitted by priority since the last tick (at once or from the line).
+    pub admitted: PerPriority<u64>,
+    /// Requests in line now, by priority.
+    pub waiting: PerPriority<u32>,
+    /// The limit now (slow start may have raised it since the last tick).
+    pub limit: u32,
+}
+
 /// Shared admission state, one per process, kept across reloads. It lives as long as the
 /// process ([`Gate::leak`]), so a permit is a plain reference: no reference count to bounce
 /// between cores on every request.
 pub struct Gate {
     inflight: Padded<AtomicU32>,
+    limit: Padded<AtomicU32>,
+    waiting: Padded<AtomicU32>,
     peak_inflight: Padded<AtomicU32>,
-    limit_rejects: Padded<AtomicU64>,
     nonce: Padded<AtomicU64>,
+    pressed: Padded<AtomicU64>,
+    admitted: [Padded<AtomicU64>; 4],
+    ceiling: AtomicU32,
+    slow_start: AtomicBool,
+    held: AtomicU32,
+    line: Mutex<Line<Arc<Waiter>>>,
     early: ClientTable,
     grace: ClientTable,
 }
 
-/// Held by an admitted request; releases its in-flight slot when dropped.
+/// Held by an admitted request; frees its slot (to the head of the line) when dropped.
 #[must_use]
 pub struct Permit {
     gate: &'static Gate,
@@ -144,26 +204,111 @@ pub struct Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.gate.inflight.0.fetch_sub(1, Ordering::AcqRel);
+        self.gate.release_slot();
     }
 }
 
+/// A place in line. Dropped while waiting it leaves the line; dropped after being granted a slot
+/// it was never used for, it frees the slot.
+#[must_use]
+pub struct Ticket {
+    gate: &'static Gate,
+    place: Place,
+    waiter: Arc<Waiter>,
+    /// When the client first asked (kept for its next attempt).
+    pub first_ms: u64,
+    /// The client came back before its time.
+    pub early: bool,
+}
+
+impl Ticket {
+    /// Resolves when the slot is granted or the place is lost to a better one; then call
+    /// [`Ticket::take`]. A wake-up sent before this is awaited is not lost.
+    pub async fn notified(&self) {
+        self.waiter.notify.notified().await;
+    }
+
+    /// The slot, if it was granted; `Err(true)` if the place was lost to a better request.
+    pub fn take(&self) -> Result<Permit, bool> {
+        match self.waiter.state.compare_exchange(
+            GRANTED,
+            TAKEN,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => Ok(Permit { gate: self.gate }),
+            Err(s) => Err(s == EVICTED),
+        }
+    }
+
+    /// Priority of the place.
+    pub fn priority(&self) -> Priority {
+        self.place.priority()
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut line = self.gate.line();
+        match self.waiter.state.load(Ordering::Acquire) {
+            WAITING if line.leave(self.place).is_some() => {
+                self.gate.waiting.0.fetch_sub(1, Ordering::SeqCst);
+            }
+            GRANTED => {
+                // Granted but never taken (the client went away at that moment): pass it on.
+                self.waiter.state.store(TAKEN, Ordering::Release);
+                self.gate.inflight.0.fetch_sub(1, Ordering::SeqCst);
+                self.gate.dispatch(&mut line);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// An early returner held before its reject, counted while held.
+#[must_use]
+pub struct Hold {
+    gate: &'static Gate,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.gate.held.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Client memory is kept this long after the time a client was told.
+const CLIENT_KEEP_MS: u64 = 120_000;
+
 impl Gate {
-    /// A gate whose client tables hold `client_slots` entries each.
-    pub fn new(client_slots: usize) -> Self {
+    /// A gate whose client tables hold `client_slots` entries each and whose line holds
+    /// `max_len` requests.
+    pub fn new(client_slots: usize, max_len: usize) -> Self {
         Self {
             inflight: Padded::default(),
+            limit: Padded(AtomicU32::new(1)),
+            waiting: Padded::default(),
             peak_inflight: Padded::default(),
-            limit_rejects: Padded::default(),
             nonce: Padded::default(),
-            early: ClientTable::new(client_slots),
-            grace: ClientTable::new(client_slots),
+            pressed: Padded::default(),
+            admitted: Default::default(),
+            ceiling: AtomicU32::new(u32::MAX),
+            slow_start: AtomicBool::new(false),
+            held: AtomicU32::new(0),
+            line: Mutex::new(Line::new(max_len)),
+            early: ClientTable::new(client_slots, CLIENT_KEEP_MS),
+            grace: ClientTable::new(client_slots, 0),
         }
     }
 
     /// A process-lifetime gate (one per process; reloads keep it).
-    pub fn leak(client_slots: usize) -> &'static Gate {
-        Box::leak(Box::new(Gate::new(client_slots)))
+    pub fn leak(client_slots: usize, max_len: usize) -> &'static Gate {
+        Box::leak(Box::new(Gate::new(client_slots, max_len)))
+    }
+
+    fn line(&self) -> MutexGuard<'_, Line<Arc<Waiter>>> {
+        // Nothing panics while holding it; if something did, the line is still consistent.
+        self.line.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Requests admitted and not yet finished.
@@ -171,13 +316,74 @@ impl Gate {
         self.inflight.0.load(Ordering::Acquire)
     }
 
-    /// Peak in-flight and limit rejects since the last call (the controller reads these).
-    pub fn take_tick_counters(&self) -> (u32, u64) {
+    /// The in-flight limit now.
+    pub fn limit(&self) -> u32 {
+        self.limit.0.load(Ordering::Acquire)
+    }
+
+    /// Requests waiting in line.
+    pub fn waiting(&self) -> u32 {
+        self.waiting.0.load(Ordering::Acquire)
+    }
+
+    /// Early returners held before their reject.
+    pub fn held(&self) -> u32 {
+        self.held.load(Ordering::Acquire)
+    }
+
+    /// Changes the bound on the line (a reload).
+    pub fn set_max_len(&self, max_len: usize) {
+        self.line().set_max_len(max_len);
+    }
+
+    /// Publishes the controller's limit; `ceiling` bounds slow start's growth on the data path.
+    /// A larger limit serves the line at once.
+    pub fn set_limit(&self, limit: u32, ceiling: u32, slow_start: bool) {
+        self.ceiling.store(ceiling.max(1), Ordering::Release);
+        self.slow_start.store(slow_start, Ordering::Release);
+        self.limit.0.store(limit.max(1), Ordering::SeqCst);
+        if self.waiting.0.load(Ordering::SeqCst) > 0 {
+            self.dispatch(&mut self.line());
+        }
+    }
+
+    /// Slow start on the data path: a request came back at the no-load latency while demand
+    /// filled at least half the limit, so one more may go (TCP's +1 per acknowledgement).
+    pub fn fast_completion(&self) {
+        if !self.slow_start.load(Ordering::Relaxed) {
+            return;
+        }
+        let limit = self.limit.0.load(Ordering::Relaxed);
+        if limit >= self.ceiling.load(Ordering::Relaxed)
+            || self.inflight.0.load(Ordering::Relaxed) * 2 < limit
+        {
+            return;
+        }
+        // A lost race only skips one increment.
+        let _ =
+            self.limit
+                .0
+                .compare_exchange(limit, limit + 1, Ordering::SeqCst, Ordering::Relaxed);
+        if self.waiting.0.load(Ordering::SeqCst) > 0 {
+            self.dispatch(&mut self.line());
+        }
+    }
+
+    /// Counters since the last call (the controller reads these once per tick).
+    pub fn take_tick_counters(&self) -> TickCounters {
         let now = self.inflight();
-        (
-            self.peak_inflight.0.swap(now, Ordering::AcqRel).max(now),
-            self.limit_rejects.0.swap(0, Ordering::AcqRel),
-        )
+        TickCounters {
+            peak_inflight: self.peak_inflight.0.swap(now, Ordering::AcqRel).max(now),
+            pressed: self.pressed.0.swap(0, Ordering::AcqRel),
+            admitted: std::array::from_fn(|i| self.admitted[i].0.swap(0, Ordering::AcqRel)),
+            waiting: self.line().per_priority(),
+            limit: self.limit(),
+        }
+    }
+
+    /// Requests in line by priority (takes the line's lock: for status, not the hot path).
+    pub fn waiting_by_priority(&self) -> PerPriority<u32> {
+        self.line().per_priority()
     }
 
     /// Clients currently remembered as told to wait.
@@ -185,88 +391,113 @@ impl Gate {
         self.early.live(now_ms)
     }
 
-    /// Whether this client was told to come back later than now (a retry that came early).
-    pub fn is_early(&self, client: u64, priority: Priority, now_ms: u64) -> bool {
-        let key = early_key(Ask {
-            priority,
-            state: FeatureState::Auto,
-            client,
-            now_ms,
-        });
-        self.early.get(key, now_ms).is_some()
-    }
-
-    /// Admits or rejects one request. `rate_ok` is asked only when everything else admits.
-    pub fn try_admit(
+    /// Admits, queues or rejects one request. `rate_ok` is asked only when everything else admits.
+    pub fn admit(
         &'static self,
         d: &Decision,
         policy: &GatePolicy,
         ask: Ask,
         rate_ok: impl FnOnce() -> bool,
-    ) -> Result<Permit, Reject> {
-        self.decide(d, policy, ask, rate_ok, true)
-    }
-
-    /// As [`Gate::try_admit`], for a request that will wait and ask again: a reject is not
-    /// remembered (the wait is not an early return). Call [`Gate::remember`] if it finally fails.
-    pub fn try_admit_waiting(
-        &'static self,
-        d: &Decision,
-        policy: &GatePolicy,
-        ask: Ask,
-        rate_ok: impl FnOnce() -> bool,
-    ) -> Result<Permit, Reject> {
-        self.decide(d, policy, ask, rate_ok, false)
-    }
-
-    fn decide(
-        &'static self,
-        d: &Decision,
-        policy: &GatePolicy,
-        ask: Ask,
-        rate_ok: impl FnOnce() -> bool,
-        memo: bool,
-    ) -> Result<Permit, Reject> {
-        let reject = |reason| {
-            let r = self.reject(d, policy, ask, reason);
-            if memo {
-                self.remember(ask, r);
-            }
-            r
-        };
-        if let Some(e) = self.early.get(early_key(ask), ask.now_ms) {
-            return Err(self.reject_early(policy, ask, e));
-        }
+    ) -> Admission {
         let p = ask.priority.index();
-        let reason = match ask.state {
-            FeatureState::Off => Some(RejectReason::FeatureOff),
-            FeatureState::Auto if !d.open[p] && !self.in_grace(policy, ask) => {
-                Some(RejectReason::Stage)
+        let stage_closed = ask.state == FeatureState::Auto
+            && d.engaged
+            && !d.open[p]
+            && !self.in_grace(policy, ask);
+        if ask.state == FeatureState::Off || stage_closed || !rate_ok() {
+            let reason = if ask.state == FeatureState::Off {
+                RejectReason::FeatureOff
+            } else if stage_closed {
+                RejectReason::Stage
+            } else {
+                RejectReason::Rate
+            };
+            let (first_ms, early) = self.recall(ask);
+            return Admission::Rejected(self.refuse(d, policy, ask, reason, first_ms, early, 0));
+        }
+        if self.waiting.0.load(Ordering::SeqCst) == 0 && self.acquire() {
+            return Admission::Admitted(self.admitted_now(policy, ask));
+        }
+        self.pressed.0.fetch_add(1, Ordering::Relaxed);
+        let (first_ms, early) = self.recall(ask);
+        if policy.max_wait_ms[p] == 0 {
+            let ahead = self.line().at_or_above(ask.priority);
+            return Admission::Rejected(self.refuse(
+                d,
+                policy,
+                ask,
+                RejectReason::QueueFull,
+                first_ms,
+                early,
+                ahead,
+            ));
+        }
+        let seq = self.nonce.0.fetch_add(1, Ordering::Relaxed);
+        let place = Place::new(ask.priority, first_ms, seq);
+        let waiter = Arc::new(Waiter::default());
+        let mut line = self.line();
+        match line.join(place, Arc::clone(&waiter)) {
+            Joined::Refused => {
+                let ahead = line.len();
+                drop(line);
+                return Admission::Rejected(self.refuse(
+                    d,
+                    policy,
+                    ask,
+                    RejectReason::QueueFull,
+                    first_ms,
+                    early,
+                    ahead,
+                ));
             }
-            _ => None,
+            Joined::Evicted(_, worst) => {
+                worst.state.store(EVICTED, Ordering::Release);
+                worst.notify.notify_one();
+            }
+            Joined::Joined => {
+                self.waiting.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        self.dispatch(&mut line);
+        drop(line);
+        Admission::Queued(Ticket {
+            gate: self,
+            place,
+            waiter,
+            first_ms,
+            early,
+        })
+    }
+
+    /// The end of a wait: the slot if it was granted meanwhile, else a reject that tells the
+    /// client when its turn is expected (its place in line over the measured admission rate).
+    pub fn expire(
+        &'static self,
+        ticket: Ticket,
+        d: &Decision,
+        policy: &GatePolicy,
+        ask: Ask,
+    ) -> Result<Permit, Reject> {
+        let ahead = {
+            let mut line = self.line();
+            if let Ok(p) = ticket.take() {
+                return Ok(p);
+            }
+            let ahead = line.ahead_of(ticket.place);
+            if ticket.waiter.state.load(Ordering::Acquire) == WAITING
+                && line.leave(ticket.place).is_some()
+            {
+                self.waiting.0.fetch_sub(1, Ordering::SeqCst);
+                ticket.waiter.state.store(TAKEN, Ordering::Release);
+            }
+            ahead
         };
-        if let Some(reason) = reason {
-            return Err(reject(reason));
-        }
-        if !self.acquire(d.caps[p]) {
-            self.limit_rejects.0.fetch_add(1, Ordering::Relaxed);
-            return Err(reject(RejectReason::Limit));
-        }
-        let permit = Permit { gate: self };
-        if !rate_ok() {
-            return Err(reject(RejectReason::Rate));
-        }
-        if ask.priority == Priority::Critical && policy.session_grace_ms > 0 {
-            let until_ms = ask.now_ms + policy.session_grace_ms;
-            self.grace.put(
-                ask.client,
-                ClientEntry {
-                    until_ms,
-                    strikes: 0,
-                },
-            );
-        }
-        Ok(permit)
+        let reason = if ticket.waiter.state.load(Ordering::Acquire) == EVICTED {
+            RejectReason::QueueFull
+        } else {
+            RejectReason::QueueTimeout
+        };
+        Err(self.refuse(d, policy, ask, reason, ticket.first_ms, ticket.early, ahead))
     }
 
     /// Takes an in-flight slot whatever the limit (shadow mode: decisions recorded, never enforced).
@@ -276,6 +507,69 @@ impl Gate {
         Permit { gate: self }
     }
 
+    /// Counts one more early returner held, unless `max` are held already.
+    pub fn hold(&'static self, max: u32) -> Option<Hold> {
+        let before = self.held.fetch_add(1, Ordering::AcqRel);
+        let hold = Hold { gate: self };
+        (before < max).then_some(hold)
+    }
+
+    fn admitted_now(&'static self, policy: &GatePolicy, ask: Ask) -> Permit {
+        let p = ask.priority.index();
+        self.admitted[p].0.fetch_add(1, Ordering::Relaxed);
+        if ask.priority == Priority::Critical && policy.session_grace_ms > 0 {
+            let until_ms = ask.now_ms + policy.session_grace_ms;
+            self.grace.put(
+                ask.client,
+                ClientEntry {
+                    until_ms,
+                    first_ms: 0,
+                },
+            );
+        }
+        Permit { gate: self }
+    }
+
+    /// Records a slot taken from the line for a queued request of `ask` (critical grace).
+    pub fn note_queued_admit(&self, policy: &GatePolicy, ask: Ask) {
+        if ask.priority == Priority::Critical && policy.session_grace_ms > 0 {
+            let until_ms = ask.now_ms + policy.session_grace_ms;
+            self.grace.put(
+                ask.client,
+                ClientEntry {
+                    until_ms,
+                    first_ms: 0,
+                },
+            );
+        }
+    }
+
+    fn release_slot(&self) {
+        self.inflight.0.fetch_sub(1, Ordering::SeqCst);
+        if self.waiting.0.load(Ordering::SeqCst) > 0 {
+            self.dispatch(&mut self.line());
+        }
+    }
+
+    /// Gives free slots to the head of the line (called with the line locked).
+    fn dispatch(&self, line: &mut Line<Arc<Waiter>>) {
+        while let Some(head) = line.head() {
+            if !self.acquire() {
+                return;
+            }
+            let Some((_, w)) = line.pop() else {
+                self.inflight.0.fetch_sub(1, Ordering::SeqCst);
+                return;
+            };
+            self.waiting.0.fetch_sub(1, Ordering::SeqCst);
+            self.admitted[head.priority().index()]
+                .0
+                .fetch_add(1, Ordering::Relaxed);
+            w.state.store(GRANTED, Ordering::Release);
+            w.notify.notify_one();
+        }
+    }
+
     /// Raises the tick's peak; a plain read first, so the common case writes nothing.
     fn note_peak(&self, now: u32) {
         if now > self.peak_inflight.0.load(Ordering::Relaxed) {
@@ -283,16 +577,17 @@ impl Gate {
         }
     }
 
-    fn acquire(&self, cap: u32) -> bool {
+    fn acquire(&self) -> bool {
+        let limit = self.limit.0.load(Ordering::SeqCst);
         let mut cur = self.inflight.0.load(Ordering::Relaxed);
         loop {
-            if cur >= cap {
+            if cur >= limit {
                 return false;
             }
             match self.inflight.0.compare_exchange_weak(
                 cur,
                 cur + 1,
-                Ordering::AcqRel,
+                Ordering::SeqCst,
                 Ordering::Relaxed,
             ) {
                 Ok(_) => {
@@ -309,65 +604,52 @@ impl Gate {
             && self.grace.get(ask.client, ask.now_ms).is_some()
     }
 
-    fn rand(&self, ask: Ask) -> u64 {
-        mix64(self.nonce.0.fetch_add(1, Ordering::Relaxed) ^ ask.client)
+    /// The client's first arrival (remembered, or now) and whether it came back early.
+    fn recall(&self, ask: Ask) -> (u64, bool) {
+        match self.early.get(early_key(ask), ask.now_ms) {
+            Some(e) => (e.first_ms.min(ask.now_ms), ask.now_ms < e.until_ms),
+            None => (ask.now_ms, false),
+        }
     }
 
-    fn reject(&self, d: &Decision, policy: &GatePolicy, ask: Ask, reason: RejectReason) -> Reject {
-        let eta = match reason {
-            RejectReason::Stage => d.eta_s[ask.priority.index()],
+    #[allow(clippy::too_many_arguments)]
+    fn refuse(
+        &self,
+        d: &Decision,
+        policy: &GatePolicy,
+        ask: Ask,
+        reason: RejectReason,
+        first_ms: u64,
+        early: bool,
+        ahead: usize,
+    ) -> Reject {
+        let p = ask.priority.index();
+        let eta_s = match reason {
+            RejectReason::Stage => d.eta_s[p],
             RejectReason::FeatureOff => policy.retry.max_s,
-            _ => 0.0,
+            _ if d.drain_rps[p] > 0.0 => (ahead as f64 + 1.0) / d.drain_rps[p],
+            _ => policy.retry.min_s,
         };
-        let retry_after_s = policy.retry.retry_after(eta, 0, self.rand(ask));
-        Reject {
-            reason,
-            retry_after_s,
-        }
-    }
-
-    fn reject_early(&self, policy: &GatePolicy, ask: Ask, e: ClientEntry) -> Reject {
-        let strikes = e.strikes + 1;
-        let remaining_s = e.until_ms.saturating_sub(ask.now_ms) as f64 / 1000.0;
-        let retry_after_s = policy
-            .retry
-            .retry_after(remaining_s, strikes, self.rand(ask));
-        // The told delay escalates, but the deadline stays: a client that hammers is answered
-        // cheaply and told to wait longer, yet is not locked out past its original turn.
-        self.early.put(
-            early_key(ask),
-            ClientEntry {
-                until_ms: e.until_ms,
-                strikes,
-            },
-        );
-        Reject {
-            reason: RejectReason::EarlyRetry,
-            retry_after_s,
-        }
-    }
-
-    /// Remembers when the client may come back. A little slack (a quarter of the delay, at most
-    /// a second) keeps a polite client whose clock rounds differently from counting as early.
-    /// An early return already updated its own entry, so it is not remembered again.
-    pub fn remember(&self, ask: Ask, r: Reject) {
-        if r.reason != RejectReason::EarlyRetry {
-            self.remember_for(ask, r.retry_after_s, 0);
-        }
-    }
-
-    fn remember_for(&self, ask: Ask, retry_after_s: u32, strikes: u32) {
+        let rand = mix64(self.nonce.0.fetch_add(1, Ordering::Relaxed) ^ ask.client);
+        let retry_after_s = policy.retry.retry_after(eta_s, rand);
+        // A little slack (a quarter of the delay, at most a second) keeps a polite client whose
+        // clock rounds differently from counting as early.
         let ms = u64::from(retry_after_s) * 1000;
         let until_ms = ask.now_ms + ms - (ms / 4).min(1000);
         self.early
-            .put(early_key(ask), ClientEntry { until_ms, strikes });
+            .put(early_key(ask), ClientEntry { until_ms, first_ms });
+        Reject {
+            reason,
+            retry_after_s,
+            early: early && ask.state != FeatureState::On,
+        }
     }
 }
 
-/// Early returns are remembered per client and priority: a client told to wait for its feed
-/// may still log in.
+/// Early returns and first arrivals are remembered per client and feature: a client told to
+/// wait for its feed may still log in.
 fn early_key(ask: Ask) -> u64 {
-    ask.client ^ mix64(ask.priority as u64 + 1)
+    ask.client ^ mix64(u64::from(ask.feature) + 1)
 }
 
 #[cfg(test)]
@@ -375,16 +657,17 @@ mod tests {
     use super::super::controller::{CtlState, Health};
     use super::*;
 
-    fn decision(open: [bool; 4], caps: [u32; 4]) -> Decision {
+    fn decision(engaged: bool, open: [bool; 4]) -> Decision {
         Decision {
+            engaged,
             progress: 0.3,
             state: CtlState::Advancing,
             health: Health::Healthy,
-            limit: caps[3],
-            caps,
+            limit: 0,
             open,
             eta_s: [50.0, 20.0, 0.0, 0.0],
-            rps: None,
+            drain_rps: [10.0, 10.0, 10.0, 10.0],
+            ..Decision::default()
         }
     }
 
@@ -392,206 +675,256 @@ mod tests {
         Ask {
             priority,
             state: FeatureState::Auto,
+            feature: priority.index() as u32,
             client,
             now_ms,
         }
     }
 
+    fn gate(limit: u32) -> &'static Gate {
+        let g = Gate::leak(1024, 8);
+        g.set_limit(limit, limit, false);
+        g
+    }
+
+    fn admitted(a: Admission) -> Option<Permit> {
+        match a {
+            Admission::Admitted(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    fn queued(a: Admission) -> Option<Ticket> {
+        match a {
+            Admission::Queued(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    fn rejected(a: Admission) -> Option<Reject> {
+        match a {
+            Admission::Rejected(r) => Some(r),
+            _ => None,
+        }
+    }
+
     #[test]
-    fn sheds_by_stage_and_tells_when_to_return() {
-        let g = Gate::leak(1024);
-        let d = decision([false, false, true, true], [7, 8, 9, 10]);
+    fn without_an_engaged_ramp_every_priority_is_admitted() {
+        let g = gate(4);
+        let d = decision(false, [false; 4]);
         let pol = GatePolicy::default();
-        let r = g
-            .try_admit(&d, &pol, ask(Priority::Low, 1, 0), || true)
-            .err();
+        for p in Priority::ALL {
+            assert!(admitted(g.admit(&d, &pol, ask(p, 1, 0), || true)).is_some());
+        }
+        assert_eq!(g.inflight(), 0, "permits dropped at end of statement");
+    }
+
+    #[test]
+    fn an_engaged_ramp_sheds_by_stage_and_tells_when_to_return() {
+        let g = gate(10);
+        let d = decision(true, [false, false, true, true]);
+        let pol = GatePolicy::default();
+        let r = rejected(g.admit(&d, &pol, ask(Priority::Low, 1, 0), || true));
         let r = r.map(|r| (r.reason, r.retry_after_s));
         assert!(
-            matches!(r, Some((RejectReason::Stage, s)) if (50..=60).contains(&s)),
+            matches!(r, Some((RejectReason::Stage, s)) if (50..=75).contains(&s)),
             "{r:?}"
         );
-        assert!(g
-            .try_admit(&d, &pol, ask(Priority::High, 2, 0), || true)
-            .is_ok());
-        assert_eq!(g.inflight(), 0, "permit dropped at end of statement");
+        assert!(admitted(g.admit(&d, &pol, ask(Priority::High, 2, 0), || true)).is_some());
     }
 
     #[test]
-    fn headroom_keeps_room_for_critical_and_permits_release() {
-        let g = Gate::leak(1024);
-        let d = decision([true; 4], [2, 3, 3, 4]);
+    fn a_freed_slot_goes_to_the_highest_priority_then_the_oldest_first_arrival() {
+        let g = gate(1);
+        let d = decision(false, [true; 4]);
         let pol = GatePolicy::default();
-        let mut held = Vec::new();
-        for c in 0..2 {
-            held.push(g.try_admit(&d, &pol, ask(Priority::Low, c, 0), || true));
-        }
-        assert!(held.iter().all(Result::is_ok));
-        let r = g
-            .try_admit(&d, &pol, ask(Priority::Low, 9, 0), || true)
-            .err();
-        assert_eq!(r.map(|r| r.reason), Some(RejectReason::Limit));
-        for c in 10..12 {
-            held.push(g.try_admit(&d, &pol, ask(Priority::Critical, c, 0), || true));
-        }
-        assert!(held.iter().all(Result::is_ok));
-        assert_eq!(g.inflight(), 4);
-        assert!(g
-            .try_admit(&d, &pol, ask(Priority::Critical, 20, 0), || true)
-            .is_err());
-        held.clear();
-        assert_eq!(g.inflight(), 0);
-        assert_eq!(g.take_tick_counters(), (4, 2));
+        let held = admitted(g.admit(&d, &pol, ask(Priority::Low, 1, 0), || true));
+        assert!(held.is_some());
+        let low = queued(g.admit(&d, &pol, ask(Priority::Low, 2, 10), || true));
+        let crit_new = queued(g.admit(&d, &pol, ask(Priority::Critical, 3, 30), || true));
+        // Client 4 was told to come back earlier: it keeps its first arrival (5 ms).
+        let mut a4 = ask(Priority::Critical, 4, 0);
+        let r = rejected(g.admit(
+            &d,
+            &GatePolicy {
+                max_wait_ms: [0; 4],
+                ..pol
+            },
+            a4,
+            || true,
+        ));
+        assert_eq!(r.map(|r| r.reason), Some(RejectReason::QueueFull));
+        a4.now_ms = 40;
+        let crit_old = queued(g.admit(&d, &pol, a4, || true));
+        assert_eq!(crit_old.as_ref().map(|t| t.early), Some(true));
+        assert_eq!(g.waiting(), 3);
+        let (low, crit_new, crit_old) = (
+            low.unwrap_or_else(|| panic!()),
+            crit_new.unwrap_or_else(|| panic!()),
+            crit_old.unwrap_or_else(|| panic!()),
+        );
+        drop(held);
+        let first = crit_old.take();
+        assert!(first.is_ok(), "oldest first arrival first");
+        assert!(crit_new.take().is_err() && low.take().is_err());
+        assert_eq!(g.inflight(), 1, "the slot moved, it was not freed");
+        assert_eq!(g.waiting(), 2);
     }
 
     #[test]
-    fn early_returners_escalate() {
-        let g = Gate::leak(1024);
-        let d = decision([false, false, false, true], [10; 4]);
+    fn leaving_the_line_leaves_no_residue() {
+        let g = gate(1);
+        let d = decision(false, [true; 4]);
+        let pol = GatePolicy::default();
+        let held = admitted(g.admit(&d, &pol, ask(Priority::High, 1, 0), || true));
+        let t = queued(g.admit(&d, &pol, ask(Priority::High, 2, 0), || true));
+        assert_eq!(g.waiting(), 1);
+        drop(t); // the client went away
+        assert_eq!(g.waiting(), 0);
+        assert_eq!(g.waiting_by_priority(), [0; 4]);
+        // Granted but never taken: the slot is passed on, not lost.
+        let t = queued(g.admit(&d, &pol, ask(Priority::High, 3, 0), || true));
+        let t2 = queued(g.admit(&d, &pol, ask(Priority::High, 4, 1), || true));
+        drop(held);
+        assert_eq!(g.inflight(), 1);
+        drop(t);
+        assert_eq!(g.inflight(), 1, "handed to the next in line");
+        let p = t2.map(|t| t.take().is_ok());
+        assert_eq!(p, Some(true));
+        assert_eq!(g.inflight(), 0);
+        assert_eq!(g.waiting(), 0);
+    }
+
+    #[test]
+    fn expiry_rejects_with_the_measured_drain() {
+        let g = gate(1);
+        let d = decision(false, [true; 4]); // 10 admissions a second
         let pol = GatePolicy {
             retry: RetryPolicy {
                 min_s: 1.0,
-                max_s: 1000.0,
+                max_s: 600.0,
                 jitter_s: 0.0,
-                escalation: 2.0,
+                spread: 0.0,
             },
             ..Default::default()
         };
-        let first = g
-            .try_admit(&d, &pol, ask(Priority::Normal, 7, 0), || true)
-            .err();
-        assert_eq!(first.map(|r| r.retry_after_s), Some(20));
-        let again = g
-            .try_admit(&d, &pol, ask(Priority::Normal, 7, 1_000), || true)
-            .err();
-        assert_eq!(again.map(|r| r.reason), Some(RejectReason::EarlyRetry));
-        let s1 = again.map_or(0, |r| r.retry_after_s);
-        assert!(s1 >= 30, "longer than what was left: {s1}");
-        let third = g
-            .try_admit(&d, &pol, ask(Priority::Normal, 7, 2_000), || true)
-            .err();
-        assert!(third.map_or(0, |r| r.retry_after_s) > s1);
-        // Another client is unaffected; a critical request from it is admitted.
-        assert!(g
-            .try_admit(&d, &pol, ask(Priority::Critical, 8, 2_000), || true)
-            .is_ok());
-    }
-
-    #[test]
-    fn hammering_does_not_push_the_deadline() {
-        let g = Gate::leak(1024);
-        let d = decision([true; 4], [0; 4]);
-        let pol = GatePolicy {
-            retry: RetryPolicy {
-                min_s: 2.0,
-                max_s: 1000.0,
-                jitter_s: 0.0,
-                escalation: 2.0,
-            },
-            ..Default::default()
-        };
-        let a = |now_ms| ask(Priority::Critical, 5, now_ms);
-        assert!(g.try_admit(&d, &pol, a(0), || true).is_err());
-        for t in (250..1500).step_by(250) {
-            let r = g.try_admit(&d, &pol, a(t), || true).err();
-            assert_eq!(r.map(|r| r.reason), Some(RejectReason::EarlyRetry));
-            if let Some(r) = r {
-                g.remember(a(t), r);
-            }
+        let _held = admitted(g.admit(&d, &pol, ask(Priority::Normal, 1, 0), || true));
+        let mut tickets = Vec::new();
+        for c in 0..5 {
+            tickets.push(queued(g.admit(
+                &d,
+                &pol,
+                ask(Priority::Normal, 10 + c, c),
+                || true,
+            )));
         }
-        let open = decision([true; 4], [10; 4]);
-        assert!(
-            g.try_admit(&open, &pol, a(1_600), || true).is_ok(),
-            "in at its original turn"
-        );
-    }
-
-    #[test]
-    fn a_polite_client_returning_on_time_is_not_early() {
-        let g = Gate::leak(1024);
-        let d = decision([true; 4], [0, 0, 0, 0]);
-        let pol = GatePolicy {
-            retry: RetryPolicy {
-                min_s: 4.0,
-                max_s: 100.0,
-                jitter_s: 0.0,
-                escalation: 2.0,
-            },
-            ..Default::default()
-        };
+        let last = tickets.pop().flatten().unwrap_or_else(|| panic!());
         let r = g
-            .try_admit(&d, &pol, ask(Priority::Critical, 3, 0), || true)
+            .expire(last, &d, &pol, ask(Priority::Normal, 14, 1_000))
             .err();
+        // Four ahead, itself fifth, at 10/s: half a second, rounded up to whole seconds.
         assert_eq!(
             r.map(|r| (r.reason, r.retry_after_s)),
-            Some((RejectReason::Limit, 4))
+            Some((RejectReason::QueueTimeout, 1))
         );
-        assert!(g.is_early(3, Priority::Critical, 2_000));
-        assert!(!g.is_early(3, Priority::High, 2_000), "per priority");
-        assert!(!g.is_early(3, Priority::Critical, 4_000));
+        assert_eq!(g.waiting(), 4);
+        tickets.clear();
+        assert_eq!(g.waiting(), 0);
+    }
+
+    #[test]
+    fn at_the_bound_the_newest_lowest_is_evicted() {
+        let g = Gate::leak(1024, 1);
+        g.set_limit(1, 1, false);
+        let d = decision(false, [true; 4]);
+        let pol = GatePolicy::default();
+        let _held = admitted(g.admit(&d, &pol, ask(Priority::Low, 1, 0), || true));
+        let low = queued(g.admit(&d, &pol, ask(Priority::Low, 2, 0), || true));
+        let r = rejected(g.admit(&d, &pol, ask(Priority::Low, 3, 5), || true));
+        assert_eq!(r.map(|r| r.reason), Some(RejectReason::QueueFull));
+        let crit = queued(g.admit(&d, &pol, ask(Priority::Critical, 4, 9), || true));
+        assert!(crit.is_some());
+        let low = low.unwrap_or_else(|| panic!());
+        assert_eq!(low.take().err(), Some(true), "evicted");
+        let r = g.expire(low, &d, &pol, ask(Priority::Low, 2, 100)).err();
+        assert_eq!(r.map(|r| r.reason), Some(RejectReason::QueueFull));
+        assert_eq!(g.waiting(), 1);
     }
 
     #[test]
     fn overrides_beat_the_stage() {
-        let g = Gate::leak(64);
-        let d = decision([false, false, false, true], [10; 4]);
+        let g = gate(10);
+        let d = decision(true, [false, false, false, true]);
         let pol = GatePolicy::default();
         let on = Ask {
             state: FeatureState::On,
             ..ask(Priority::Low, 1, 0)
         };
-        assert!(g.try_admit(&d, &pol, on, || true).is_ok());
+        assert!(admitted(g.admit(&d, &pol, on, || true)).is_some());
         let off = Ask {
             state: FeatureState::Off,
             ..ask(Priority::Critical, 2, 0)
         };
-        let r = g.try_admit(&d, &pol, off, || true).err();
+        let r = rejected(g.admit(&d, &pol, off, || true));
         assert_eq!(r.map(|r| r.reason), Some(RejectReason::FeatureOff));
     }
 
     #[test]
     fn session_grace_lets_follow_ups_through() {
-        let g = Gate::leak(1024);
-        let d = decision([false, false, false, true], [10; 4]);
+        let g = gate(10);
+        let d = decision(true, [false, false, false, true]);
         let pol = GatePolicy {
             session_grace_ms: 5_000,
             ..Default::default()
         };
-        assert!(g
-            .try_admit(&d, &pol, ask(Priority::High, 42, 0), || true)
-            .is_err());
-        // A fresh client: log in, then sync is admitted within the grace...
-        assert!(g
-            .try_admit(&d, &pol, ask(Priority::Critical, 43, 0), || true)
-            .is_ok());
-        assert!(g
-            .try_admit(&d, &pol, ask(Priority::High, 43, 1_000), || true)
-            .is_ok());
-        // ...but not low priority, and not after the grace.
-        assert!(g
-            .try_admit(&d, &pol, ask(Priority::Low, 43, 1_000), || true)
-            .is_err());
-        let g2 = Gate::leak(1024);
-        assert!(g2
-            .try_admit(&d, &pol, ask(Priority::Critical, 44, 0), || true)
-            .is_ok());
-        assert!(g2
-            .try_admit(&d, &pol, ask(Priority::High, 44, 6_000), || true)
-            .is_err());
+        assert!(rejected(g.admit(&d, &pol, ask(Priority::High, 42, 0), || true)).is_some());
+        assert!(admitted(g.admit(&d, &pol, ask(Priority::Critical, 43, 0), || true)).is_some());
+        assert!(admitted(g.admit(&d, &pol, ask(Priority::High, 43, 1_000), || true)).is_some());
+        assert!(rejected(g.admit(&d, &pol, ask(Priority::Low, 43, 1_000), || true)).is_some());
+        assert!(rejected(g.admit(&d, &pol, ask(Priority::High, 43, 6_000), || true)).is_some());
     }
 
     #[test]
-    fn rate_limit_rejects_and_releases_the_slot() {
-        let g = Gate::leak(64);
-        let d = decision([true; 4], [10; 4]);
-        let r = g
-            .try_admit(
-                &d,
-                &GatePolicy::default(),
-                ask(Priority::High, 1, 0),
-                || false,
-            )
-            .err();
+    fn rate_limit_rejects_without_taking_a_slot() {
+        let g = gate(10);
+        let d = decision(false, [true; 4]);
+        let r = rejected(g.admit(
+            &d,
+            &GatePolicy::default(),
+            ask(Priority::High, 1, 0),
+            || false,
+        ));
         assert_eq!(r.map(|r| r.reason), Some(RejectReason::Rate));
         assert_eq!(g.inflight(), 0);
+    }
+
+    #[test]
+    fn slow_start_grows_on_fast_completions_up_to_the_ceiling() {
+        let g = Gate::leak(16, 8);
+        g.set_limit(2, 4, true);
+        let d = decision(false, [true; 4]);
+        let pol = GatePolicy::default();
+        let a = admitted(g.admit(&d, &pol, ask(Priority::High, 1, 0), || true));
+        let b = admitted(g.admit(&d, &pol, ask(Priority::High, 2, 0), || true));
+        for _ in 0..10 {
+            g.fast_completion();
+        }
+        assert_eq!(g.limit(), 4, "capped at the ceiling");
+        drop((a, b));
+        g.set_limit(2, 100, true);
+        g.fast_completion();
+        assert_eq!(g.limit(), 2, "no growth without demand");
+        let counters = g.take_tick_counters();
+        assert_eq!(counters.admitted[Priority::High.index()], 2);
+    }
+
+    #[test]
+    fn holds_are_bounded_and_released() {
+        let g = gate(1);
+        let a = g.hold(1);
+        assert!(a.is_some());
+        assert!(g.hold(1).is_none());
+        drop(a);
+        assert_eq!(g.held(), 0);
     }
 }

@@ -6,12 +6,16 @@ pub mod clients;
 pub mod controller;
 pub mod curve;
 pub mod gate;
+pub mod limit;
 pub mod params;
 pub mod priority;
+pub mod queue;
 pub mod retry;
 
 pub use controller::{Controller, CtlState, Decision, Health, SignalSnapshot};
-pub use gate::{Ask, FeatureState, Gate, GatePolicy, Permit, Reject, RejectReason};
+pub use gate::{
+    Admission, Ask, FeatureState, Gate, GatePolicy, Permit, Reject, RejectReason, Ticket,
+};
 pub use params::ControlParams;
 pub use priority::Priority;
 pub use retry::RetryPolicy;

@@ -7,10 +7,10 @@ pub struct RetryPolicy {
     pub min_s: f64,
     /// Never tell a client more than this.
     pub max_s: f64,
-    /// Uniform spread added on top of the base, so a wave of rejects comes back flat.
+    /// The smallest jitter window: rejects spread uniformly over at least this.
     pub jitter_s: f64,
-    /// Each early return multiplies the base by this.
-    pub escalation: f64,
+    /// The jitter window grows with the wait: this share of the expected wait.
+    pub spread: f64,
 }
 
 impl Default for RetryPolicy {
@@ -18,8 +18,8 @@ impl Default for RetryPolicy {
         Self {
             min_s: 1.0,
             max_s: 120.0,
-            jitter_s: 10.0,
-            escalation: 2.0,
+            jitter_s: 2.0,
+            spread: 0.5,
         }
     }
 }
@@ -27,18 +27,23 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// Whole seconds to put in `Retry-After`.
     ///
-    /// `eta_s` is when this client's priority is expected in; `strikes` how many times it came
-    /// back too early; `rand` any uniformly random 64-bit value (the caller owns the randomness,
-    /// so tests can seed it).
-    pub fn retry_after(&self, eta_s: f64, strikes: u32, rand: u64) -> u32 {
-        let base = eta_s.max(self.min_s) * self.escalation.max(1.0).powi(strikes.min(16) as i32);
+    /// `eta_s` is when this client's turn is expected (its place in line over the measured
+    /// admission rate, or its stage's expected opening); `rand` any uniformly random 64-bit
+    /// value (the caller owns the randomness, so tests can seed it). The answer is spread over
+    /// a window that grows with the wait; near `max_s` the window slides down under the cap
+    /// instead of collapsing onto it, so a herd told "come back at the cap" still returns flat.
+    pub fn retry_after(&self, eta_s: f64, rand: u64) -> u32 {
+        let max = self.max_s.max(self.min_s).max(1.0);
+        let min = self.min_s.clamp(0.0, max);
+        let eta = if eta_s.is_finite() { eta_s } else { max }.max(min);
+        let window = self
+            .jitter_s
+            .max(self.spread.max(0.0) * eta)
+            .min((max - min).max(0.0))
+            .min(max / 2.0);
+        let base = eta.min(max - window).max(min);
         let unit = (rand >> 11) as f64 / (1u64 << 53) as f64;
-        let total = base + unit * self.jitter_s.max(0.0);
-        total
-            .min(self.max_s)
-            .max(self.min_s.min(self.max_s))
-            .ceil()
-            .max(1.0) as u32
+        (base + unit * window).ceil().clamp(1.0, max.ceil()) as u32
     }
 }
 
@@ -54,51 +59,67 @@ pub fn mix64(mut z: u64) -> u64 {
 mod tests {
     use super::*;
 
+    fn spread_of(p: &RetryPolicy, eta: f64) -> Vec<u32> {
+        (0..20_000u64)
+            .map(|i| p.retry_after(eta, mix64(i)))
+            .collect()
+    }
+
     #[test]
-    fn spreads_uniformly_across_the_jitter_window() {
+    fn spreads_uniformly_over_a_window_that_grows_with_the_wait() {
         let p = RetryPolicy {
             min_s: 1.0,
             max_s: 600.0,
-            jitter_s: 20.0,
-            escalation: 2.0,
+            jitter_s: 2.0,
+            spread: 0.5,
         };
+        let s = spread_of(&p, 40.0);
+        // 40 s expected: spread over 40..60 s.
+        assert!(
+            s.iter().all(|x| (40..=60).contains(x)),
+            "{:?}",
+            s.iter().max()
+        );
         let mut buckets = [0u32; 20];
-        for i in 0..20_000u64 {
-            let s = p.retry_after(10.0, 0, mix64(i));
-            assert!((11..=30).contains(&s), "{s}");
-            buckets[(s - 11) as usize] += 1;
+        for x in &s {
+            buckets[((x - 41).min(19)) as usize] += 1;
         }
-        // Flat: every one-second slot of the window gets a fair share (1000 expected).
         for (i, b) in buckets.iter().enumerate() {
             assert!((800..1250).contains(b), "slot {i}: {b}");
         }
+        // A short wait still gets the minimum window.
+        let short = spread_of(&p, 1.0);
+        assert!(short.iter().all(|&x| x <= 3));
+        assert!(short.contains(&2) && short.contains(&3));
     }
 
     #[test]
-    fn caps_at_max_and_floors_at_min() {
-        let p = RetryPolicy {
-            min_s: 2.0,
-            max_s: 60.0,
-            jitter_s: 5.0,
-            escalation: 2.0,
-        };
-        for i in 0..1000 {
-            assert!(p.retry_after(1000.0, 0, mix64(i)) <= 60);
-            assert!(p.retry_after(0.0, 0, mix64(i)) >= 2);
-        }
-    }
-
-    #[test]
-    fn escalates_for_early_returners() {
+    fn keeps_the_jitter_at_the_cap() {
         let p = RetryPolicy {
             min_s: 1.0,
-            max_s: 1000.0,
-            jitter_s: 0.0,
-            escalation: 2.0,
+            max_s: 60.0,
+            jitter_s: 2.0,
+            spread: 0.5,
         };
-        assert_eq!(p.retry_after(5.0, 0, 0), 5);
-        assert_eq!(p.retry_after(5.0, 1, 0), 10);
-        assert_eq!(p.retry_after(5.0, 3, 0), 40);
-        assert_eq!(p.retry_after(5.0, 30, 0), 1000, "capped");
+        let s = spread_of(&p, 10_000.0);
+        assert!(s.iter().all(|&x| (30..=60).contains(&x)));
+        let at_cap = s.iter().filter(|&&x| x == 60).count();
+        assert!(
+            at_cap < s.len() / 10,
+            "{at_cap} of {} told exactly the cap",
+            s.len()
+        );
+        let distinct: std::collections::HashSet<_> = s.iter().collect();
+        assert!(distinct.len() >= 25, "{}", distinct.len());
+    }
+
+    #[test]
+    fn floors_at_min() {
+        let p = RetryPolicy {
+            min_s: 2.0,
+            ..Default::default()
+        };
+        assert!(spread_of(&p, 0.0).iter().all(|&x| x >= 2));
+        assert!(spread_of(&p, f64::NAN).iter().all(|&x| x <= 120));
     }
 }

@@ -27,6 +27,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub gate: FileGate,
     #[serde(default)]
+    pub queue: FileQueue,
+    #[serde(default)]
     pub retry: FileRetry,
     #[serde(default)]
     pub client_key: FileClientKey,
@@ -44,6 +46,7 @@ pub struct FileServer {
     pub client_header_timeout: Option<String>,
     pub drain_timeout: Option<String>,
     pub h2_max_concurrent_streams: Option<u32>,
+    pub send_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -59,6 +62,7 @@ pub struct FileUpstream {
     pub eject_after_failures: Option<u32>,
     pub eject_cooldown: Option<String>,
     pub preserve_host: Option<bool>,
+    pub body_idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -85,6 +89,8 @@ pub struct FileSignals {
     pub unknown_hit_ratio: Option<String>,
     /// Also read the hit ratio from a backend stats endpoint.
     pub scrape: Option<FileScrape>,
+    /// Upstream responses the window needs before a guard rail can call the backend critical.
+    pub min_samples: Option<u64>,
     pub latency_p99: Option<FileThresholds<String>>,
     pub error_rate: Option<FileThresholds<f64>>,
 }
@@ -110,6 +116,10 @@ pub struct FileThresholds<T> {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileRamp {
+    /// `auto` (default), `on_start` or `manual`.
+    pub engage: Option<String>,
+    pub auto_engage_after: Option<String>,
+    pub auto_engage_hit_ratio: Option<f64>,
     pub tick: Option<String>,
     pub duration: Option<String>,
     pub start_fraction: Option<f64>,
@@ -119,7 +129,6 @@ pub struct FileRamp {
     pub backoff_factor: Option<f64>,
     pub progress_floor: Option<f64>,
     pub stages: Option<FilePriorityMap>,
-    pub headroom: Option<FilePriorityMap>,
     #[serde(default)]
     pub hit_ratio_gate: Vec<FileHitGate>,
 }
@@ -131,6 +140,15 @@ pub struct FilePriorityMap {
     pub high: Option<f64>,
     pub normal: Option<f64>,
     pub low: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDurationMap {
+    pub critical: Option<String>,
+    pub high: Option<String>,
+    pub normal: Option<String>,
+    pub low: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -150,29 +168,36 @@ pub struct FileLimit {
     pub initial: Option<u32>,
     pub min: Option<u32>,
     pub max: Option<u32>,
+    /// Latency above the no-load latency taken as noise (0.15 = 15 %).
+    pub tolerance: Option<f64>,
+    /// No completion for this long: restart from `initial`.
+    pub idle_restart: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileGate {
     pub session_grace: Option<String>,
-    pub queue_max_len: Option<u32>,
-    pub queue_max_wait: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileQueue {
+    pub max_len: Option<u32>,
+    pub max_wait: Option<FileDurationMap>,
+    pub max_held: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileRetry {
     pub shed_status: Option<u16>,
-    pub client_status: Option<u16>,
     pub min_retry_after: Option<String>,
     pub max_retry_after: Option<String>,
     pub jitter_window: Option<String>,
-    pub early_escalation: Option<f64>,
+    pub jitter_spread: Option<f64>,
     pub client_table_size: Option<usize>,
     pub retry_header: Option<String>,
-    pub tarpit: Option<String>,
-    pub tarpit_max_held: Option<u32>,
     pub ratelimit_headers: Option<bool>,
 }
 

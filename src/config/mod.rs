@@ -62,6 +62,8 @@ pub struct ServerConfig {
     /// How long in-flight requests may run after SIGTERM.
     pub drain_timeout: Duration,
     pub h2_max_concurrent_streams: u32,
+    /// A client that accepts no response bytes for this long is disconnected (its slot freed).
+    pub send_timeout: Duration,
 }
 
 /// The upstream cluster.
@@ -78,6 +80,8 @@ pub struct UpstreamConfig {
     pub eject_after_failures: u32,
     pub eject_cooldown: Duration,
     pub preserve_host: bool,
+    /// An upstream that sends no response body bytes for this long is cut off.
+    pub body_idle_timeout: Duration,
 }
 
 /// Logging.
@@ -116,23 +120,20 @@ pub enum ScrapeFormat {
     Prometheus(String),
 }
 
-/// The bounded wait for critical requests over the limit.
+/// The wait line's bounds (the longest wait per priority is in [`GatePolicy`]).
 #[derive(Debug, Clone, Copy)]
 pub struct QueueConfig {
     pub max_len: u32,
-    pub max_wait: Duration,
+    /// Early returners held (before their reject) at once, at most.
+    pub max_held: u32,
 }
 
 /// How a reject is written.
 #[derive(Debug, Clone)]
 pub struct RejectConfig {
     pub shed_status: StatusCode,
-    pub client_status: StatusCode,
     /// A client header that marks retries (e.g. `X-Retry-Attempt`).
     pub retry_header: Option<HeaderName>,
-    /// Hold an early returner's reject this long before answering (0 = off).
-    pub tarpit: Duration,
-    pub tarpit_max_held: u32,
     /// Send the IETF `RateLimit-Policy` / `RateLimit` headers.
     pub ratelimit_headers: bool,
 }
@@ -178,20 +179,38 @@ pub fn summary(c: &Config) -> String {
         c.server.drain_timeout
     );
     let p = &c.control;
+    let limit = match p.limit {
+        crate::admission::params::LimitMode::Fixed { full_capacity } => {
+            format!("fixed at {full_capacity} in flight")
+        }
+        crate::admission::params::LimitMode::Adaptive(k) => format!(
+            "adaptive: starts at {} in flight (between {} and {}), latency tolerance {:.0} %",
+            k.initial,
+            k.min,
+            k.max,
+            k.tolerance * 100.0
+        ),
+    };
     let _ = writeln!(
         s,
-        "limit            {:?}{}",
-        p.limit,
+        "limit            {limit}{}",
         p.max_rps
             .map_or(String::new(), |r| format!(", max {r} req/s"))
     );
     let _ = writeln!(
         s,
-        "ramp             {} over {}s from {:.0} %, tick {:?}",
+        "ramp             engage {}; {} over {}s from {:.0} %, tick {:?}",
+        p.engage.as_str(),
         p.curve.name(),
         p.ramp_duration_s,
         p.start_fraction * 100.0,
         c.tick
+    );
+    let w = c.gate.max_wait_ms;
+    let _ = writeln!(
+        s,
+        "queue            up to {} waiting; longest wait critical {} ms, high {} ms, normal {} ms, low {} ms",
+        c.queue.max_len, w[3], w[2], w[1], w[0]
     );
     let _ = writeln!(
         s,

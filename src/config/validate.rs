@@ -8,14 +8,15 @@ use http::{Method, StatusCode};
 use regex::Regex;
 
 use super::error::{bad, KeyError};
-use super::file::{FileConfig, FilePriorityMap, FileThresholds};
+use super::file::{FileConfig, FileDurationMap, FilePriorityMap, FileThresholds};
 use super::parse::{
     duration, duration_or, fraction, header_name, header_value, host_port, listen_addr,
 };
 use super::*;
 use crate::admission::classify::{ClientKey, Route};
 use crate::admission::curve::Curve;
-use crate::admission::params::{HitGate, LimitMode, Thresholds};
+use crate::admission::limit::KneeParams;
+use crate::admission::params::{Engage, HitGate, LimitMode, Thresholds};
 use crate::admission::{ControlParams, FeatureState, GatePolicy, Priority, RetryPolicy};
 
 /// Collects errors while building; `take` keeps the value or records the error.
@@ -28,6 +29,14 @@ impl Errors {
     }
     fn push(&mut self, key: impl Into<String>, msg: impl Into<String>) {
         self.0.push(bad(key, msg));
+    }
+    /// A duration that must be above zero (a "0s" timeout would refuse everything).
+    fn positive(&mut self, key: &str, v: &Option<String>, default: Duration) -> Duration {
+        let d = self.take(duration_or(key, v, default)).unwrap_or(default);
+        if d.is_zero() {
+            self.push(key, "must be above 0s");
+        }
+        d
     }
 }
 
@@ -61,22 +70,29 @@ pub fn validate(f: FileConfig) -> Result<Config, Vec<KeyError>> {
     }
     let server = ServerConfig {
         workers: s.workers,
-        client_header_timeout: e
-            .take(duration_or(
-                "server.client_header_timeout",
-                &s.client_header_timeout,
-                Duration::from_secs(10),
-            ))
-            .unwrap_or_default(),
-        drain_timeout: e
-            .take(duration_or(
-                "server.drain_timeout",
-                &s.drain_timeout,
-                Duration::from_secs(30),
-            ))
-            .unwrap_or_default(),
+        client_header_timeout: e.positive(
+            "server.client_header_timeout",
+            &s.client_header_timeout,
+            Duration::from_secs(10),
+        ),
+        drain_timeout: e.positive(
+            "server.drain_timeout",
+            &s.drain_timeout,
+            Duration::from_secs(30),
+        ),
         h2_max_concurrent_streams: s.h2_max_concurrent_streams.unwrap_or(256),
+        send_timeout: e.positive(
+            "server.send_timeout",
+            &s.send_timeout,
+            Duration::from_secs(15),
+        ),
     };
+    if server.h2_max_concurrent_streams == 0 {
+        e.push(
+            "server.h2_max_concurrent_streams",
+            "must be at least 1 (0 would refuse every HTTP/2 request)",
+        );
+    }
 
     let upstream = upstream(&mut e, &f);
     let admin_listen = f
@@ -132,11 +148,11 @@ pub fn validate(f: FileConfig) -> Result<Config, Vec<KeyError>> {
                     )
                 }),
         )?;
-        let interval = e.take(duration_or(
+        let interval = e.positive(
             "signals.scrape.interval",
             &sc.interval,
             Duration::from_secs(1),
-        ))?;
+        );
         let format = match (&sc.json_pointer, &sc.prometheus_metric) {
             (Some(p), None) if p.starts_with('/') => ScrapeFormat::JsonPointer(p.clone()),
             (Some(p), None) => {
@@ -222,7 +238,7 @@ pub fn validate(f: FileConfig) -> Result<Config, Vec<KeyError>> {
         .take(duration_or(
             "ramp.tick",
             &r.tick,
-            Duration::from_millis(250),
+            Duration::from_millis(100),
         ))
         .unwrap_or_default();
     if tick < Duration::from_millis(10) || tick > Duration::from_secs(1) {
@@ -267,15 +283,31 @@ pub fn validate(f: FileConfig) -> Result<Config, Vec<KeyError>> {
             );
         }
     }
-    let mut headroom = per_priority(&mut e, "ramp.headroom", &r.headroom, d.headroom);
-    if r.headroom.as_ref().is_none_or(|h| h.critical.is_none()) {
-        headroom[Priority::Critical.index()] = 1.0;
-    }
-    for p in Priority::ALL {
-        if headroom[p.index()] <= 0.0 {
-            e.push(format!("ramp.headroom.{p}"), "must be above 0.0");
+    let engage = match r.engage.as_deref().unwrap_or("auto") {
+        "auto" => Engage::Auto,
+        "on_start" => Engage::OnStart,
+        "manual" => Engage::Manual,
+        other => {
+            e.push(
+                "ramp.engage",
+                format!("{other:?} is not an engage mode (auto, on_start or manual)"),
+            );
+            Engage::Auto
         }
-    }
+    };
+    let auto_engage_after_s = e
+        .positive(
+            "ramp.auto_engage_after",
+            &r.auto_engage_after,
+            Duration::from_secs_f64(d.auto_engage_after_s),
+        )
+        .as_secs_f64();
+    let auto_engage_hit_ratio = r
+        .auto_engage_hit_ratio
+        .map_or(d.auto_engage_hit_ratio, |v| {
+            e.take(fraction("ramp.auto_engage_hit_ratio", v))
+                .unwrap_or(v)
+        });
     let hit_gates = r
         .hit_ratio_gate
         .iter()
@@ -297,14 +329,21 @@ pub fn validate(f: FileConfig) -> Result<Config, Vec<KeyError>> {
         .collect();
 
     let limit = limit_mode(&mut e, &f);
+    let min_samples = sig.min_samples.unwrap_or(d.min_samples);
+    if min_samples == 0 {
+        e.push("signals.min_samples", "must be at least 1");
+    }
     let control = ControlParams {
+        engage,
+        auto_engage_after_s,
+        auto_engage_hit_ratio,
+        min_samples,
         ramp_duration_s,
         start_fraction,
         curve,
         backoff_factor,
         progress_floor,
         stages,
-        headroom,
         hit_gates,
         unknown_hit_ratio_allows,
         latency_p99_ms,
@@ -338,11 +377,11 @@ pub fn validate(f: FileConfig) -> Result<Config, Vec<KeyError>> {
     if min_s > max_s {
         e.push("retry.min_retry_after", "is above retry.max_retry_after");
     }
-    let escalation = rt.early_escalation.unwrap_or(2.0);
-    if !(1.0..=100.0).contains(&escalation) {
+    let spread = rt.jitter_spread.unwrap_or(0.5);
+    if !(0.0..=2.0).contains(&spread) {
         e.push(
-            "retry.early_escalation",
-            format!("{escalation} must be between 1.0 and 100.0"),
+            "retry.jitter_spread",
+            format!("{spread} must be between 0.0 and 2.0"),
         );
     }
     let retry = RetryPolicy {
@@ -352,11 +391,11 @@ pub fn validate(f: FileConfig) -> Result<Config, Vec<KeyError>> {
             .take(duration_or(
                 "retry.jitter_window",
                 &rt.jitter_window,
-                Duration::from_secs(10),
+                Duration::from_secs(2),
             ))
             .unwrap_or_default()
             .as_secs_f64(),
-        escalation,
+        spread,
     };
     let g = &f.gate;
     let gate = GatePolicy {
@@ -370,17 +409,18 @@ pub fn validate(f: FileConfig) -> Result<Config, Vec<KeyError>> {
             .unwrap_or_default()
             .as_millis() as u64,
         grace_min_priority: Priority::High,
+        max_wait_ms: max_waits(&mut e, &f.queue.max_wait),
     };
     let queue = QueueConfig {
-        max_len: g.queue_max_len.unwrap_or(64),
-        max_wait: e
-            .take(duration_or(
-                "gate.queue_max_wait",
-                &g.queue_max_wait,
-                Duration::from_millis(50),
-            ))
-            .unwrap_or_default(),
+        max_len: f.queue.max_len.unwrap_or(8192),
+        max_held: f.queue.max_held.unwrap_or(4096),
     };
+    if queue.max_len == 0 {
+        e.push(
+            "queue.max_len",
+            "must be at least 1 (set queue.max_wait to \"0s\" to reject at once instead)",
+        );
+    }
     let status = |e: &mut Errors, key: &str, v: Option<u16>, default: u16| {
         let code = v.unwrap_or(default);
         match StatusCode::from_u16(code) {
@@ -393,15 +433,10 @@ pub fn validate(f: FileConfig) -> Result<Config, Vec<KeyError>> {
     };
     let reject = RejectConfig {
         shed_status: status(&mut e, "retry.shed_status", rt.shed_status, 503),
-        client_status: status(&mut e, "retry.client_status", rt.client_status, 429),
         retry_header: rt
             .retry_header
             .as_deref()
             .and_then(|h| header(&mut e, "retry.retry_header", h)),
-        tarpit: e
-            .take(duration_or("retry.tarpit", &rt.tarpit, Duration::ZERO))
-            .unwrap_or_default(),
-        tarpit_max_held: rt.tarpit_max_held.unwrap_or(1024),
         ratelimit_headers: rt.ratelimit_headers.unwrap_or(false),
     };
     let client_table_size = rt.client_table_size.unwrap_or(1 << 16);
@@ -501,21 +536,26 @@ fn upstream(e: &mut Errors, f: &FileConfig) -> Option<UpstreamConfig> {
         endpoints,
         balance,
         h2c,
-        connect_timeout: e.take(duration_or(
+        connect_timeout: e.positive(
             "upstream.connect_timeout",
             &u.connect_timeout,
             Duration::from_secs(2),
-        ))?,
-        response_header_timeout: e.take(duration_or(
+        ),
+        response_header_timeout: e.positive(
             "upstream.response_header_timeout",
             &u.response_header_timeout,
             Duration::from_secs(30),
-        ))?,
-        pool_idle_timeout: e.take(duration_or(
+        ),
+        body_idle_timeout: e.positive(
+            "upstream.body_idle_timeout",
+            &u.body_idle_timeout,
+            Duration::from_secs(30),
+        ),
+        pool_idle_timeout: e.positive(
             "upstream.pool_idle_timeout",
             &u.pool_idle_timeout,
             Duration::from_secs(60),
-        ))?,
+        ),
         pool_max_idle_per_endpoint: u.pool_max_idle_per_endpoint.unwrap_or(512),
         eject_after_failures: u.eject_after_failures.unwrap_or(5),
         eject_cooldown: e.take(duration_or(
@@ -599,6 +639,32 @@ fn per_priority(
     out
 }
 
+fn max_waits(e: &mut Errors, m: &Option<FileDurationMap>) -> [u64; 4] {
+    let mut out = GatePolicy::default().max_wait_ms;
+    if let Some(m) = m {
+        for (p, v) in [
+            (Priority::Critical, &m.critical),
+            (Priority::High, &m.high),
+            (Priority::Normal, &m.normal),
+            (Priority::Low, &m.low),
+        ] {
+            if v.is_some() {
+                let key = format!("queue.max_wait.{p}");
+                if let Some(d) = e.take(duration_or(&key, v, Duration::ZERO)) {
+                    if d > Duration::from_secs(300) {
+                        e.push(
+                            key,
+                            "must be at most 300s (keep it below clients' timeouts)",
+                        );
+                    }
+                    out[p.index()] = d.as_millis() as u64;
+                }
+            }
+        }
+    }
+    out
+}
+
 fn limit_mode(e: &mut Errors, f: &FileConfig) -> LimitMode {
     let l = &f.limit;
     match l.mode.as_deref().unwrap_or("adaptive") {
@@ -613,8 +679,9 @@ fn limit_mode(e: &mut Errors, f: &FileConfig) -> LimitMode {
             }
         },
         "adaptive" => {
-            let (min, max) = (l.min.unwrap_or(4), l.max.unwrap_or(10_000));
-            let initial = l.initial.unwrap_or(16.clamp(min, max.max(min)));
+            let dk = KneeParams::default();
+            let (min, max) = (l.min.unwrap_or(dk.min), l.max.unwrap_or(dk.max));
+            let initial = l.initial.unwrap_or(dk.initial.clamp(min, max.max(min)));
             if min == 0 || min > max {
                 e.push(
                     "limit.min",
@@ -632,7 +699,28 @@ fn limit_mode(e: &mut Errors, f: &FileConfig) -> LimitMode {
                     "is only used with mode = \"fixed\"; adaptive uses initial, min, max",
                 );
             }
-            LimitMode::Adaptive { initial, min, max }
+            let tolerance = l.tolerance.unwrap_or(dk.tolerance);
+            if !(0.01..=2.0).contains(&tolerance) {
+                e.push(
+                    "limit.tolerance",
+                    format!("{tolerance} must be between 0.01 and 2.0"),
+                );
+            }
+            let idle_restart_ms = e
+                .positive(
+                    "limit.idle_restart",
+                    &l.idle_restart,
+                    Duration::from_millis(dk.idle_restart_ms),
+                )
+                .as_millis() as u64;
+            LimitMode::Adaptive(KneeParams {
+                initial,
+                min,
+                max,
+                tolerance,
+                idle_restart_ms,
+                ..dk
+            })
         }
         other => {
             e.push(

@@ -1,40 +1,43 @@
 //! The response body: the upstream's stream (holding the admission permit and the endpoint
 //! slot until it ends or the client goes away) or a small local body.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
 
 use crate::admission::Permit;
-use crate::runtime::WaitQueue;
 use crate::upstream::EndpointGuard;
 
-/// What keeps counts exact while a response streams; released on drop.
+/// Any error a body can end with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What keeps counts exact while a response streams; released on drop (the permit's slot goes
+/// straight to the head of the wait line).
 #[derive(Default)]
 pub struct Held {
     pub permit: Option<Permit>,
     pub endpoint: Option<EndpointGuard>,
-    /// Told when the permit is released, so a waiting critical request can take the slot.
-    pub queue: Option<&'static WaitQueue>,
 }
 
-impl Drop for Held {
-    fn drop(&mut self) {
-        if self.permit.take().is_some() {
-            if let Some(q) = self.queue {
-                q.slot_released();
-            }
-        }
-    }
+/// An upstream body, cut off when the upstream sends nothing for `idle`.
+pub struct UpstreamBody {
+    body: Incoming,
+    held: Held,
+    idle: Duration,
+    /// Armed (allocated) the first time the upstream makes us wait.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 /// A response body.
 pub enum ProxyBody {
-    Upstream { body: Incoming, held: Held },
+    Upstream(UpstreamBody),
     Local(Full<Bytes>),
 }
 
@@ -43,39 +46,76 @@ impl ProxyBody {
     pub fn local(b: impl Into<Bytes>) -> Self {
         ProxyBody::Local(Full::new(b.into()))
     }
+
+    /// The upstream's body, holding `held` until it ends.
+    pub fn upstream(body: Incoming, held: Held, idle: Duration) -> Self {
+        ProxyBody::Upstream(UpstreamBody {
+            body,
+            held,
+            idle,
+            timer: None,
+        })
+    }
 }
+
+#[derive(Debug)]
+struct UpstreamIdle(Duration);
+
+impl std::fmt::Display for UpstreamIdle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "upstream sent no body bytes for {:?}", self.0)
+    }
+}
+
+impl std::error::Error for UpstreamIdle {}
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ProxyBody::Upstream { body, held } => {
-                let r = Pin::new(body).poll_frame(cx);
-                if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-                    // The stream is over: release the slot now, not when hyper drops the body.
-                    *held = Held::default();
+            ProxyBody::Upstream(u) => match Pin::new(&mut u.body).poll_frame(cx) {
+                Poll::Ready(r) => {
+                    if matches!(r, None | Some(Err(_))) {
+                        // The stream is over: release the slot now, not when hyper drops the body.
+                        u.held = Held::default();
+                    } else if let Some(t) = u.timer.as_mut() {
+                        t.as_mut().reset(Instant::now() + u.idle);
+                    }
+                    Poll::Ready(r.map(|x| x.map_err(BoxError::from)))
                 }
-                r
-            }
+                Poll::Pending => {
+                    let idle = u.idle;
+                    let t = u
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                    match t.as_mut().poll(cx) {
+                        Poll::Ready(()) => {
+                            u.held = Held::default();
+                            Poll::Ready(Some(Err(Box::new(UpstreamIdle(idle)))))
+                        }
+                        Poll::Pending => Poll::Pending,
+                    }
+                }
+            },
             ProxyBody::Local(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Upstream { body, .. } => body.is_end_stream(),
+            ProxyBody::Upstream(u) => u.body.is_end_stream(),
             ProxyBody::Local(b) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Upstream { body, .. } => body.size_hint(),
+            ProxyBody::Upstream(u) => u.body.size_hint(),
             ProxyBody::Local(b) => b.size_hint(),
         }
     }

@@ -1,7 +1,6 @@
 //! One request through the proxy:
-//! classify → gate (reject cheaply, or wait briefly if critical) → forward → record signals.
+//! classify → gate (admit, wait in line, or reject with a Retry-After) → forward → record signals.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +12,8 @@ use hyper::body::Incoming;
 use super::body::{Held, ProxyBody};
 use super::headers::{self, ConnHeaders};
 use super::respond::{self, ProxyError};
-use crate::admission::{Ask, Permit, Priority, Reject, RejectReason};
+use crate::admission::limit::class_of;
+use crate::admission::{Admission, Ask, Permit, Reject, RejectReason, Ticket};
 use crate::metrics::Outcome;
 use crate::runtime::{FeatureRt, Shared, Snapshot};
 use crate::signals::Cache;
@@ -49,6 +49,7 @@ pub async fn handle(
     let ask = Ask {
         priority: feature.priority,
         state: feature.state,
+        feature: fidx as u32,
         client,
         now_ms,
     };
@@ -59,100 +60,96 @@ pub async fn handle(
         .as_ref()
         .is_some_and(|h| req.headers().contains_key(h));
 
-    let verdict = admit(&shared, &snap, ask).await;
-    let retry = marked_retry || matches!(verdict, Err(r) if r.reason == RejectReason::EarlyRetry);
-    if retry {
+    let rate = snap.rate.as_deref();
+    let rate_ok = || rate.is_none_or(|r| r.check().is_ok());
+    let admission = shared
+        .gate
+        .admit(&snap.decision, &c.config.gate, ask, rate_ok);
+    let early = match &admission {
+        Admission::Queued(t) => t.early,
+        Admission::Rejected(r) => r.early,
+        Admission::Admitted(_) => false,
+    };
+    if marked_retry || early {
         shared.metrics.attempts_retry.inc();
     } else {
         shared.metrics.attempts_first.inc();
     }
-    let permit = match verdict {
-        Ok(p) => p,
-        Err(_) if c.config.shadow => {
+    let permit = match admission {
+        Admission::Admitted(p) => p,
+        // Shadow mode: the decision is recorded, the request goes through (a ticket dropped
+        // here leaves the line at once).
+        _ if c.config.shadow => {
             feature.counters.inc(Outcome::ShadowReject);
             shared.gate.admit_unchecked()
         }
-        Err(r) => return Ok(rejected(&shared, &snap, feature, r).await),
+        Admission::Queued(ticket) => match wait(&shared, ticket, ask).await {
+            Ok(p) => p,
+            Err(r) => return Ok(rejected(&shared, &snap, feature, r, false).await),
+        },
+        Admission::Rejected(r) => return Ok(rejected(&shared, &snap, feature, r, true).await),
     };
     Ok(forward(&shared, &snap, &conn, req, permit, feature, now_ms).await)
 }
 
-/// The gate, plus the bounded wait for critical requests that only missed the limit.
-async fn admit(shared: &Arc<Shared>, snap: &Snapshot, ask: Ask) -> Result<Permit, Reject> {
-    let q = snap.compiled.config.queue;
-    let may_wait = ask.priority == Priority::Critical && q.max_len > 0 && !q.max_wait.is_zero();
-    let try_once = |s: &Snapshot, now_ms, waiting: bool| {
-        let ask = Ask { now_ms, ..ask };
-        let rate = s.rate.as_deref();
-        let rate_ok = || rate.is_none_or(|r| r.check().is_ok());
-        let policy = &s.compiled.config.gate;
-        if waiting {
-            shared
-                .gate
-                .try_admit_waiting(&s.decision, policy, ask, rate_ok)
-        } else {
-            shared.gate.try_admit(&s.decision, policy, ask, rate_ok)
+/// Waits in line until a slot is granted, the place is lost to a better request, or the
+/// priority's longest wait runs out. Dropping this future (the client went away) drops the
+/// ticket, which leaves the line.
+async fn wait(shared: &Arc<Shared>, ticket: Ticket, ask: Ask) -> Result<Permit, Reject> {
+    let p = ask.priority.index();
+    let max_wait = shared.snapshot.load().compiled.config.gate.max_wait_ms[p];
+    let start = Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(max_wait);
+    let granted = loop {
+        match ticket.take() {
+            Ok(permit) => break Some(permit),
+            Err(true) => break None,
+            Err(false) => {}
+        }
+        if tokio::time::timeout_at(deadline, ticket.notified())
+            .await
+            .is_err()
+        {
+            break None;
         }
     };
-    if !may_wait {
-        return try_once(snap, ask.now_ms, false);
+    shared.metrics.queue_wait[p].observe(start.elapsed().as_secs_f64());
+    let snap = shared.snapshot.load();
+    let policy = &snap.compiled.config.gate;
+    if let Some(permit) = granted {
+        shared.gate.note_queued_admit(policy, ask);
+        return Ok(permit);
     }
-    let first = try_once(snap, ask.now_ms, true);
-    // Only a request that missed the limit touches the shared queue counter.
-    let missed_limit = matches!(first, Err(r) if r.reason == RejectReason::Limit);
-    if !missed_limit || shared.queue.queued.fetch_add(1, Ordering::AcqRel) >= q.max_len {
-        if missed_limit {
-            shared.queue.queued.fetch_sub(1, Ordering::AcqRel);
-        }
-        if let Err(r) = first {
-            shared.gate.remember(ask, r);
-        }
-        return first;
+    let now = Ask {
+        now_ms: shared.clock.now_ms(),
+        ..ask
+    };
+    let r = shared.gate.expire(ticket, &snap.decision, policy, now);
+    if matches!(r, Err(r) if r.reason == RejectReason::QueueTimeout) {
+        shared.metrics.queue_timeouts[p].inc();
     }
-    let start = Instant::now();
-    let deadline = tokio::time::Instant::now() + q.max_wait;
-    let mut result = first;
-    while result.is_err() {
-        let notified = shared.queue.notify.notified();
-        if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            break;
-        }
-        let s = shared.snapshot.load_full();
-        result = try_once(&s, shared.clock.now_ms(), true);
-    }
-    shared.queue.queued.fetch_sub(1, Ordering::AcqRel);
-    shared
-        .metrics
-        .queue_wait
-        .observe(start.elapsed().as_secs_f64());
-    if let Err(r) = result {
-        shared.gate.remember(
-            Ask {
-                now_ms: shared.clock.now_ms(),
-                ..ask
-            },
-            r,
-        );
-    }
-    result
+    r
 }
 
+/// Answers a reject. A client that came back before its time and was refused without waiting
+/// is held for its priority's longest wait first (bounded by `queue.max_held`): a blind retrier
+/// is slowed to the pace of the wait bound instead of being answered in microseconds.
 async fn rejected(
     shared: &Shared,
     snap: &Snapshot,
     feature: &FeatureRt,
     r: Reject,
+    immediate: bool,
 ) -> Response<ProxyBody> {
     feature.counters.inc(Outcome::of(r.reason));
-    let cfg = &snap.compiled.config.reject;
-    if r.reason == RejectReason::EarlyRetry && !cfg.tarpit.is_zero() {
-        // Hold a blind retrier's answer, within a cap on how many are held at once.
-        if shared.tarpit_held.fetch_add(1, Ordering::AcqRel) < cfg.tarpit_max_held {
-            tokio::time::sleep(cfg.tarpit).await;
+    let c = &snap.compiled.config;
+    let hold_ms = c.gate.max_wait_ms[feature.priority.index()];
+    if r.early && immediate && hold_ms > 0 && r.reason != RejectReason::FeatureOff {
+        if let Some(_hold) = shared.gate.hold(c.queue.max_held) {
+            tokio::time::sleep(Duration::from_millis(hold_ms)).await;
         }
-        shared.tarpit_held.fetch_sub(1, Ordering::AcqRel);
     }
-    respond::reject(r, feature, cfg, snap.decision.limit)
+    respond::reject(r, feature, &c.reject, snap.decision.limit)
 }
 
 fn host_of(req: &Request<Incoming>) -> Option<HeaderValue> {
@@ -173,11 +170,10 @@ async fn forward(
     feature: &FeatureRt,
     now_ms: u64,
 ) -> Response<ProxyBody> {
-    // Released (and a waiting critical request woken) when the response ends or on any error.
+    // Released (its slot handed to the head of the line) when the response ends or on any error.
     let mut held = Held {
         permit: Some(permit),
         endpoint: None,
-        queue: Some(shared.queue),
     };
     let c = &snap.compiled;
     let cfg = &c.config.upstream;
@@ -229,12 +225,21 @@ async fn forward(
             ep.success();
             let (mut parts, body) = resp.into_parts();
             let cache = cache_of(&parts.headers, c);
-            shared.window.record(
-                now_ms,
-                micros(elapsed),
-                parts.status.is_server_error(),
-                cache,
-            );
+            let us = micros(elapsed);
+            let server_error = parts.status.is_server_error();
+            shared.window.record(now_ms, us, server_error, cache);
+            if server_error {
+                shared.completions.dropped();
+            } else {
+                let class = class_of(feature.priority.index(), cache as usize);
+                shared.completions.ok(class, us);
+                if snap.decision.slow_start {
+                    let fast = snap.fast_us[class];
+                    if fast == 0 || us <= fast {
+                        shared.gate.fast_completion();
+                    }
+                }
+            }
             shared
                 .metrics
                 .upstream_latency
@@ -243,7 +248,10 @@ async fn forward(
             headers::forward_response(&mut parts.headers, parts.version);
             parts.version = Version::HTTP_11;
             held.endpoint = Some(ep);
-            Response::from_parts(parts, ProxyBody::Upstream { body, held })
+            Response::from_parts(
+                parts,
+                ProxyBody::upstream(body, held, cfg.body_idle_timeout),
+            )
         }
         Ok(Err(e)) => {
             let connect = e.is_connect();
@@ -253,6 +261,7 @@ async fn forward(
             shared
                 .window
                 .record(now_ms, micros(elapsed), true, Cache::Unknown);
+            shared.completions.dropped();
             feature.counters.inc(Outcome::UpstreamError);
             tracing::warn!(endpoint = %ep.endpoint.authority, error = %error_chain(&e), "upstream request failed");
             respond::error(if connect {
@@ -266,6 +275,7 @@ async fn forward(
             shared
                 .window
                 .record(now_ms, micros(elapsed), true, Cache::Unknown);
+            shared.completions.dropped();
             feature.counters.inc(Outcome::UpstreamError);
             tracing::warn!(endpoint = %ep.endpoint.authority, timeout_ms = cfg.response_header_timeout.as_millis() as u64, "upstream response timed out");
             respond::error(ProxyError::UpstreamTimeout)

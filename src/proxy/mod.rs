@@ -5,6 +5,7 @@ pub mod body;
 pub mod handler;
 pub mod headers;
 pub mod respond;
+pub mod send_timeout;
 pub mod server;
 
 pub use server::serve;

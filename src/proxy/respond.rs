@@ -53,11 +53,7 @@ pub fn reject(
     cfg: &RejectConfig,
     limit: u32,
 ) -> Response<ProxyBody> {
-    let status = if r.reason.is_per_client() {
-        cfg.client_status
-    } else {
-        cfg.shed_status
-    };
+    let status = cfg.shed_status;
     let body = format!(
         "{{\"reason\":\"{}\",\"feature\":\"{}\",\"priority\":\"{}\",\"retry_after_s\":{}}}\n",
         r.reason.as_str(),

@@ -13,6 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::handler::{handle, ConnInfo};
 use super::headers::ConnHeaders;
+use super::send_timeout::SendTimeout;
 use crate::runtime::Shared;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -114,7 +115,7 @@ fn spawn_connection(
         };
         let svc_shared = Arc::clone(&shared);
         let svc = service_fn(move |req| handle(Arc::clone(&svc_shared), Arc::clone(&info), req));
-        let io = TokioIo::new(stream);
+        let io = TokioIo::new(SendTimeout::new(stream, server_cfg.send_timeout));
         let result = match proto {
             Proto::H1 => {
                 let conn = hyper::server::conn::http1::Builder::new()

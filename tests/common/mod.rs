@@ -33,6 +33,8 @@ pub fn full(b: impl Into<Bytes>) -> Body {
 pub struct Upstream {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicU64>,
+    /// Connections accepted.
+    pub conns: Arc<AtomicU64>,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -55,13 +57,16 @@ pub async fn upstream(handler: Handler) -> Upstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicU64::new(0));
+    let conns = Arc::new(AtomicU64::new(0));
     let (tx, mut rx) = oneshot::channel();
     let h = hits.clone();
+    let cn = conns.clone();
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = &mut rx => break,
                 Ok((s, _)) = listener.accept() => {
+                    cn.fetch_add(1, Ordering::SeqCst);
                     let handler = handler.clone();
                     let h = h.clone();
                     tokio::spawn(async move {
@@ -81,6 +86,7 @@ pub async fn upstream(handler: Handler) -> Upstream {
     Upstream {
         addr,
         hits,
+        conns,
         stop: Some(tx),
     }
 }
