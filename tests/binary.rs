@@ -293,3 +293,77 @@ async fn sighup_reloads_and_a_bad_file_keeps_the_running_config() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test]
+async fn a_reload_keeps_client_memory_controller_state_and_upstream_connections() {
+    let up = ok_upstream(Duration::ZERO).await;
+    let (port, admin) = (free_port(), free_port());
+    let base = format!(
+        "listen = \"127.0.0.1:{port}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+[upstream]\nendpoints = [\"{}\"]\n[ramp]\nengage = \"on_start\"\nduration = \"10m\"\n\
+[queue]\nmax_wait = {{ low = \"500ms\" }}\n[client_key]\nheader = \"x-user\"\n\
+[[feature]]\nname = \"default\"\npriority = \"critical\"\n\
+[[feature]]\nname = \"recommend\"\npriority = \"low\"\n[[route]]\nfeature = \"recommend\"\npath_prefix = \"/rec\"\n",
+        up.addr
+    );
+    let (child, dir) = spawn(&base, port);
+    let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
+    let client = h1();
+    // Keep-alive connections to the upstream, and a client told to come back later.
+    for _ in 0..5 {
+        assert_eq!(
+            send(&client, "GET", &url("/x"), &[], full(""))
+                .await
+                .0
+                .status(),
+            200
+        );
+    }
+    let conns = up.conns.load(std::sync::atomic::Ordering::SeqCst);
+    let (first, _) = get(&url("/rec"), &[("x-user", "early")]).await;
+    assert_eq!(first.status(), 503);
+    let status = |admin: u16| async move {
+        let (_, b) = get(&format!("http://127.0.0.1:{admin}/status"), &[]).await;
+        serde_json::from_slice::<serde_json::Value>(&b).unwrap()
+    };
+    let before = status(admin).await;
+
+    // The same file again (a touched config), then SIGHUP.
+    std::fs::write(dir.path().join("w.toml"), format!("{base}\n# touched\n")).unwrap();
+    assert!(Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The early returner is still known: held for the low priority's wait before its answer.
+    let t = Instant::now();
+    let (again, _) = get(&url("/rec"), &[("x-user", "early")]).await;
+    assert_eq!(again.status(), 503);
+    assert!(
+        t.elapsed() >= Duration::from_millis(500),
+        "client memory survived the reload: {:?}",
+        t.elapsed()
+    );
+    // The controller was not reset: still engaged, the same limit.
+    let after = status(admin).await;
+    assert_eq!(after["controller"]["engaged"], true);
+    assert_eq!(after["controller"]["limit"], before["controller"]["limit"]);
+    // The pooled upstream connections were kept: no new connection for these requests.
+    for _ in 0..5 {
+        assert_eq!(
+            send(&client, "GET", &url("/x"), &[], full(""))
+                .await
+                .0
+                .status(),
+            200
+        );
+    }
+    assert_eq!(
+        up.conns.load(std::sync::atomic::Ordering::SeqCst),
+        conns,
+        "no new upstream connection after the reload"
+    );
+    drop(child);
+}

@@ -33,6 +33,14 @@ pub struct DrillConfig {
     /// (`limit_req`), the usual alternative to a warm-up ramp.
     #[arg(long)]
     pub nginx_limit_rps: Option<u32>,
+    /// Also run the storm behind HAProxy with a static `maxconn` of this many requests in flight
+    /// to the backend (the rest wait in HAProxy's queue up to `timeout queue`, then 503). Repeat
+    /// the flag to sweep several values and find the best static setting.
+    #[arg(long)]
+    pub haproxy_maxconn: Vec<u32>,
+    /// HAProxy's `timeout queue`, ms (how long a request may wait for one of the maxconn slots).
+    #[arg(long, default_value_t = 1500)]
+    pub haproxy_queue_ms: u64,
     /// Where to write report.html, report.json and logs.
     #[arg(long, default_value = "drill-report")]
     pub report_dir: PathBuf,
@@ -62,6 +70,9 @@ pub struct Sample {
 pub struct Run {
     pub label: String,
     pub with_warmgate: bool,
+    /// The physical bound on "everyone logged in": users x login cost x query time / knee,
+    /// plus the arrival spread, seconds.
+    pub bound_s: f64,
     pub storm: StormReport,
     pub samples: Vec<Sample>,
 }
@@ -176,6 +187,44 @@ pub enum Front {
     Warmgate,
     /// nginx with a static `limit_req` at this many requests per second (503 over it).
     NginxLimit(u32),
+    /// HAProxy with a static `maxconn` to the backend (queued up to `timeout queue`, then 503).
+    Haproxy(u32),
+}
+
+/// HAProxy with a static `maxconn` on the one backend server, queueing the rest.
+fn start_haproxy(
+    cfg: &DrillConfig,
+    maxconn: u32,
+    port: u16,
+    upstream: &str,
+) -> anyhow::Result<Child> {
+    let dir = std::fs::canonicalize(&cfg.report_dir)?;
+    let conf = format!(
+        "global\n  maxconn 60000\n\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 60s\n  \
+timeout server 60s\n  timeout queue {q}ms\n  option http-keep-alive\n\n\
+frontend storm\n  bind 127.0.0.1:{port}\n  default_backend sim\n\n\
+backend sim\n  server s1 {upstream} maxconn {maxconn}\n",
+        q = cfg.haproxy_queue_ms
+    );
+    let path = dir.join(format!("haproxy-{maxconn}.cfg"));
+    std::fs::write(&path, conf)?;
+    let bin = [
+        "/usr/sbin/haproxy",
+        "/usr/bin/haproxy",
+        "/usr/local/sbin/haproxy",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+    .ok_or_else(|| anyhow::anyhow!("haproxy not found (apt-get install -y haproxy)"))?;
+    let log = std::fs::File::create(dir.join(format!("haproxy-{maxconn}.log")))?;
+    Ok(Command::new(bin)
+        .arg("-db")
+        .arg("-f")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?)
 }
 
 /// nginx as a static rate limiter (one global `limit_req` zone) in front of `upstream`.
@@ -219,6 +268,7 @@ pub async fn run_once(cfg: &DrillConfig, front: Front) -> anyhow::Result<Run> {
         Front::Nothing => "without warmgate".to_string(),
         Front::Warmgate => "with warmgate".to_string(),
         Front::NginxLimit(r) => format!("nginx limit_req {r} r/s"),
+        Front::Haproxy(n) => format!("HAProxy maxconn {n}"),
     };
     eprintln!(
         "== drill {label}: {} users over {} s",
@@ -281,6 +331,15 @@ pub async fn run_once(cfg: &DrillConfig, front: Front) -> anyhow::Result<Run> {
         }
         child = Some(c);
         admin_url = Some(format!("http://127.0.0.1:{admin}/status"));
+        format!("http://127.0.0.1:{port}")
+    } else if let Front::Haproxy(n) = front {
+        let port = free_port()?;
+        let mut c = start_haproxy(cfg, n, port, &sim_addr.to_string())?;
+        if let Err(e) = wait_for_port(port, &mut c).await {
+            stop_child(&mut c);
+            return Err(e);
+        }
+        child = Some(c);
         format!("http://127.0.0.1:{port}")
     } else if let Front::NginxLimit(rps) = front {
         let port = free_port()?;
@@ -350,9 +409,14 @@ pub async fn run_once(cfg: &DrillConfig, front: Front) -> anyhow::Result<Run> {
     let _ = sim_thread.join();
     let storm = result?;
     let samples = samples.lock().map(|v| v.clone()).unwrap_or_default();
+    let s = &cfg.sim;
+    let bound_s =
+        cfg.storm.users as f64 * s.login_cost * s.db_ms / 1000.0 / s.db_knee.max(1) as f64
+            + cfg.storm.arrival_s;
     Ok(Run {
         label,
         with_warmgate,
+        bound_s,
         storm,
         samples,
     })
@@ -366,6 +430,9 @@ pub async fn run(cfg: DrillConfig) -> anyhow::Result<PathBuf> {
     }
     if let Some(rps) = cfg.nginx_limit_rps {
         runs.push(run_once(&cfg, Front::NginxLimit(rps)).await?);
+    }
+    for &n in &cfg.haproxy_maxconn {
+        runs.push(run_once(&cfg, Front::Haproxy(n)).await?);
     }
     if !cfg.no_warmgate {
         runs.push(run_once(&cfg, Front::Warmgate).await?);

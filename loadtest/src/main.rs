@@ -30,7 +30,7 @@ enum Cmd {
     /// Send a login storm at a loopback target and report what happened.
     Storm(storm::StormConfig),
     /// Run coldsim, warmgate and a storm together, and write an HTML report.
-    Drill(drill::DrillConfig),
+    Drill(Box<drill::DrillConfig>),
 }
 
 fn main() -> ExitCode {
@@ -54,7 +54,7 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Cmd::Drill(c) => {
-                let path = drill::run(c).await?;
+                let path = drill::run(*c).await?;
                 println!("report: {}", path.display());
                 Ok(())
             }

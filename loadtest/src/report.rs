@@ -220,6 +220,26 @@ pub fn table(runs: &[Run]) -> String {
         ));
     }
     rows.push((
+        "time to 100 % / physical bound".into(),
+        runs.iter()
+            .map(|r| match r.storm.summary.time_to_logged_in_s[3] {
+                Some(t) if r.bound_s > 0.0 => {
+                    format!("{:.2}x ({:.1} s bound)", t / r.bound_s, r.bound_s)
+                }
+                _ => format!("never ({:.1} s bound)", r.bound_s),
+            })
+            .collect(),
+    ));
+    rows.push((
+        "login wait p50 / p99 (first try to in)".into(),
+        runs.iter()
+            .map(|r| {
+                let w = r.storm.summary.login_wait_s;
+                format!("{} / {}", fmt_opt(w[0]), fmt_opt(w[1]))
+            })
+            .collect(),
+    ));
+    rows.push((
         "requests sent".into(),
         runs.iter()
             .map(|r| r.storm.summary.requests_sent.to_string())
@@ -261,6 +281,32 @@ pub fn table(runs: &[Run]) -> String {
                     .map(|x| x.db_active)
                     .max()
                     .unwrap_or(0)
+                    .to_string()
+            })
+            .collect(),
+    ));
+    rows.push((
+        "mean database queries in progress (busy seconds)".into(),
+        runs.iter()
+            .map(|r| {
+                let busy: Vec<f64> = r
+                    .samples
+                    .iter()
+                    .filter(|x| x.db_active > 0)
+                    .map(|x| x.db_active as f64)
+                    .collect();
+                format!("{:.1}", busy.iter().sum::<f64>() / busy.len().max(1) as f64)
+            })
+            .collect(),
+    ));
+    rows.push((
+        "seconds with backend p99 over 500 ms".into(),
+        runs.iter()
+            .map(|r| {
+                r.samples
+                    .iter()
+                    .filter(|x| x.backend_p99_ms > 500.0)
+                    .count()
                     .to_string()
             })
             .collect(),

@@ -35,9 +35,12 @@ pub struct StormConfig {
     /// Share of clients that honour Retry-After (the rest retry blindly).
     #[arg(long, default_value_t = 0.7)]
     pub polite: f64,
-    /// Delay before a blind retry, ms.
+    /// Delay before a blind retry, ms (the shortest, with --blind-delay-max-ms).
     #[arg(long, default_value_t = 250)]
     pub blind_delay_ms: u64,
+    /// Blind retries wait uniformly between --blind-delay-ms and this, ms.
+    #[arg(long)]
+    pub blind_delay_max_ms: Option<u64>,
     /// Client timeout, ms (a timed-out request is retried).
     #[arg(long, default_value_t = 2000)]
     pub timeout_ms: u64,
@@ -107,6 +110,8 @@ pub struct Summary {
     pub success_ratio: [f64; 4],
     pub timeouts: u64,
     pub rejected: u64,
+    /// Seconds from a user's first login attempt to logged in: p50, p99 (of those who got in).
+    pub login_wait_s: [Option<f64>; 2],
 }
 
 enum Outcome {
@@ -120,6 +125,7 @@ struct Recorder {
     start: Instant,
     seconds: Mutex<Vec<Second>>,
     login_times: Mutex<Vec<f64>>,
+    login_waits: Mutex<Vec<f64>>,
     sent: AtomicU64,
     stop: AtomicBool,
 }
@@ -242,7 +248,13 @@ async fn user(
     tokio::time::sleep_until((rec.start + arrive).into()).await;
     let name = format!("user-{id}");
     let timeout = Duration::from_millis(cfg.timeout_ms);
-    let blind = Duration::from_millis(cfg.blind_delay_ms);
+    let (blind_lo, blind_hi) = (
+        cfg.blind_delay_ms,
+        cfg.blind_delay_max_ms
+            .unwrap_or(cfg.blind_delay_ms)
+            .max(cfg.blind_delay_ms),
+    );
+    let first_try = Instant::now();
     let mut step = 0usize;
     let mut logged_in = false;
     while Instant::now() < end && !rec.stop.load(Ordering::Relaxed) {
@@ -259,7 +271,7 @@ async fn user(
             let wait = match o {
                 Outcome::Ok => break,
                 Outcome::Rejected(Some(s)) if polite => Duration::from_secs(s),
-                _ => blind,
+                _ => Duration::from_millis(blind_lo + rng.below(blind_hi - blind_lo + 1)),
             };
             attempt += 1;
             if Instant::now() + wait >= end {
@@ -271,6 +283,9 @@ async fn user(
             logged_in = true;
             if let Ok(mut l) = rec.login_times.lock() {
                 l.push(rec.start.elapsed().as_secs_f64());
+            }
+            if let Ok(mut w) = rec.login_waits.lock() {
+                w.push(first_try.elapsed().as_secs_f64());
             }
         } else {
             step += 1;
@@ -296,6 +311,7 @@ pub async fn run(cfg: StormConfig) -> anyhow::Result<StormReport> {
         start: Instant::now(),
         seconds: Mutex::new(Vec::new()),
         login_times: Mutex::new(Vec::new()),
+        login_waits: Mutex::new(Vec::new()),
         sent: AtomicU64::new(0),
         stop: AtomicBool::new(false),
     });
@@ -420,6 +436,18 @@ fn finish(cfg: &StormConfig, rec: &Recorder) -> StormReport {
             success_ratio,
             timeouts: sum(&|b| b.timeouts, None),
             rejected: sum(&|b| b.rejected, None),
+            login_wait_s: {
+                let mut w = rec
+                    .login_waits
+                    .lock()
+                    .map(|l| l.clone())
+                    .unwrap_or_default();
+                if w.is_empty() {
+                    [None, None]
+                } else {
+                    [Some(quantile(&mut w, 0.5)), Some(quantile(&mut w, 0.99))]
+                }
+            },
         },
         timeline,
     }
@@ -488,6 +516,7 @@ mod tests {
             duration_s: 3.5,
             polite,
             blind_delay_ms: 200,
+            blind_delay_max_ms: None,
             timeout_ms: 1000,
             think_ms: 10_000,
             max_requests: 1000,

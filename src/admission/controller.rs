@@ -102,8 +102,10 @@ pub struct Decision {
     pub open: PerPriority<bool>,
     /// Expected seconds until each priority's stage opens (0 when open).
     pub eta_s: PerPriority<f64>,
-    /// Measured admissions per second of each priority *and above* (a place in line drains at this).
+    /// Measured admissions per second of each priority *and above*.
     pub drain_rps: PerPriority<f64>,
+    /// Measured admissions per second of each priority alone.
+    pub admit_rps: PerPriority<f64>,
     /// Latency over the no-load latency of the same mix, last tick.
     pub inflation: Option<f64>,
     /// Requests per second allowed now, if rate limited.
@@ -297,7 +299,12 @@ impl Controller {
             LimitMode::Adaptive(kp) => kp.tolerance,
             LimitMode::Fixed { .. } => 0.15,
         };
-        let answered = s.samples >= params.min_samples;
+        // With every remaining request behind a closed stage nothing reaches the backend, so
+        // there are no answers to read: held-back demand while the backend has room and nobody
+        // waits is the evidence then (no traffic at all is not).
+        let room =
+            s.gate.waiting.iter().all(|&w| w == 0) && s.gate.peak_inflight < s.gate.limit.max(1);
+        let answered = s.samples >= params.min_samples || (s.gate.shed > 0 && room);
         let not_queueing = self.knee.inflation().is_none_or(|i| i <= 1.0 + 2.0 * tol)
             || matches!(params.limit, LimitMode::Fixed { .. });
         let open_waiting: u32 = Priority::ALL
@@ -306,7 +313,7 @@ impl Controller {
             .map(|p| s.gate.waiting[p.index()])
             .sum();
         let served = open_waiting <= s.gate.limit.max(1);
-        if !(answered && not_queueing && served && health == Health::Healthy) {
+        if !(answered && not_queueing && health == Health::Healthy) {
             return CtlState::Holding;
         }
         let step = if params.ramp_duration_s > 0.0 {
@@ -314,7 +321,21 @@ impl Controller {
         } else {
             1.0
         };
-        let wanted = (self.progress + step).min(1.0);
+        let mut wanted = (self.progress + step).min(1.0);
+        if !served {
+            // The next stage waits until the priorities already admitted are served; progress
+            // within this stage's band goes on (the curve's cap on the limit rises with it).
+            let next = params
+                .stages
+                .iter()
+                .copied()
+                .filter(|&st| st > self.progress)
+                .fold(1.0, f64::min);
+            wanted = wanted.min(next - 1e-6);
+            if wanted <= self.progress {
+                return CtlState::Holding;
+            }
+        }
         let allowed = hit_gate_ceiling(params, s, self.progress);
         if wanted > allowed {
             self.progress = self.progress.max(allowed);
@@ -358,6 +379,7 @@ impl Controller {
         let mut open = [true; 4];
         let mut eta_s = [0f64; 4];
         let mut drain_rps = [0f64; 4];
+        let mut admit_rps = [0f64; 4];
         let mut above = 0.0;
         for p in Priority::ALL.iter().rev() {
             let i = p.index();
@@ -367,6 +389,7 @@ impl Controller {
             }
             above += self.drain[i];
             drain_rps[i] = above;
+            admit_rps[i] = self.drain[i];
         }
         let rps = params
             .max_rps
@@ -382,6 +405,7 @@ impl Controller {
             open,
             eta_s,
             drain_rps,
+            admit_rps,
             inflation: self.knee.inflation(),
             rps,
         }
@@ -517,6 +541,20 @@ mod tests {
     }
 
     #[test]
+    fn held_back_demand_on_an_idle_backend_advances() {
+        let p = engaged(10.0);
+        let mut c = Controller::new(&p);
+        let mut s = SignalSnapshot::default();
+        s.gate.limit = 8;
+        s.gate.shed = 30;
+        assert!(run(&mut c, &p, &s, 0, 3).progress > 0.25);
+        // ...but not while the backend is full.
+        let before = c.progress();
+        s.gate.peak_inflight = 8;
+        assert_eq!(run(&mut c, &p, &s, 3_000, 2).progress, before);
+    }
+
+    #[test]
     fn a_long_line_of_open_priorities_holds_progress() {
         let p = engaged(10.0);
         let mut c = Controller::new(&p);
@@ -524,7 +562,12 @@ mod tests {
         s.gate.waiting[Priority::Critical.index()] = 500;
         let d = run(&mut c, &p, &s, 0, 3);
         assert_eq!(d.state, CtlState::Holding);
-        assert_eq!(d.progress, 0.0);
+        assert!(
+            d.progress < 0.2 && d.progress > 0.19,
+            "up to the next stage: {}",
+            d.progress
+        );
+        assert_eq!(d.open, [false, false, false, true]);
         // Lower priorities waiting do not hold it: they are what the next stage is for.
         s.gate.waiting = [500, 0, 0, 0];
         assert!(run(&mut c, &p, &s, 3_000, 2).progress > 0.1);

@@ -129,7 +129,7 @@ impl Default for GatePolicy {
             retry: RetryPolicy::default(),
             session_grace_ms: 30_000,
             grace_min_priority: Priority::High,
-            max_wait_ms: [500, 1_000, 1_000, 1_500],
+            max_wait_ms: [1_500; 4],
         }
     }
 }
@@ -171,6 +171,8 @@ pub struct TickCounters {
     pub pressed: u64,
     /// Requests admitted by priority since the last tick (at once or from the line).
     pub admitted: PerPriority<u64>,
+    /// Requests refused for a closed stage since the last tick: demand the ramp holds back.
+    pub shed: u64,
     /// Requests in line now, by priority.
     pub waiting: PerPriority<u32>,
     /// The limit now (slow start may have raised it since the last tick).
@@ -187,6 +189,7 @@ pub struct Gate {
     peak_inflight: Padded<AtomicU32>,
     nonce: Padded<AtomicU64>,
     pressed: Padded<AtomicU64>,
+    shed: Padded<AtomicU64>,
     admitted: [Padded<AtomicU64>; 4],
     ceiling: AtomicU32,
     slow_start: AtomicBool,
@@ -291,6 +294,7 @@ impl Gate {
             peak_inflight: Padded::default(),
             nonce: Padded::default(),
             pressed: Padded::default(),
+            shed: Padded::default(),
             admitted: Default::default(),
             ceiling: AtomicU32::new(u32::MAX),
             slow_start: AtomicBool::new(false),
@@ -376,6 +380,7 @@ impl Gate {
             peak_inflight: self.peak_inflight.0.swap(now, Ordering::AcqRel).max(now),
             pressed: self.pressed.0.swap(0, Ordering::AcqRel),
             admitted: std::array::from_fn(|i| self.admitted[i].0.swap(0, Ordering::AcqRel)),
+            shed: self.shed.0.swap(0, Ordering::AcqRel),
             waiting: self.line().per_priority(),
             limit: self.limit(),
         }
@@ -408,12 +413,21 @@ impl Gate {
             let reason = if ask.state == FeatureState::Off {
                 RejectReason::FeatureOff
             } else if stage_closed {
+                self.shed.0.fetch_add(1, Ordering::Relaxed);
                 RejectReason::Stage
             } else {
                 RejectReason::Rate
             };
             let (first_ms, early) = self.recall(ask);
-            return Admission::Rejected(self.refuse(d, policy, ask, reason, first_ms, early, 0));
+            return Admission::Rejected(self.refuse(
+                d,
+                policy,
+                ask,
+                reason,
+                first_ms,
+                early,
+                (0, 0),
+            ));
         }
         if self.waiting.0.load(Ordering::SeqCst) == 0 && self.acquire() {
             return Admission::Admitted(self.admitted_now(policy, ask));
@@ -421,7 +435,13 @@ impl Gate {
         self.pressed.0.fetch_add(1, Ordering::Relaxed);
         let (first_ms, early) = self.recall(ask);
         if policy.max_wait_ms[p] == 0 {
-            let ahead = self.line().at_or_above(ask.priority);
+            let ahead = {
+                let line = self.line();
+                (
+                    line.at_or_above(ask.priority),
+                    line.per_priority()[p] as usize,
+                )
+            };
             return Admission::Rejected(self.refuse(
                 d,
                 policy,
@@ -438,7 +458,10 @@ impl Gate {
         let mut line = self.line();
         match line.join(place, Arc::clone(&waiter)) {
             Joined::Refused => {
-                let ahead = line.len();
+                let ahead = (
+                    line.at_or_above(ask.priority),
+                    line.per_priority()[p] as usize,
+                );
                 drop(line);
                 return Admission::Rejected(self.refuse(
                     d,
@@ -483,7 +506,10 @@ impl Gate {
             if let Ok(p) = ticket.take() {
                 return Ok(p);
             }
-            let ahead = line.ahead_of(ticket.place);
+            let ahead = (
+                line.ahead_of(ticket.place),
+                line.ahead_in_priority(ticket.place),
+            );
             if ticket.waiter.state.load(Ordering::Acquire) == WAITING
                 && line.leave(ticket.place).is_some()
             {
@@ -621,14 +647,23 @@ impl Gate {
         reason: RejectReason,
         first_ms: u64,
         early: bool,
-        ahead: usize,
+        (ahead, ahead_same): (usize, usize),
     ) -> Reject {
         let p = ask.priority.index();
+        // Everyone ahead is served at the rate of this priority and above, and those of the
+        // same priority at this priority's own rate: the turn comes after the slower of the two.
+        let rate = |n: usize, rps: f64| (rps > 0.0).then(|| (n as f64 + 1.0) / rps);
         let eta_s = match reason {
             RejectReason::Stage => d.eta_s[p],
             RejectReason::FeatureOff => policy.retry.max_s,
-            _ if d.drain_rps[p] > 0.0 => (ahead as f64 + 1.0) / d.drain_rps[p],
-            _ => policy.retry.min_s,
+            _ => match (
+                rate(ahead, d.drain_rps[p]),
+                rate(ahead_same, d.admit_rps[p]),
+            ) {
+                (Some(a), Some(b)) => a.max(b),
+                (Some(a), None) | (None, Some(a)) => a,
+                (None, None) => policy.retry.min_s,
+            },
         };
         let rand = mix64(self.nonce.0.fetch_add(1, Ordering::Relaxed) ^ ask.client);
         let retry_after_s = policy.retry.retry_after(eta_s, rand);
@@ -667,6 +702,7 @@ mod tests {
             open,
             eta_s: [50.0, 20.0, 0.0, 0.0],
             drain_rps: [10.0, 10.0, 10.0, 10.0],
+            admit_rps: [10.0, 10.0, 10.0, 10.0],
             ..Decision::default()
         }
     }

@@ -123,6 +123,16 @@ impl<T> Line<T> {
         self.map.range(..place).count()
     }
 
+    /// How many places of the same priority are served before `place`.
+    pub fn ahead_in_priority(&self, place: Place) -> usize {
+        let start = Place {
+            rank: place.rank,
+            first_ms: 0,
+            seq: 0,
+        };
+        self.map.range(start..place).count()
+    }
+
     /// Places of `priority` or higher.
     pub fn at_or_above(&self, priority: Priority) -> usize {
         self.per_priority[priority.index()..]
@@ -169,6 +179,7 @@ mod tests {
         let low_older = Place::new(Priority::Low, 5, 5);
         assert_eq!(l.join(low_older, 5), Joined::Evicted(low_old, 1));
         assert_eq!(l.ahead_of(low_older), 1);
+        assert_eq!(l.ahead_in_priority(low_older), 0);
         assert_eq!(l.per_priority(), [1, 0, 0, 1]);
         assert_eq!(l.at_or_above(Priority::High), 1);
     }
