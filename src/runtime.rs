@@ -43,7 +43,7 @@ pub struct Snapshot {
     pub decision: Decision,
     pub rate: Option<Arc<DefaultDirectRateLimiter>>,
     /// Per class, the latency under which a completion counts as fast for slow start
-    /// (0: no baseline yet, any success counts).
+    /// (0: no baseline learned yet, so the data path does not grow the limit).
     pub fast_us: [u64; CLASSES],
 }
 
@@ -318,5 +318,64 @@ impl Control {
             self.rate_rps = Some(r.get());
         }
         self.rate.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn config(workers: &str) -> Config {
+        let text =
+            format!("[upstream]\nendpoints = [\"127.0.0.1:9\"]\n[server]\nworkers = {workers}\n");
+        crate::config::load_str("t.toml", &text).unwrap()
+    }
+
+    /// The tick and a reload both replace the snapshot; neither may put back what the other
+    /// replaced (the tick used to load the snapshot before taking the lock and store its old
+    /// config back over a reload that ran in between).
+    #[test]
+    fn a_tick_never_undoes_a_reload() {
+        let shared = Shared::new(config("1")).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ticker = {
+            let (shared, stop) = (Arc::clone(&shared), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    shared.tick();
+                }
+            })
+        };
+        for i in 0..200 {
+            let workers = (i % 7 + 1).to_string();
+            shared.reload(config(&workers));
+            std::thread::yield_now();
+            let seen = shared.snapshot.load().compiled.config.server.workers;
+            assert_eq!(seen, Some(i % 7 + 1), "reload {i} was undone");
+        }
+        stop.store(true, Ordering::Relaxed);
+        ticker.join().unwrap();
+    }
+
+    #[test]
+    fn a_reload_keeps_the_client_hash_and_the_upstream_client() {
+        let shared = Shared::new(config("1")).unwrap();
+        let headers = http::HeaderMap::new();
+        let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+        let before = shared
+            .snapshot
+            .load()
+            .compiled
+            .classifier
+            .client_hash(&headers, ip);
+        shared.reload(config("2"));
+        let after = shared
+            .snapshot
+            .load()
+            .compiled
+            .classifier
+            .client_hash(&headers, ip);
+        assert_eq!(before, after, "client memory is keyed by the same hash");
     }
 }

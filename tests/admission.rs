@@ -517,3 +517,39 @@ async fn hit_ratio_is_scraped_when_responses_carry_no_cache_header() {
     }
     p.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_frees_its_slot_after_the_send_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let big = bytes::Bytes::from(vec![b'x'; 32 << 20]);
+    let up = upstream(Arc::new(move |_req| {
+        let big = big.clone();
+        Box::pin(async move { Response::new(full(big)) })
+    }))
+    .await;
+    let extra = "[server]\nsend_timeout = \"1s\"\n[limit]\nmode = \"fixed\"\nfull_capacity = 1\n[queue]\nmax_wait = { normal = \"10s\" }";
+    let p = proxy(&config(&up.addr.to_string(), extra)).await;
+    // Asks for 32 MiB and never reads a byte of it: its slot is pinned until the send times out.
+    let mut stalled = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    stalled
+        .write_all(b"GET /api/feed HTTP/1.1\r\nhost: x\r\nx-user: slow\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(p.status().await["signals"]["inflight"], 1);
+    let t = Instant::now();
+    let (resp, body) = get(&p.url("/api/feed"), &[("x-user", "next")]).await;
+    assert_eq!(
+        resp.status(),
+        200,
+        "{}",
+        String::from_utf8_lossy(&body[..body.len().min(200)])
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(500) && t.elapsed() < Duration::from_secs(5),
+        "waited for the stalled client's send timeout: {:?}",
+        t.elapsed()
+    );
+    drop(stalled);
+    p.stop().await;
+}

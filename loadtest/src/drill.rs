@@ -127,7 +127,7 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-async fn wait_for_port(port: u16, child: &mut Child) -> anyhow::Result<()> {
+async fn wait_for_port(port: u16, child: &mut Child, what: &str) -> anyhow::Result<()> {
     let t = Instant::now();
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -135,12 +135,12 @@ async fn wait_for_port(port: u16, child: &mut Child) -> anyhow::Result<()> {
     {
         if let Some(status) = child.try_wait()? {
             anyhow::bail!(
-                "warmgate exited ({status}) before listening; see its log in the report directory"
+                "{what} exited ({status}) before listening; see its log in the report directory"
             );
         }
         anyhow::ensure!(
             t.elapsed() < Duration::from_secs(15),
-            "warmgate did not listen on {port} within 15 s"
+            "{what} did not listen on {port} within 15 s"
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
@@ -200,7 +200,7 @@ fn start_haproxy(
 ) -> anyhow::Result<Child> {
     let dir = std::fs::canonicalize(&cfg.report_dir)?;
     let conf = format!(
-        "global\n  maxconn 60000\n\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 60s\n  \
+        "global\n  maxconn 9000\n\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 60s\n  \
 timeout server 60s\n  timeout queue {q}ms\n  option http-keep-alive\n\n\
 frontend storm\n  bind 127.0.0.1:{port}\n  default_backend sim\n\n\
 backend sim\n  server s1 {upstream} maxconn {maxconn}\n",
@@ -325,7 +325,7 @@ pub async fn run_once(cfg: &DrillConfig, front: Front) -> anyhow::Result<Run> {
                     bin.display()
                 )
             })?;
-        if let Err(e) = wait_for_port(port, &mut c).await {
+        if let Err(e) = wait_for_port(port, &mut c, "warmgate").await {
             stop_child(&mut c);
             return Err(e);
         }
@@ -335,7 +335,7 @@ pub async fn run_once(cfg: &DrillConfig, front: Front) -> anyhow::Result<Run> {
     } else if let Front::Haproxy(n) = front {
         let port = free_port()?;
         let mut c = start_haproxy(cfg, n, port, &sim_addr.to_string())?;
-        if let Err(e) = wait_for_port(port, &mut c).await {
+        if let Err(e) = wait_for_port(port, &mut c, "haproxy").await {
             stop_child(&mut c);
             return Err(e);
         }
@@ -344,7 +344,7 @@ pub async fn run_once(cfg: &DrillConfig, front: Front) -> anyhow::Result<Run> {
     } else if let Front::NginxLimit(rps) = front {
         let port = free_port()?;
         let mut c = start_nginx(cfg, rps, port, &sim_addr.to_string())?;
-        if let Err(e) = wait_for_port(port, &mut c).await {
+        if let Err(e) = wait_for_port(port, &mut c, "nginx").await {
             stop_child(&mut c);
             return Err(e);
         }

@@ -398,11 +398,13 @@ pub fn write_charts(runs: &[Run], dir: &std::path::Path) -> anyhow::Result<()> {
         .fold(1.0, f64::max);
     for r in runs {
         let prefix = if r.with_warmgate {
-            "with"
+            "with".to_string()
         } else if r.label.starts_with("nginx") {
-            "nginx"
+            "nginx".to_string()
+        } else if let Some(n) = r.label.strip_prefix("HAProxy maxconn ") {
+            format!("haproxy-{n}")
         } else {
-            "without"
+            "without".to_string()
         };
         for (i, svg) in charts(r, x_max)?.iter().enumerate() {
             std::fs::write(dir.join(format!("{prefix}-{i}.svg")), svg)?;

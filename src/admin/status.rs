@@ -2,6 +2,7 @@
 
 use serde_json::{json, Value};
 
+use crate::admission::limit::LimitAlgorithm;
 use crate::admission::Priority;
 use crate::metrics::Outcome;
 use crate::runtime::Shared;
@@ -12,8 +13,13 @@ pub fn status(shared: &Shared) -> Value {
     let d = snap.decision;
     let c = &snap.compiled;
     let now = shared.clock.now_ms();
-    let (signals, params, retry_share) = match shared.control.lock() {
-        Ok(ctl) => (ctl.last_signals, ctl.params.clone(), ctl.retry_share),
+    let (signals, params, retry_share, knee) = match shared.control.lock() {
+        Ok(ctl) => (
+            ctl.last_signals,
+            ctl.params.clone(),
+            ctl.retry_share,
+            ctl.controller.knee().clone(),
+        ),
         Err(_) => return json!({"error": "controller state unavailable"}),
     };
     let waiting = shared.gate.waiting_by_priority();
@@ -78,6 +84,8 @@ pub fn status(shared: &Shared) -> Value {
             "limit_ceiling": d.ceiling,
             "slow_start": d.slow_start,
             "latency_inflation": d.inflation,
+            "latency_inflation_smoothed": knee.smoothed_inflation(),
+            "limit_algorithm": knee.limit(),
             "limit_mode": match params.limit {
                 crate::admission::params::LimitMode::Fixed { .. } => "fixed",
                 crate::admission::params::LimitMode::Adaptive { .. } => "adaptive",

@@ -151,6 +151,11 @@ impl Controller {
         self.progress
     }
 
+    /// The limit algorithm (its own limit, before the ramp's cap or a pin; its baselines).
+    pub fn knee(&self) -> &KneeLimit {
+        &self.knee
+    }
+
     /// Whether the ramp is engaged.
     pub fn engaged(&self) -> bool {
         self.engaged

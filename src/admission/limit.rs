@@ -7,7 +7,8 @@
 //! above the baseline, and past the knee more in flight stops buying throughput exactly when
 //! latency grows in proportion (Little's law: throughput = in flight / latency).
 //!
-//! - Slow start while the inflation stays within `tolerance`: the limit doubles once per
+//! - Slow start while the inflation stays within `tolerance` (20 % by default: on a busy
+//!   machine scheduling noise alone reads as 10–15 %): the limit doubles once per
 //!   round trip (the data path also adds one per fast completion, see `Gate`), so a warm backend
 //!   reaches its demand in a few round trips.
 //! - At the knee: a gentle probe (+√limit / 2 per tick) while within tolerance, one step back
@@ -79,7 +80,7 @@ impl Default for KneeParams {
             initial: 8,
             min: 2,
             max: 10_000,
-            tolerance: 0.15,
+            tolerance: 0.2,
             min_samples: 8,
             idle_restart_ms: 10_000,
             baseline_window_ms: 60_000,
@@ -134,6 +135,9 @@ pub struct KneeLimit {
     last_growth_ms: u64,
     now_ms: u64,
     inflation: Option<f64>,
+    /// The inflation averaged over the last few ticks: what grow / step back decide on, so one
+    /// noisy tick does not move the limit (the big drop still acts on a single tick).
+    smoothed: f64,
 }
 
 impl KneeLimit {
@@ -158,6 +162,7 @@ impl KneeLimit {
             last_growth_ms: 0,
             now_ms: 0,
             inflation: None,
+            smoothed: 1.0,
         }
     }
 
@@ -181,6 +186,11 @@ impl KneeLimit {
     /// The last tick's inflation (latency over the no-load latency of the same mix).
     pub fn inflation(&self) -> Option<f64> {
         self.inflation
+    }
+
+    /// The inflation averaged over the last few ticks.
+    pub fn smoothed_inflation(&self) -> f64 {
+        self.smoothed
     }
 
     /// The learned no-load latency of a class, in milliseconds.
@@ -240,6 +250,7 @@ impl LimitAlgorithm for KneeLimit {
                 self.limit = self.limit.min(f64::from(self.p.initial));
                 self.slow_start = true;
                 self.inflation = None;
+                self.smoothed = 1.0;
             }
             return self.limit();
         }
@@ -273,6 +284,7 @@ impl LimitAlgorithm for KneeLimit {
         };
         let mean_rtt = if ok > 0 { took / ok as f64 } else { 0.0 };
         self.inflation = (ok > 0).then_some(inflation);
+        self.smoothed = 0.5 * self.smoothed + 0.5 * inflation;
         let dropped = self.acc_dropped as f64 / total as f64;
         if dropped >= self.p.drop_ratio {
             self.limit *= 0.7;
@@ -283,11 +295,12 @@ impl LimitAlgorithm for KneeLimit {
             let target = peak * (1.0 + tol / 2.0) / inflation;
             self.limit = self.limit.min(target.max(self.limit * 0.5));
             self.slow_start = false;
-        } else if inflation > 1.0 + tol {
-            // One step back from what was really in flight.
+        } else if inflation > 1.0 + tol && self.smoothed > 1.0 + tol {
+            // Two readings agree (this tick's and the recent average): one noisy tick does not
+            // move the limit, and the average's memory of a big drop does not either.
             self.limit = self.limit.min(peak - 1.0);
             self.slow_start = false;
-        } else if demand && peak >= 0.9 * self.limit {
+        } else if demand && peak >= (0.9 * self.limit).floor() && inflation <= 1.0 + tol {
             // Grow only once the samples come from the current limit: growing on samples
             // taken under a smaller one would overshoot blind.
             self.grow(now_ms, mean_rtt);
@@ -431,6 +444,22 @@ mod tests {
         assert_eq!(alg.limit(), 8);
         assert!(alg.slow_start());
         assert_eq!(alg.baseline_ms(class_of(3, 1)), Some(10.0));
+    }
+
+    #[test]
+    fn a_fractional_limit_still_grows() {
+        // The gate enforces the floor of the limit: 6.95 admits 6, so the peak is 6.
+        let mut alg = KneeLimit::new(KneeParams::default());
+        alg.sample(0, 10.0, 20, 8, Outcome::Ok);
+        alg.update(100, false);
+        alg.slow_start = false;
+        alg.limit = 6.95;
+        for t in 2..6u64 {
+            let peak = alg.limit();
+            alg.sample(0, 10.0, 20, peak, Outcome::Ok);
+            alg.update(t * 100, true);
+        }
+        assert!(alg.limit() >= 9, "{}", alg.limit());
     }
 
     #[test]

@@ -68,6 +68,37 @@ mod tests {
     }
 
     #[test]
+    fn zero_timeouts_and_stream_limits_are_refused_with_key_and_line() {
+        let text = "[upstream]\nendpoints = [\"127.0.0.1:9000\"]\nconnect_timeout = \"0s\"\n\n[server]\nh2_max_concurrent_streams = 0\nsend_timeout = \"0ms\"\n\n[signals.scrape]\nurl = \"http://127.0.0.1:9000/s\"\ninterval = \"0s\"\njson_pointer = \"/x\"\n";
+        let errs: Vec<String> = match load_str("w.toml", text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.iter().map(ToString::to_string).collect(),
+        };
+        for want in [
+            "w.toml:3: upstream.connect_timeout: must be above 0s",
+            "w.toml:6: server.h2_max_concurrent_streams: must be at least 1",
+            "w.toml:7: server.send_timeout: must be above 0s",
+            "w.toml:11: signals.scrape.interval: must be above 0s",
+        ] {
+            assert!(
+                errs.iter().any(|e| e.starts_with(want)),
+                "{want} not in {errs:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_removed_v1_keys_are_named() {
+        let text =
+            "[upstream]\nendpoints = [\"127.0.0.1:9000\"]\n[ramp]\nheadroom = { low = 0.5 }\n";
+        let err = first_error(text);
+        assert!(
+            err.starts_with("w.toml:4: ramp: unknown field `headroom`"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn names_file_line_and_key() {
         let text = "listen = \"127.0.0.1:8080\"\n\n[upstream]\nendpoints = [\n  \"127.0.0.1:9000\",\n  \"localhost:\",\n]\n";
         assert_eq!(

@@ -234,8 +234,10 @@ async fn forward(
                 let class = class_of(feature.priority.index(), cache as usize);
                 shared.completions.ok(class, us);
                 if snap.decision.slow_start {
+                    // Only against a learned baseline: before the first tick has one, growth
+                    // waits for the tick (a cold backend must not see the limit run ahead blind).
                     let fast = snap.fast_us[class];
-                    if fast == 0 || us <= fast {
+                    if fast != 0 && us <= fast {
                         shared.gate.fast_completion();
                     }
                 }
