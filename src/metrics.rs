@@ -2,8 +2,8 @@
 //! never formatted per request.
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::admission::{CtlState, Priority, RejectReason};
@@ -85,6 +85,8 @@ pub struct Metrics {
     /// Early returners held before their reject.
     pub held: IntGauge,
     pub engaged: IntGauge,
+    /// Expected seconds until each priority's stage opens (0 when open), by priority.
+    pub stage_eta: [Gauge; 4],
     pub inflation: Gauge,
     pub limit: IntGauge,
     pub inflight: IntGauge,
@@ -190,6 +192,19 @@ impl Metrics {
                     "1 while the warm-up ramp is engaged",
                 )?,
             ),
+            stage_eta: {
+                let v = reg(
+                    &r,
+                    GaugeVec::new(
+                        Opts::new(
+                            "warmgate_stage_eta_seconds",
+                            "Expected seconds until the priority is admitted by the engaged ramp (0: admitted)",
+                        ),
+                        &["priority"],
+                    )?,
+                );
+                Priority::ALL.map(|p| v.with_label_values(&[p.as_str()]))
+            },
             inflation: reg(
                 &r,
                 Gauge::new(

@@ -288,6 +288,7 @@ impl Shared {
         m.held.set(i64::from(self.gate.held()));
         for p in Priority::ALL {
             m.queue_len[p.index()].set(i64::from(s.gate.waiting[p.index()]));
+            m.stage_eta[p.index()].set(d.eta_s[p.index()]);
         }
         let lowest = Priority::ALL
             .iter()

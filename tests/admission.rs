@@ -467,6 +467,7 @@ async fn metrics_and_status_describe_the_controller() {
         "warmgate_queue_length{priority=\"critical\"} 0",
         "warmgate_queue_wait_seconds_bucket{priority=\"low\"",
         "warmgate_latency_inflation_ratio",
+        "warmgate_stage_eta_seconds{priority=\"low\"} 0",
         "warmgate_retry_share_ratio",
     ] {
         assert!(m.contains(name), "{name} missing:\n{m}");

@@ -263,11 +263,18 @@ impl Controller {
             LimitMode::Adaptive(kp) => kp.tolerance,
             LimitMode::Fixed { .. } => 0.15,
         };
-        let queueing = self.knee.inflation().is_some_and(|i| i > 1.0 + 2.0 * tol);
+        // Strain: the limit has found its level (a line during slow start is the limit catching
+        // up, not a backend in trouble), more than one limit's worth waits, and the backend
+        // shows why: latency above its baseline, or a cold cache.
+        let waiting: u32 = s.gate.waiting.iter().sum();
+        let settled = !self.knee.slow_start() || matches!(params.limit, LimitMode::Fixed { .. });
+        let queueing = self.knee.inflation().is_some_and(|i| i > 1.0 + tol)
+            || self.knee.smoothed_inflation() > 1.0 + tol;
         let cold = s.samples >= params.min_samples
             && s.hit_ratio
                 .is_some_and(|h| h < params.auto_engage_hit_ratio);
-        if demand && (queueing || cold) {
+        let long_line = waiting > s.gate.limit.max(1);
+        if demand && settled && long_line && (queueing || cold) {
             self.strain_s += dt;
         } else {
             self.strain_s = 0.0;
@@ -321,8 +328,14 @@ impl Controller {
         if !(answered && not_queueing && health == Health::Healthy) {
             return CtlState::Holding;
         }
+        // The plan's duration is its pace while the backend is busy; with demand held back and
+        // the backend half idle, the bottleneck allows more, so the plan runs five times faster.
+        let idle = s.gate.shed > 0
+            && room
+            && u64::from(s.gate.peak_inflight) * 2 <= u64::from(s.gate.limit.max(1));
+        let pace = if idle { 5.0 } else { 1.0 };
         let step = if params.ramp_duration_s > 0.0 {
-            dt / params.ramp_duration_s
+            pace * dt / params.ramp_duration_s
         } else {
             1.0
         };
@@ -552,7 +565,8 @@ mod tests {
         let mut s = SignalSnapshot::default();
         s.gate.limit = 8;
         s.gate.shed = 30;
-        assert!(run(&mut c, &p, &s, 0, 3).progress > 0.25);
+        // Half idle: the 10 s plan runs five times faster.
+        assert!(run(&mut c, &p, &s, 0, 1).progress > 0.45);
         // ...but not while the backend is full.
         let before = c.progress();
         s.gate.peak_inflight = 8;
@@ -637,11 +651,22 @@ mod tests {
         // Demand alone (a warm backend at its knee) does not engage it...
         let mut busy = healthy();
         busy.gate.pressed = 10;
+        busy.gate.waiting = [0, 0, 0, 100];
         assert!(!run(&mut c, &p, &busy, 0, 5).engaged);
-        // ...a cold cache under pressure does, after the configured time.
+        // ...nor a cold cache while the limit is still in slow start (the line is the limit
+        // catching up)...
         cold.gate.pressed = 10;
-        assert!(!c.tick(5_100, &p, &cold).engaged);
-        let d = run(&mut c, &p, &cold, 5_100, 3);
+        cold.gate.waiting = [0, 0, 0, 100];
+        assert!(c.knee().slow_start());
+        assert!(!run(&mut c, &p, &cold, 5_000, 3).engaged);
+        // ...but a cold cache and a long line once the limit has settled do, after the
+        // configured time.
+        let mut queueing = cold;
+        queueing.class_us[class_of(3, 0)] *= 3;
+        c.tick(8_100, &p, &queueing);
+        assert!(!c.knee().slow_start());
+        assert!(!c.tick(8_200, &p, &cold).engaged);
+        let d = run(&mut c, &p, &cold, 8_200, 3);
         assert!(d.engaged);
         assert_eq!(d.open, [false, false, false, true]);
     }
