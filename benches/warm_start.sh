@@ -92,7 +92,11 @@ for r in $(seq 1 "$ROUNDS"); do
   pids+=("$wg")
   wait_port 18092
   read -r wn wp50 wp99 wreqs < <(measure http://127.0.0.1:18092)
+  # What warmgate itself answered other than the upstream's response, by outcome.
+  refused=$(curl -s 127.0.0.1:18093/metrics \
+    | awk '/^warmgate_requests_total/ && !/outcome="admitted"/ && $2 > 0 {print}' | sed 's/^warmgate_requests_total//')
   kill "$wg"; wait "$wg" 2>/dev/null || true
   added=$(awk -v a="$wp99" -v b="$dp99" 'BEGIN {printf "%.3f ms", a - b}')
   printf "%-6s %-28s %-36s %s\n" "$r" "$dn $dp50 $dp99" "$wn $wp50 $wp99 ($wreqs requests)" "$added"
+  if [ -n "$refused" ]; then echo "       not admitted or failed: $refused"; fi
 done

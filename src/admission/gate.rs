@@ -69,15 +69,6 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    /// All reasons, for pre-registering metrics.
-    pub const ALL: [RejectReason; 5] = [
-        RejectReason::Stage,
-        RejectReason::FeatureOff,
-        RejectReason::QueueFull,
-        RejectReason::QueueTimeout,
-        RejectReason::Rate,
-    ];
-
     /// Label for bodies, logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -242,11 +233,6 @@ impl Ticket {
             Ok(_) => Ok(Permit { gate: self.gate }),
             Err(s) => Err(s == EVICTED),
         }
-    }
-
-    /// Priority of the place.
-    pub fn priority(&self) -> Priority {
-        self.place.priority()
     }
 }
 

@@ -72,6 +72,10 @@ pub struct KneeParams {
     pub baseline_window_ms: u64,
     /// Share of dropped requests in a tick that cuts the limit.
     pub drop_ratio: f64,
+    /// A no-load latency counts as at least this, in milliseconds: in front of a backend that
+    /// answers in a fraction of a millisecond, scheduling noise alone doubles the latency, and
+    /// differences that small are not queueing worth limiting.
+    pub latency_floor_ms: f64,
 }
 
 impl Default for KneeParams {
@@ -85,6 +89,7 @@ impl Default for KneeParams {
             idle_restart_ms: 10_000,
             baseline_window_ms: 60_000,
             drop_ratio: 0.1,
+            latency_floor_ms: 2.0,
         }
     }
 }
@@ -273,7 +278,11 @@ impl LimitAlgorithm for KneeLimit {
             if n >= 3 || self.base[c].value().is_none() {
                 self.base[c].observe(mean, now_ms, half);
             }
-            let base = self.base[c].value().unwrap_or(mean).max(1e-3);
+            let base = self.base[c]
+                .value()
+                .unwrap_or(mean)
+                .max(self.p.latency_floor_ms)
+                .max(1e-3);
             took += self.acc_ms[c];
             expected += base * n as f64;
         }
@@ -460,6 +469,19 @@ mod tests {
             alg.update(t * 100, true);
         }
         assert!(alg.limit() >= 9, "{}", alg.limit());
+    }
+
+    #[test]
+    fn sub_millisecond_noise_is_not_queueing() {
+        // A warm backend at 0.3 ms whose latency doubles and triples with scheduling noise.
+        let mut alg = KneeLimit::new(KneeParams::default());
+        for t in 1..=30u64 {
+            let rtt = 0.3 * (1 + t % 3) as f64;
+            let peak = alg.limit();
+            alg.sample(0, rtt, 50, peak, Outcome::Ok);
+            alg.update(t * 100, true);
+        }
+        assert!(alg.limit() >= 64, "{}", alg.limit());
     }
 
     #[test]

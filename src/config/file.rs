@@ -172,6 +172,8 @@ pub struct FileLimit {
     pub tolerance: Option<f64>,
     /// No completion for this long: restart from `initial`.
     pub idle_restart: Option<String>,
+    /// Latency differences below this are noise, not queueing.
+    pub latency_floor: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

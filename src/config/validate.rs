@@ -713,12 +713,20 @@ fn limit_mode(e: &mut Errors, f: &FileConfig) -> LimitMode {
                     Duration::from_millis(dk.idle_restart_ms),
                 )
                 .as_millis() as u64;
+            let latency_floor_ms = e
+                .take(duration_or(
+                    "limit.latency_floor",
+                    &l.latency_floor,
+                    Duration::from_secs_f64(dk.latency_floor_ms / 1000.0),
+                ))
+                .map_or(dk.latency_floor_ms, |d| d.as_secs_f64() * 1000.0);
             LimitMode::Adaptive(KneeParams {
                 initial,
                 min,
                 max,
                 tolerance,
                 idle_restart_ms,
+                latency_floor_ms,
                 ..dk
             })
         }
