@@ -147,6 +147,17 @@ async fn wait_for_port(port: u16, child: &mut Child, what: &str) -> anyhow::Resu
     Ok(())
 }
 
+/// The child once it listens on `port`; stopped (and an error) if it does not.
+async fn listening(mut c: Child, port: u16, what: &str) -> anyhow::Result<Child> {
+    match wait_for_port(port, &mut c, what).await {
+        Ok(()) => Ok(c),
+        Err(e) => {
+            stop_child(&mut c);
+            Err(e)
+        }
+    }
+}
+
 /// Stops a child we started: SIGTERM (graceful drain), then SIGKILL after 5 s.
 fn stop_child(child: &mut Child) {
     let _ = Command::new("kill")
@@ -312,7 +323,7 @@ pub async fn run_once(cfg: &DrillConfig, front: Front) -> anyhow::Result<Run> {
         std::fs::write(&path, text)?;
         let log = std::fs::File::create(cfg.report_dir.join("warmgate.log"))?;
         let bin = warmgate_bin(cfg);
-        let mut c = Command::new(&bin)
+        let c = Command::new(&bin)
             .arg("run")
             .arg("--config")
             .arg(&path)
@@ -325,30 +336,18 @@ pub async fn run_once(cfg: &DrillConfig, front: Front) -> anyhow::Result<Run> {
                     bin.display()
                 )
             })?;
-        if let Err(e) = wait_for_port(port, &mut c, "warmgate").await {
-            stop_child(&mut c);
-            return Err(e);
-        }
-        child = Some(c);
+        child = Some(listening(c, port, "warmgate").await?);
         admin_url = Some(format!("http://127.0.0.1:{admin}/status"));
         format!("http://127.0.0.1:{port}")
     } else if let Front::Haproxy(n) = front {
         let port = free_port()?;
-        let mut c = start_haproxy(cfg, n, port, &sim_addr.to_string())?;
-        if let Err(e) = wait_for_port(port, &mut c, "haproxy").await {
-            stop_child(&mut c);
-            return Err(e);
-        }
-        child = Some(c);
+        let c = start_haproxy(cfg, n, port, &sim_addr.to_string())?;
+        child = Some(listening(c, port, "haproxy").await?);
         format!("http://127.0.0.1:{port}")
     } else if let Front::NginxLimit(rps) = front {
         let port = free_port()?;
-        let mut c = start_nginx(cfg, rps, port, &sim_addr.to_string())?;
-        if let Err(e) = wait_for_port(port, &mut c, "nginx").await {
-            stop_child(&mut c);
-            return Err(e);
-        }
-        child = Some(c);
+        let c = start_nginx(cfg, rps, port, &sim_addr.to_string())?;
+        child = Some(listening(c, port, "nginx").await?);
         format!("http://127.0.0.1:{port}")
     } else {
         format!("http://{sim_addr}")
