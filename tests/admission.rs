@@ -554,3 +554,69 @@ async fn a_client_that_stops_reading_frees_its_slot_after_the_send_timeout() {
     drop(stalled);
     p.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_sending_a_broken_body_is_not_an_upstream_error() {
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that reads the whole request body before answering.
+    let up = upstream(Arc::new(|req| {
+        Box::pin(async move {
+            let _ = req.into_body().collect().await;
+            Response::builder()
+                .header("x-cache", "HIT")
+                .body(full("ok"))
+                .unwrap()
+        })
+    }))
+    .await;
+    let p = proxy(&config(&up.addr.to_string(), "[ramp]\ntick = \"20ms\"")).await;
+    for i in 0..20 {
+        let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+        let head = format!(
+            "POST /api/feed HTTP/1.1\r\nhost: x\r\nx-user: bad{i}\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+        let text = String::from_utf8_lossy(&buf);
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 400"),
+            "a client fault is a 400 (or a closed connection): {text}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let m = metrics(&p).await;
+    let upstream_errors: f64 = m
+        .lines()
+        .find(|l| {
+            l.starts_with(
+                "warmgate_requests_total{feature=\"feed\",outcome=\"upstream_error\",priority=\"normal\"}",
+            )
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert_eq!(upstream_errors, 0.0, "{m}");
+    let st = p.status().await;
+    assert!(
+        st["signals"]["error_rate"].is_null() || st["signals"]["error_rate"] == 0.0,
+        "{st}"
+    );
+    // The limit was not cut for what the clients did.
+    assert!(
+        st["controller"]["limit_algorithm"].as_u64().unwrap() >= 8,
+        "{st}"
+    );
+    // A good request still goes through.
+    let (resp, _) = send(
+        &h1(),
+        "POST",
+        &p.url("/api/feed"),
+        &[("x-user", "good")],
+        full("fine"),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    p.stop().await;
+}

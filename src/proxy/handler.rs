@@ -255,6 +255,13 @@ async fn forward(
                 ProxyBody::upstream(body, held, cfg.body_idle_timeout),
             )
         }
+        // The client's own request body failed (a malformed chunk, a hang-up mid-upload): a
+        // client fault. It says nothing about the backend, so it is not recorded as a signal
+        // and does not count against the endpoint; the client gets a 400.
+        Ok(Err(e)) if client_fault(&e) => {
+            tracing::debug!(error = %error_chain(&e), "request body failed");
+            respond::error(ProxyError::ClientBody)
+        }
         Ok(Err(e)) => {
             let connect = e.is_connect();
             if connect {
@@ -308,6 +315,22 @@ fn cache_of(h: &http::HeaderMap, c: &crate::runtime::Compiled) -> Cache {
         }
         _ => Cache::Unknown,
     }
+}
+
+/// Whether a forwarding error came from the request body the client sent (hyper reports an
+/// error of the body it was handed as a "user" error).
+fn client_fault(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_user)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -21,6 +21,8 @@ pub enum ProxyError {
     NoEndpoint,
     /// The request cannot be forwarded as sent.
     BadRequest(&'static str),
+    /// The client's request body failed while it was being forwarded.
+    ClientBody,
 }
 
 static JSON: HeaderValue = HeaderValue::from_static("application/json");
@@ -42,6 +44,7 @@ pub fn error(e: ProxyError) -> Response<ProxyBody> {
         ProxyError::UpstreamBroken => (StatusCode::BAD_GATEWAY, "upstream connection failed"),
         ProxyError::NoEndpoint => (StatusCode::BAD_GATEWAY, "no upstream endpoint"),
         ProxyError::BadRequest(why) => (StatusCode::BAD_REQUEST, why),
+        ProxyError::ClientBody => (StatusCode::BAD_REQUEST, "request body failed"),
     };
     json(status, format!("{{\"error\":\"{what}\"}}\n"))
 }
