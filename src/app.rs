@@ -82,7 +82,11 @@ async fn reload_on_sighup(shared: Arc<Shared>, path: PathBuf) {
         while hup.recv().await.is_some() {
             match crate::config::load_file(&path) {
                 Ok(cfg) => {
+                    let kept = needs_restart(&shared.snapshot.load().compiled.config, &cfg);
                     shared.reload(cfg);
+                    for k in &kept {
+                        tracing::warn!(path = %path.display(), "{k}: changed in the file, takes effect on restart; the running value is kept");
+                    }
                     tracing::info!(path = %path.display(), "config reloaded");
                 }
                 Err(errs) => {
@@ -98,6 +102,38 @@ async fn reload_on_sighup(shared: Arc<Shared>, path: PathBuf) {
         let _ = (shared, path);
         std::future::pending::<()>().await;
     }
+}
+
+/// Keys whose change a reload cannot apply (the listeners and the runtime are built at start),
+/// each with its running and its new value.
+pub fn needs_restart(running: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if running.listen != new.listen {
+        out.push(format!("listen ({} -> {})", running.listen, new.listen));
+    }
+    if running.admin_listen != new.admin_listen {
+        let show = |a: Option<std::net::SocketAddr>| a.map_or("off".to_string(), |a| a.to_string());
+        out.push(format!(
+            "admin.listen ({} -> {})",
+            show(running.admin_listen),
+            show(new.admin_listen)
+        ));
+    }
+    if running.server.workers != new.server.workers {
+        let show = |w: Option<usize>| w.map_or("one per CPU".to_string(), |w| w.to_string());
+        out.push(format!(
+            "server.workers ({} -> {})",
+            show(running.server.workers),
+            show(new.server.workers)
+        ));
+    }
+    if running.client_table_size != new.client_table_size {
+        out.push(format!(
+            "retry.client_table_size ({} -> {})",
+            running.client_table_size, new.client_table_size
+        ));
+    }
+    out
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -120,5 +156,33 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_reload_names_what_needs_a_restart() {
+        let load = |t: &str| {
+            crate::config::load_str(
+                "w.toml",
+                &format!("{t}\n[upstream]\nendpoints = [\"127.0.0.1:9\"]\n"),
+            )
+            .unwrap()
+        };
+        let a = load("listen = \"127.0.0.1:8080\"\n");
+        let b = load("listen = \"127.0.0.1:8081\"\n[server]\nworkers = 2");
+        let kept = needs_restart(&a, &b);
+        assert_eq!(
+            kept,
+            [
+                "listen (127.0.0.1:8080 -> 127.0.0.1:8081)",
+                "server.workers (one per CPU -> 2)"
+            ]
+        );
+        assert!(needs_restart(&a, &load("listen = \"127.0.0.1:8080\"\n")).is_empty());
     }
 }

@@ -65,6 +65,9 @@ fn check_config_names_the_key_and_line() {
         assert!(err.contains(want), "want {want:?} in {err:?}");
     }
     let (code, err) = check("");
+    assert_eq!(code, 2, "an empty file is refused");
+    assert!(err.contains("upstream.endpoints: is required"), "{err}");
+    let (code, err) = check("[upstream]\nendpoints = [\"127.0.0.1:9000\"]\n");
     assert_eq!((code, err.as_str()), (0, ""));
 }
 

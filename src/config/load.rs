@@ -137,9 +137,11 @@ mod tests {
             e,
             "w.toml:2: upstream.endpoints: is empty: list at least one host:port"
         );
-        let e = first_error("[signals.latency_p99]\nwarn = \"2s\"\ncritical = \"1s\"\n");
+        let e = first_error(
+            "[upstream]\nendpoints = [\"a:1\"]\n[signals.latency_p99]\nwarn = \"2s\"\ncritical = \"1s\"\n",
+        );
         assert!(
-            e.starts_with("w.toml:2: signals.latency_p99.warn: warn (2000) must be below critical"),
+            e.starts_with("w.toml:4: signals.latency_p99.warn: warn (2000) must be below critical"),
             "{e}"
         );
     }
@@ -175,8 +177,15 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_file_is_refused_for_want_of_an_upstream() {
+        let e = first_error("");
+        assert!(e.contains("upstream.endpoints: is required"), "{e}");
+    }
+
+    #[test]
     fn defaults_are_valid() {
-        let c = load_str("w.toml", "").map_err(|e| format!("{e:?}"));
+        let c = load_str("w.toml", "[upstream]\nendpoints = [\"127.0.0.1:9000\"]\n")
+            .map_err(|e| format!("{e:?}"));
         let c = c.as_ref().map(|c| (c.listen.to_string(), c.features.len()));
         assert_eq!(c, Ok(("127.0.0.1:8080".to_string(), 1)));
     }

@@ -495,10 +495,13 @@ fn ordered(e: &mut Errors, key: &str, t: Option<Thresholds>) -> Option<Threshold
 
 fn upstream(e: &mut Errors, f: &FileConfig) -> Option<UpstreamConfig> {
     let u = &f.upstream;
-    let raw = u
-        .endpoints
-        .clone()
-        .unwrap_or_else(|| vec!["127.0.0.1:9000".into()]);
+    let Some(raw) = u.endpoints.clone() else {
+        e.push(
+            "upstream.endpoints",
+            "is required: the backend's host:port list, e.g. endpoints = [\"127.0.0.1:9000\"]",
+        );
+        return None;
+    };
     if raw.is_empty() {
         e.push(
             "upstream.endpoints",
