@@ -25,7 +25,7 @@ fn decision(open: [bool; 4]) -> Decision {
         health: Health::Healthy,
         open,
         eta_s: [30.0, 0.0, 0.0, 0.0],
-        drain_rps: [100.0; 4],
+        admit_rps: [25.0; 4],
         ..Decision::default()
     }
 }

@@ -312,16 +312,14 @@ async fn a_reload_keeps_client_memory_controller_state_and_upstream_connections(
     let (child, dir) = spawn(&base, port);
     let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
     let client = h1();
+    let five_ok = || async {
+        for _ in 0..5 {
+            let (resp, _) = send(&client, "GET", &url("/x"), &[], full("")).await;
+            assert_eq!(resp.status(), 200);
+        }
+    };
     // Keep-alive connections to the upstream, and a client told to come back later.
-    for _ in 0..5 {
-        assert_eq!(
-            send(&client, "GET", &url("/x"), &[], full(""))
-                .await
-                .0
-                .status(),
-            200
-        );
-    }
+    five_ok().await;
     let conns = up.conns.load(std::sync::atomic::Ordering::SeqCst);
     let (first, _) = get(&url("/rec"), &[("x-user", "early")]).await;
     assert_eq!(first.status(), 503);
@@ -354,15 +352,7 @@ async fn a_reload_keeps_client_memory_controller_state_and_upstream_connections(
     assert_eq!(after["controller"]["engaged"], true);
     assert_eq!(after["controller"]["limit"], before["controller"]["limit"]);
     // The pooled upstream connections were kept: no new connection for these requests.
-    for _ in 0..5 {
-        assert_eq!(
-            send(&client, "GET", &url("/x"), &[], full(""))
-                .await
-                .0
-                .status(),
-            200
-        );
-    }
+    five_ok().await;
     assert_eq!(
         up.conns.load(std::sync::atomic::Ordering::SeqCst),
         conns,

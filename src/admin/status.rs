@@ -36,7 +36,7 @@ pub fn status(shared: &Shared) -> Value {
                     "eta_s": d.eta_s[i],
                     "waiting": waiting[i],
                     "max_wait_ms": c.config.gate.max_wait_ms[i],
-                    "drain_rps": d.drain_rps[i],
+                    "drain_rps": d.drain_rps(*p),
                 }),
             )
         })

@@ -102,14 +102,20 @@ pub struct Decision {
     pub open: PerPriority<bool>,
     /// Expected seconds until each priority's stage opens (0 when open).
     pub eta_s: PerPriority<f64>,
-    /// Measured admissions per second of each priority *and above*.
-    pub drain_rps: PerPriority<f64>,
     /// Measured admissions per second of each priority alone.
     pub admit_rps: PerPriority<f64>,
     /// Latency over the no-load latency of the same mix, last tick.
     pub inflation: Option<f64>,
     /// Requests per second allowed now, if rate limited.
     pub rps: Option<u32>,
+}
+
+impl Decision {
+    /// Measured admissions per second of `p` and every priority above it: the pace at which
+    /// everyone ahead of a place of `p` in line is served.
+    pub fn drain_rps(&self, p: Priority) -> f64 {
+        self.admit_rps[p.index()..].iter().sum()
+    }
 }
 
 /// Controller state carried from tick to tick (and across reloads).
@@ -396,17 +402,13 @@ impl Controller {
         };
         let mut open = [true; 4];
         let mut eta_s = [0f64; 4];
-        let mut drain_rps = [0f64; 4];
         let mut admit_rps = [0f64; 4];
-        let mut above = 0.0;
-        for p in Priority::ALL.iter().rev() {
+        for p in Priority::ALL {
             let i = p.index();
             if self.engaged {
                 open[i] = self.progress >= params.stages[i];
                 eta_s[i] = (params.stages[i] - self.progress).max(0.0) * params.ramp_duration_s;
             }
-            above += self.drain[i];
-            drain_rps[i] = above;
             admit_rps[i] = self.drain[i];
         }
         let rps = params
@@ -422,7 +424,6 @@ impl Controller {
             slow_start,
             open,
             eta_s,
-            drain_rps,
             admit_rps,
             inflation: self.knee.inflation(),
             rps,
@@ -648,25 +649,27 @@ mod tests {
             hit_ratio: Some(0.05),
             ..healthy()
         };
-        // Demand alone (a warm backend at its knee) does not engage it...
-        let mut busy = healthy();
-        busy.gate.pressed = 10;
-        busy.gate.waiting = [0, 0, 0, 100];
-        assert!(!run(&mut c, &p, &busy, 0, 5).engaged);
-        // ...nor a cold cache while the limit is still in slow start (the line is the limit
-        // catching up)...
+        // A cold cache while the limit is still in slow start does not engage it (the line is
+        // the limit catching up)...
         cold.gate.pressed = 10;
         cold.gate.waiting = [0, 0, 0, 100];
         assert!(c.knee().slow_start());
-        assert!(!run(&mut c, &p, &cold, 5_000, 3).engaged);
-        // ...but a cold cache and a long line once the limit has settled do, after the
-        // configured time.
+        assert!(!run(&mut c, &p, &cold, 0, 3).engaged);
+        // Leave slow start with one queueing tick.
         let mut queueing = cold;
         queueing.class_us[class_of(3, 0)] *= 3;
-        c.tick(8_100, &p, &queueing);
+        c.tick(3_100, &p, &queueing);
         assert!(!c.knee().slow_start());
-        assert!(!c.tick(8_200, &p, &cold).engaged);
-        let d = run(&mut c, &p, &cold, 8_200, 3);
+        // ...nor does demand alone once it has settled: a warm backend at its knee, with a
+        // long line but latency at its baseline and a warm cache...
+        let mut busy = healthy();
+        busy.gate.pressed = 10;
+        busy.gate.waiting = [0, 0, 0, 100];
+        assert!(!run(&mut c, &p, &busy, 3_200, 5).engaged);
+        assert!(!c.knee().slow_start(), "still settled");
+        // ...but a cold cache with a long line does, after the configured time.
+        assert!(!c.tick(8_300, &p, &cold).engaged);
+        let d = run(&mut c, &p, &cold, 8_300, 3);
         assert!(d.engaged);
         assert_eq!(d.open, [false, false, false, true]);
     }
@@ -711,7 +714,14 @@ mod tests {
         let mut s = healthy();
         s.gate.admitted = [1, 0, 2, 5]; // per 100 ms tick
         let d = run(&mut c, &p, &s, 0, 6);
-        assert!((d.drain_rps[3] - 50.0).abs() < 2.0, "{:?}", d.drain_rps);
-        assert!((d.drain_rps[0] - 80.0).abs() < 3.0, "{:?}", d.drain_rps);
+        assert!(
+            (d.drain_rps(Priority::Critical) - 50.0).abs() < 2.0,
+            "{d:?}"
+        );
+        assert!((d.drain_rps(Priority::Low) - 80.0).abs() < 3.0, "{d:?}");
+        assert!(
+            (d.admit_rps[Priority::High.index()] - 20.0).abs() < 1.0,
+            "{d:?}"
+        );
     }
 }

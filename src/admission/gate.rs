@@ -643,7 +643,7 @@ impl Gate {
             RejectReason::Stage => d.eta_s[p],
             RejectReason::FeatureOff => policy.retry.max_s,
             _ => match (
-                rate(ahead, d.drain_rps[p]),
+                rate(ahead, d.drain_rps(ask.priority)),
                 rate(ahead_same, d.admit_rps[p]),
             ) {
                 (Some(a), Some(b)) => a.max(b),
@@ -687,7 +687,6 @@ mod tests {
             limit: 0,
             open,
             eta_s: [50.0, 20.0, 0.0, 0.0],
-            drain_rps: [10.0, 10.0, 10.0, 10.0],
             admit_rps: [10.0, 10.0, 10.0, 10.0],
             ..Decision::default()
         }
