@@ -119,6 +119,14 @@ pub fn needs_restart(running: &Config, new: &Config) -> Vec<String> {
             show(new.admin_listen)
         ));
     }
+    if running.tls.is_some() != new.tls.is_some() {
+        let show = |on: bool| if on { "on" } else { "off" };
+        out.push(format!(
+            "tls ({} -> {}; certificates reload, switching TLS on or off does not)",
+            show(running.tls.is_some()),
+            show(new.tls.is_some())
+        ));
+    }
     if running.server.workers != new.server.workers {
         let show = |w: Option<usize>| w.map_or("one per CPU".to_string(), |w| w.to_string());
         out.push(format!(

@@ -10,4 +10,5 @@ pub mod metrics;
 pub mod proxy;
 pub mod runtime;
 pub mod signals;
+pub mod tls;
 pub mod upstream;

@@ -251,11 +251,16 @@ impl Shared {
 
     /// Swaps in a new config; controller state, counters, client memory and pooled upstream
     /// connections carry over.
-    pub fn reload(&self, config: Config) {
+    /// The listener keeps speaking what it started with: a reload that switches TLS on or off
+    /// keeps the running setting (`app::needs_restart` reports it); new certificates apply.
+    pub fn reload(&self, mut config: Config) {
         let Ok(mut control) = self.control.lock() else {
             return;
         };
         let cur = self.snapshot.load_full();
+        if config.tls.is_some() != cur.compiled.config.tls.is_some() {
+            config.tls = cur.compiled.config.tls.clone();
+        }
         let compiled = Arc::new(Compiled::new(
             config,
             &self.metrics,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_warmgate");
+use common::process::*;
 
 fn check(text: &str) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
@@ -84,56 +84,6 @@ fn run_with_a_bad_config_exits_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("mode: \"chaos\" is not a mode"));
-}
-
-/// A child process killed when the test ends, even when it fails.
-struct Reaped(std::process::Child);
-
-impl std::ops::Deref for Reaped {
-    type Target = std::process::Child;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Reaped {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
-    }
-}
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-/// Starts the binary on `config`, waiting until its port answers.
-fn spawn(config: &str, port: u16) -> (Reaped, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("w.toml");
-    std::fs::write(&path, config).unwrap();
-    let child = Command::new(BIN)
-        .arg("run")
-        .arg("--config")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let child = Reaped(child);
-    let t = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "warmgate did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (child, dir)
 }
 
 fn open(port: u16, upstream: &str) -> String {

@@ -16,6 +16,8 @@ pub struct FileConfig {
     pub upstream: FileUpstream,
     #[serde(default)]
     pub admin: FileAdmin,
+    /// TLS on the client listener; absent for cleartext.
+    pub tls: Option<FileTls>,
     #[serde(default)]
     pub log: FileLog,
     #[serde(default)]
@@ -63,6 +65,21 @@ pub struct FileUpstream {
     pub eject_cooldown: Option<String>,
     pub preserve_host: Option<bool>,
     pub body_idle_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    /// Certificate chains and keys (PEM); the first is served when no name matches.
+    #[serde(default)]
+    pub certificates: Vec<FileCert>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCert {
+    pub cert: String,
+    pub key: String,
 }
 
 #[derive(Debug, Default, Deserialize)]

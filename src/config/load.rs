@@ -20,11 +20,18 @@ pub fn load_file(path: &Path) -> Result<Config, Vec<ConfigError>> {
             message: format!("cannot read: {e}"),
         }]
     })?;
-    load_str(&name, &text)
+    let base = path.parent().unwrap_or(Path::new(""));
+    load_str_in(&name, &text, base)
 }
 
-/// Loads and validates config text; `name` is used in error messages.
+/// Loads and validates config text; `name` is used in error messages, and relative paths in
+/// it are taken from the working directory.
 pub fn load_str(name: &str, text: &str) -> Result<Config, Vec<ConfigError>> {
+    load_str_in(name, text, Path::new(""))
+}
+
+/// Loads and validates config text whose relative paths are taken from `base`.
+pub fn load_str_in(name: &str, text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
     let locator = Locator::new(text);
     let file: FileConfig = toml::from_str(text).map_err(|e| {
         let offset = e.span().map(|s| s.start);
@@ -44,7 +51,7 @@ pub fn load_str(name: &str, text: &str) -> Result<Config, Vec<ConfigError>> {
             message,
         }]
     })?;
-    validate(file).map_err(|errs| {
+    validate(file, base).map_err(|errs| {
         errs.into_iter()
             .map(|KeyError { key, message }| ConfigError {
                 file: name.to_string(),

@@ -38,6 +38,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
     pub admin_listen: Option<SocketAddr>,
+    /// TLS on the client listener (certificates read at load and at every reload).
+    pub tls: Option<crate::tls::TlsServer>,
     pub log: LogConfig,
     pub signals: SignalsConfig,
     pub tick: Duration,
@@ -162,6 +164,25 @@ pub fn summary(c: &Config) -> String {
         "admin            {}",
         c.admin_listen.map_or("off".to_string(), |a| a.to_string())
     );
+    match &c.tls {
+        None => {
+            let _ = writeln!(s, "tls              off (cleartext HTTP/1.1 and h2c)");
+        }
+        Some(t) => {
+            for (f, names) in t.files.iter().zip(&t.names) {
+                let _ = writeln!(
+                    s,
+                    "tls              {}  (names: {})",
+                    f.cert.display(),
+                    if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                );
+            }
+        }
+    }
     let eps: Vec<&str> = c.upstream.endpoints.iter().map(|e| e.as_str()).collect();
     let _ = writeln!(
         s,

@@ -40,8 +40,9 @@ impl Errors {
     }
 }
 
-/// Validates the whole file.
-pub fn validate(f: FileConfig) -> Result<Config, Vec<KeyError>> {
+/// Validates the whole file; relative file paths in it (certificates) are taken from `base`,
+/// the config file's directory.
+pub fn validate(f: FileConfig, base: &std::path::Path) -> Result<Config, Vec<KeyError>> {
     let mut e = Errors::default();
     let d = ControlParams::default();
 
@@ -100,6 +101,17 @@ pub fn validate(f: FileConfig) -> Result<Config, Vec<KeyError>> {
         .listen
         .as_deref()
         .and_then(|a| e.take(listen_addr("admin.listen", a)));
+    let tls = f.tls.as_ref().and_then(|t| {
+        let files: Vec<_> = t
+            .certificates
+            .iter()
+            .map(|c| crate::tls::CertFiles {
+                cert: base.join(&c.cert),
+                key: base.join(&c.key),
+            })
+            .collect();
+        e.take(crate::tls::server::load(&files, "tls.certificates"))
+    });
     let log = LogConfig {
         json: match f.log.format.as_deref().unwrap_or("text") {
             "text" => false,
@@ -465,6 +477,7 @@ pub fn validate(f: FileConfig) -> Result<Config, Vec<KeyError>> {
             server,
             upstream,
             admin_listen,
+            tls,
             log,
             signals,
             tick,
