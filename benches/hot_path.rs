@@ -58,6 +58,7 @@ fn headers(c: &mut Criterion) {
     let conn = ConnHeaders {
         client_ip: HeaderValue::from_static("127.0.0.1"),
         proto: HeaderValue::from_static("http"),
+        trusted: false,
     };
     let up = HeaderValue::from_static("127.0.0.1:9000");
     let base = request_headers();

@@ -84,6 +84,12 @@ pub struct Metrics {
     pub queue_len: [IntGauge; 4],
     /// Early returners held before their reject.
     pub held: IntGauge,
+    /// Open client connections.
+    pub connections: IntGauge,
+    /// Times the listener stopped accepting because `server.max_connections` were open.
+    pub connections_capped: IntCounter,
+    /// Open WebSocket tunnels (they hold no admission slot).
+    pub tunnels: IntGauge,
     pub engaged: IntGauge,
     /// Expected seconds until each priority's stage opens (0 when open), by priority.
     pub stage_eta: [Gauge; 4],
@@ -183,6 +189,24 @@ impl Metrics {
                 IntGauge::new(
                     "warmgate_held_early_returners",
                     "Clients that came back before their Retry-After, held before the answer",
+                )?,
+            ),
+            connections: reg(
+                &r,
+                IntGauge::new("warmgate_client_connections", "Open client connections")?,
+            ),
+            connections_capped: reg(
+                &r,
+                IntCounter::new(
+                    "warmgate_connection_cap_reached_total",
+                    "Times the listener paused accepting because server.max_connections were open",
+                )?,
+            ),
+            tunnels: reg(
+                &r,
+                IntGauge::new(
+                    "warmgate_websocket_tunnels",
+                    "Open WebSocket tunnels (upgraded connections; they hold no admission slot)",
                 )?,
             ),
             engaged: reg(

@@ -44,7 +44,12 @@ async fn echo_headers() -> Upstream {
 #[tokio::test]
 async fn h1_round_trip_with_header_hygiene() {
     let up = echo_headers().await;
-    let p = proxy(&open_config(&format!("\"{}\"", up.addr), "")).await;
+    // The test client is a trusted proxy here: its X-Forwarded-For chain is extended.
+    let p = proxy(&format!(
+        "[server]\ntrusted_proxies = [\"127.0.0.0/8\"]\n{}",
+        open_config(&format!("\"{}\"", up.addr), "")
+    ))
+    .await;
     let (resp, body) = get(
         &p.url("/hello?x=1"),
         &[

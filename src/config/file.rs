@@ -49,6 +49,14 @@ pub struct FileServer {
     pub drain_timeout: Option<String>,
     pub h2_max_concurrent_streams: Option<u32>,
     pub send_timeout: Option<String>,
+    pub keepalive_timeout: Option<String>,
+    pub client_body_timeout: Option<String>,
+    pub max_header_bytes: Option<usize>,
+    pub max_headers: Option<usize>,
+    pub max_connections: Option<usize>,
+    /// CIDRs (or single addresses) of proxies in front of warmgate.
+    pub trusted_proxies: Option<Vec<String>>,
+    pub websocket_idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

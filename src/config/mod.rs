@@ -59,8 +59,23 @@ pub struct Config {
 pub struct ServerConfig {
     /// Runtime worker threads; `None` = one per CPU.
     pub workers: Option<usize>,
-    /// Bounds reading a request head, and the idle wait between keep-alive requests.
+    /// Bounds reading a request head once its first byte has arrived (then `408`), and a
+    /// TLS handshake.
     pub client_header_timeout: Duration,
+    /// How long a keep-alive connection may sit idle between requests (closed quietly).
+    pub keepalive_timeout: Duration,
+    /// How long a request body may go without a byte from the client (then `408`).
+    pub client_body_timeout: Duration,
+    /// The longest request head (request line and headers), in bytes (then `431`).
+    pub max_header_bytes: usize,
+    /// The most header fields in a request head (then `431`).
+    pub max_headers: usize,
+    /// Open client connections at most; at the cap the listener stops accepting until one closes.
+    pub max_connections: usize,
+    /// Peers whose `X-Forwarded-*` headers are believed; everyone else's are replaced.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// A WebSocket tunnel with no byte either way for this long is closed.
+    pub websocket_idle_timeout: Duration,
     /// How long in-flight requests may run after SIGTERM.
     pub drain_timeout: Duration,
     pub h2_max_concurrent_streams: u32,

@@ -44,6 +44,20 @@ pub fn duration_or(key: &str, s: &Option<String>, default: Duration) -> Result<D
     s.as_deref().map_or(Ok(default), |s| duration(key, s))
 }
 
+/// A network in CIDR notation (`10.0.0.0/8`, `2001:db8::/32`) or a single address.
+pub fn cidr(key: &str, s: &str) -> Result<ipnet::IpNet, KeyError> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|n| n.trunc())
+        .map_err(|_| {
+            bad(
+                key,
+                format!("{s:?} is not an address or a CIDR network (e.g. \"10.0.0.0/8\")"),
+            )
+        })
+}
+
 /// A socket address to listen on, `ip:port`.
 pub fn listen_addr(key: &str, s: &str) -> Result<SocketAddr, KeyError> {
     s.parse()

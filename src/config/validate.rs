@@ -10,7 +10,7 @@ use regex::Regex;
 use super::error::{bad, KeyError};
 use super::file::{FileConfig, FileDurationMap, FilePriorityMap, FileThresholds};
 use super::parse::{
-    duration, duration_or, fraction, header_name, header_value, host_port, listen_addr,
+    cidr, duration, duration_or, fraction, header_name, header_value, host_port, listen_addr,
 };
 use super::*;
 use crate::admission::classify::{ClientKey, Route};
@@ -87,7 +87,47 @@ pub fn validate(f: FileConfig, base: &std::path::Path) -> Result<Config, Vec<Key
             &s.send_timeout,
             Duration::from_secs(15),
         ),
+        keepalive_timeout: e.positive(
+            "server.keepalive_timeout",
+            &s.keepalive_timeout,
+            Duration::from_secs(75),
+        ),
+        client_body_timeout: e.positive(
+            "server.client_body_timeout",
+            &s.client_body_timeout,
+            Duration::from_secs(60),
+        ),
+        max_header_bytes: s.max_header_bytes.unwrap_or(64 * 1024),
+        max_headers: s.max_headers.unwrap_or(100),
+        max_connections: s.max_connections.unwrap_or(20_000),
+        trusted_proxies: s
+            .trusted_proxies
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter_map(|(i, v)| e.take(cidr(&format!("server.trusted_proxies[{i}]"), v)))
+            .collect(),
+        websocket_idle_timeout: e.positive(
+            "server.websocket_idle_timeout",
+            &s.websocket_idle_timeout,
+            Duration::from_secs(60),
+        ),
     };
+    if !(8192..=1 << 20).contains(&server.max_header_bytes) {
+        e.push(
+            "server.max_header_bytes",
+            "must be between 8192 and 1048576",
+        );
+    }
+    if !(8..=1000).contains(&server.max_headers) {
+        e.push("server.max_headers", "must be between 8 and 1000");
+    }
+    if server.max_connections == 0 {
+        e.push(
+            "server.max_connections",
+            "must be at least 1 (0 would accept nobody)",
+        );
+    }
     if server.h2_max_concurrent_streams == 0 {
         e.push(
             "server.h2_max_concurrent_streams",

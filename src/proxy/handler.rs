@@ -4,25 +4,33 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::{HeaderValue, HOST};
+use http::header::{HeaderValue, CONNECTION, UPGRADE};
 use http::uri::{PathAndQuery, Scheme};
-use http::{Request, Response, Uri, Version};
+use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
 use super::body::{Held, ProxyBody};
+use super::edge;
 use super::headers::{self, ConnHeaders};
+use super::phases::Phase;
+use super::request_body::{ClientBody, ClientBodyTimeout, SentAt};
 use super::respond::{self, ProxyError};
+use super::tunnel;
 use crate::admission::limit::class_of;
 use crate::admission::{Admission, Ask, Permit, Reject, RejectReason, Ticket};
 use crate::metrics::Outcome;
 use crate::runtime::{FeatureRt, Shared, Snapshot};
 use crate::signals::Cache;
 
+static UPGRADE_TOKEN: HeaderValue = HeaderValue::from_static("upgrade");
+
 /// What the handler knows about the client connection.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: std::net::SocketAddr,
     pub headers: ConnHeaders,
+    /// Whether the connection is busy (its idle and head timers wait meanwhile).
+    pub phase: Arc<Phase>,
 }
 
 /// Handles one request; never fails (every error becomes a response).
@@ -31,17 +39,19 @@ pub async fn handle(
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+    let host = match edge::authority(req.method(), req.version(), req.uri(), req.headers()) {
+        Ok(h) => h,
+        Err(r) => return Ok(respond::refused(r)),
+    };
     let snap = shared.snapshot.load_full();
     let c = &snap.compiled;
     let now_ms = shared.clock.now_ms();
-    let host = req
-        .headers()
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()));
-    let fidx = c
-        .classifier
-        .feature(req.method(), host, req.uri().path(), req.headers());
+    let fidx = c.classifier.feature(
+        req.method(),
+        host.as_ref().and_then(|h| h.to_str().ok()),
+        req.uri().path(),
+        req.headers(),
+    );
     let Some(feature) = c.features.get(fidx) else {
         return Ok(respond::error(ProxyError::BadRequest("no feature")));
     };
@@ -89,7 +99,7 @@ pub async fn handle(
         },
         Admission::Rejected(r) => return Ok(rejected(&shared, &snap, feature, r, true).await),
     };
-    Ok(forward(&shared, &snap, &conn, req, permit, feature, now_ms).await)
+    Ok(forward(&shared, &snap, &conn, req, host, permit, feature).await)
 }
 
 /// Waits in line until a slot is granted, the place is lost to a better request, or the
@@ -152,24 +162,18 @@ async fn rejected(
     respond::reject(r, feature, &c.reject, snap.decision.limit)
 }
 
-fn host_of(req: &Request<Incoming>) -> Option<HeaderValue> {
-    req.headers().get(HOST).cloned().or_else(|| {
-        req.uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    })
-}
-
 /// Sends the request to an endpoint and streams the answer back.
 async fn forward(
     shared: &Arc<Shared>,
     snap: &Snapshot,
     conn: &ConnInfo,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
+    host: Option<HeaderValue>,
     permit: Permit,
     feature: &FeatureRt,
-    now_ms: u64,
 ) -> Response<ProxyBody> {
+    // Read now, not at arrival: a request that waited in line starts its clock here.
+    let now_ms = shared.clock.now_ms();
     // Released (its slot handed to the head of the line) when the response ends or on any error.
     let mut held = Held {
         permit: Some(permit),
@@ -181,7 +185,16 @@ async fn forward(
         feature.counters.inc(Outcome::UpstreamError);
         return respond::error(ProxyError::NoEndpoint);
     };
-    let host = host_of(&req);
+    // A WebSocket upgrade keeps its Upgrade and Connection headers (hop-by-hop otherwise).
+    let upgrade = edge::wants_websocket(req.version(), req.headers())
+        .then(|| req.headers().get(UPGRADE).cloned())
+        .flatten();
+    if upgrade.is_some() && cfg.h2c {
+        return respond::error(ProxyError::BadRequest(
+            "WebSocket needs an HTTP/1.1 upstream (upstream.protocol = \"http1\")",
+        ));
+    }
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     headers::forward_request(
         &mut parts.headers,
@@ -191,6 +204,10 @@ async fn forward(
         cfg.preserve_host,
         &ep.endpoint.host_header,
     );
+    if let Some(u) = &upgrade {
+        parts.headers.insert(CONNECTION, UPGRADE_TOKEN.clone());
+        parts.headers.insert(UPGRADE, u.clone());
+    }
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(Scheme::HTTP);
     uri.authority = Some(ep.endpoint.authority.clone());
@@ -211,18 +228,30 @@ async fn forward(
         Version::HTTP_11
     };
 
-    let start = Instant::now();
-    let sent = tokio::time::timeout(
-        cfg.response_header_timeout,
+    let start = tokio::time::Instant::now();
+    let server = &c.config.server;
+    let (body, body_sent) = ClientBody::new(body, server.client_body_timeout, start);
+    let sent = response_head(
         c.client.request(Request::from_parts(parts, body)),
+        start,
+        body_sent.as_deref(),
+        cfg.response_header_timeout,
     )
     .await;
-    let elapsed = start.elapsed();
-    let now_ms = now_ms + elapsed.as_millis() as u64;
+    let total = start.elapsed();
+    // The backend's latency: from the last body byte sent (an upload's pace is the client's).
+    let elapsed =
+        total.saturating_sub(body_sent.as_ref().and_then(|s| s.get()).unwrap_or_default());
+    let now_ms = now_ms + total.as_millis() as u64;
     let ej = c.endpoints.ejection;
     match sent {
-        Ok(Ok(resp)) => {
+        Ok(Ok(mut resp)) => {
             ep.success();
+            let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+            let tunnel = match (switched, client_upgrade) {
+                (true, Some(client)) => Some((client, hyper::upgrade::on(&mut resp))),
+                _ => None,
+            };
             let (mut parts, body) = resp.into_parts();
             let cache = cache_of(&parts.headers, c);
             let us = micros(elapsed);
@@ -247,8 +276,25 @@ async fn forward(
                 .upstream_latency
                 .observe(elapsed.as_secs_f64());
             feature.counters.inc(Outcome::Admitted);
+            let switch_to = parts.headers.get(UPGRADE).cloned();
             headers::forward_response(&mut parts.headers, parts.version);
             parts.version = Version::HTTP_11;
+            if let (Some((client, upstream)), Some(proto)) = (tunnel, switch_to) {
+                // The backend accepted the upgrade: the request is done as far as admission
+                // goes; the tunnel runs on its own and holds no slot.
+                parts.headers.insert(CONNECTION, UPGRADE_TOKEN.clone());
+                parts.headers.insert(UPGRADE, proto);
+                tokio::spawn(tunnel::run(
+                    client,
+                    upstream,
+                    server.websocket_idle_timeout,
+                    shared.metrics.tunnels.clone(),
+                    // The connection's own idle and head timers stand aside for the tunnel.
+                    conn.phase.enter(),
+                ));
+                drop(held);
+                return Response::from_parts(parts, ProxyBody::local(bytes::Bytes::new()));
+            }
             held.endpoint = Some(ep);
             Response::from_parts(
                 parts,
@@ -258,9 +304,12 @@ async fn forward(
         // The client's own request body failed (a malformed chunk, a hang-up mid-upload): a
         // client fault. It says nothing about the backend, so it is not recorded as a signal
         // and does not count against the endpoint; the client gets a 400.
-        Ok(Err(e)) if client_fault(&e) => {
+        Ok(Err(e)) if client_fault(&e).is_some() => {
             tracing::debug!(error = %error_chain(&e), "request body failed");
-            respond::error(ProxyError::ClientBody)
+            respond::error(match client_fault(&e) {
+                Some(ClientFault::Timeout) => ProxyError::ClientTimeout,
+                _ => ProxyError::ClientBody,
+            })
         }
         Ok(Err(e)) => {
             let connect = e.is_connect();
@@ -317,20 +366,59 @@ fn cache_of(h: &http::HeaderMap, c: &crate::runtime::Compiled) -> Cache {
     }
 }
 
+/// How the client's own request body failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientFault {
+    /// Malformed (a bad chunk) or cut off (a hang-up mid-upload).
+    Body,
+    /// Nothing sent for `client_body_timeout`.
+    Timeout,
+}
+
 /// Whether a forwarding error came from the request body the client sent (hyper reports an
 /// error of the body it was handed as a "user" error).
-fn client_fault(e: &(dyn std::error::Error + 'static)) -> bool {
+fn client_fault(e: &(dyn std::error::Error + 'static)) -> Option<ClientFault> {
     let mut cur = Some(e);
+    let mut user = false;
     while let Some(err) = cur {
-        if err
-            .downcast_ref::<hyper::Error>()
-            .is_some_and(hyper::Error::is_user)
-        {
-            return true;
+        if err.downcast_ref::<ClientBodyTimeout>().is_some() {
+            return Some(ClientFault::Timeout);
         }
+        user |= err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_user);
         cur = err.source();
     }
-    false
+    user.then_some(ClientFault::Body)
+}
+
+/// Waits for the upstream's response head. The `timeout` starts once the request body has
+/// been sent in full (at once for a request without one): a slow upload is bounded by the
+/// client's body timer, not blamed on the backend.
+async fn response_head<F: std::future::Future>(
+    fut: F,
+    start: tokio::time::Instant,
+    body_sent: Option<&SentAt>,
+    timeout: Duration,
+) -> Result<F::Output, ()> {
+    tokio::pin!(fut);
+    loop {
+        let now = tokio::time::Instant::now();
+        let deadline = match body_sent.map(SentAt::get) {
+            None => start + timeout,
+            Some(Some(at)) => start + at + timeout,
+            // Still uploading: look again later.
+            Some(None) => now + timeout,
+        };
+        tokio::select! {
+            r = &mut fut => return Ok(r),
+            () = tokio::time::sleep_until(deadline) => {
+                if body_sent.is_none_or(|s| s.get().is_some_and(|at| start + at + timeout <= tokio::time::Instant::now())) {
+                    return Err(());
+                }
+            }
+        }
+    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -6,6 +6,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -67,6 +68,9 @@ pub struct ConnHeaders {
     pub client_ip: HeaderValue,
     /// `http` or `https`.
     pub proto: HeaderValue,
+    /// The peer is a configured trusted proxy (`server.trusted_proxies`): its `X-Forwarded-*`
+    /// headers are kept and extended; anyone else's are replaced.
+    pub trusted: bool,
 }
 
 static VIA_H1: HeaderValue = HeaderValue::from_static("1.1 warmgate");
@@ -111,12 +115,26 @@ pub fn forward_request(
 ) {
     strip_hop_by_hop(headers);
     headers.reserve(4);
-    append_list(headers, &X_FORWARDED_FOR, &conn.client_ip);
-    headers.insert(X_FORWARDED_PROTO.clone(), conn.proto.clone());
-    if let Some(h) = &host {
-        if !headers.contains_key(&X_FORWARDED_HOST) {
-            headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+    if conn.trusted {
+        // A proxy we trust: extend its chain, keep what it says the client asked for.
+        append_list(headers, &X_FORWARDED_FOR, &conn.client_ip);
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(X_FORWARDED_PROTO.clone(), conn.proto.clone());
         }
+        if let Some(h) = &host {
+            if !headers.contains_key(&X_FORWARDED_HOST) {
+                headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+            }
+        }
+    } else {
+        // Anyone else could say anything: what we saw replaces what they claim.
+        headers.insert(X_FORWARDED_FOR.clone(), conn.client_ip.clone());
+        headers.insert(X_FORWARDED_PROTO.clone(), conn.proto.clone());
+        match &host {
+            Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h.clone()),
+            None => headers.remove(&X_FORWARDED_HOST),
+        };
+        headers.remove(&FORWARDED);
     }
     append_list(headers, &header::VIA, via(version));
     match host {
@@ -139,6 +157,7 @@ mod tests {
         ConnHeaders {
             client_ip: HeaderValue::from_static("10.1.2.3"),
             proto: HeaderValue::from_static("http"),
+            trusted: true,
         }
     }
 
@@ -184,5 +203,28 @@ mod tests {
         forward_request(&mut h, &conn(), http::Version::HTTP_2, None, true, &up);
         assert_eq!(h["host"], "127.0.0.1:9000");
         assert_eq!(h["via"], "2 warmgate");
+    }
+
+    #[test]
+    fn an_untrusted_peer_cannot_claim_forwarding_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("192.0.2.1"));
+        h.insert(
+            "x-forwarded-host",
+            HeaderValue::from_static("admin.internal"),
+        );
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert("forwarded", HeaderValue::from_static("for=192.0.2.1"));
+        let untrusted = ConnHeaders {
+            trusted: false,
+            ..conn()
+        };
+        let up = HeaderValue::from_static("127.0.0.1:9000");
+        let host = Some(HeaderValue::from_static("app.example"));
+        forward_request(&mut h, &untrusted, http::Version::HTTP_11, host, true, &up);
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(h["x-forwarded-host"], "app.example");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert!(h.get("forwarded").is_none());
     }
 }

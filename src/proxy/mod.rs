@@ -2,10 +2,14 @@
 //! errors and rejections become responses.
 
 pub mod body;
+pub mod edge;
 pub mod handler;
 pub mod headers;
+pub mod phases;
+pub mod request_body;
 pub mod respond;
 pub mod send_timeout;
 pub mod server;
+pub mod tunnel;
 
 pub use server::serve;

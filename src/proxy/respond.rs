@@ -4,6 +4,7 @@ use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
 
 use super::body::ProxyBody;
+use super::edge::Refusal;
 use crate::admission::Reject;
 use crate::config::RejectConfig;
 use crate::runtime::FeatureRt;
@@ -23,10 +24,16 @@ pub enum ProxyError {
     BadRequest(&'static str),
     /// The client's request body failed while it was being forwarded.
     ClientBody,
+    /// The client sent no body bytes for `server.client_body_timeout`.
+    ClientTimeout,
 }
 
 static JSON: HeaderValue = HeaderValue::from_static("application/json");
 static NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+static RETRY_SOON: HeaderValue = HeaderValue::from_static("2");
+static CLOSE: HeaderValue = HeaderValue::from_static("close");
+static ALLOWED: HeaderValue =
+    HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS");
 
 fn json(status: StatusCode, body: String) -> Response<ProxyBody> {
     let mut r = Response::new(ProxyBody::local(body));
@@ -45,8 +52,35 @@ pub fn error(e: ProxyError) -> Response<ProxyBody> {
         ProxyError::NoEndpoint => (StatusCode::BAD_GATEWAY, "no upstream endpoint"),
         ProxyError::BadRequest(why) => (StatusCode::BAD_REQUEST, why),
         ProxyError::ClientBody => (StatusCode::BAD_REQUEST, "request body failed"),
+        ProxyError::ClientTimeout => (StatusCode::REQUEST_TIMEOUT, "request body timed out"),
     };
-    json(status, format!("{{\"error\":\"{what}\"}}\n"))
+    let mut r = json(status, format!("{{\"error\":\"{what}\"}}\n"));
+    if status.is_server_error() {
+        // A short pause before a retry: the upstream may be back, or another endpoint up.
+        r.headers_mut().insert(RETRY_AFTER, RETRY_SOON.clone());
+    }
+    if status == StatusCode::REQUEST_TIMEOUT {
+        r.headers_mut()
+            .insert(http::header::CONNECTION, CLOSE.clone());
+    }
+    r
+}
+
+/// The response for a request refused at the edge (malformed authority, CONNECT, TRACE).
+pub fn refused(r: Refusal) -> Response<ProxyBody> {
+    let status = match r {
+        Refusal::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    let mut resp = json(status, format!("{{\"error\":\"{}\"}}\n", r.as_str()));
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        resp.headers_mut()
+            .insert(http::header::ALLOW, ALLOWED.clone());
+    }
+    // After a malformed request, nothing more on this connection is worth reading.
+    resp.headers_mut()
+        .insert(http::header::CONNECTION, CLOSE.clone());
+    resp
 }
 
 /// The response for a rejected request: status, `Retry-After`, and a body saying why.

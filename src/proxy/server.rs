@@ -9,21 +9,26 @@ use std::time::Duration;
 use http::header::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use super::handler::{handle, ConnInfo};
 use super::headers::ConnHeaders;
+use super::phases::{Phase, Phases, Tracked};
 use super::send_timeout::SendTimeout;
 use crate::config::ServerConfig;
 use crate::runtime::Shared;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Streams a client may reset before we accept them, per connection (rapid reset).
+const H2_MAX_PENDING_RESETS: usize = 20;
+/// Streams we may reset for protocol errors before the connection is closed.
+const H2_MAX_LOCAL_RESETS: usize = 256;
 
 /// Which protocol a connection speaks.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Proto {
     H1,
     H2,
@@ -59,11 +64,40 @@ async fn detect(stream: &TcpStream, timeout: Duration) -> Option<Proto> {
 }
 
 /// Serves until `shutdown` resolves, then drains in-flight requests for up to the configured
-/// deadline. Returns when every connection is closed or the deadline passes.
+/// deadline. Returns when every connection is closed or the deadline passes. At most
+/// `server.max_connections` are open at once: at the cap the listener stops accepting (new
+/// clients wait in the kernel's backlog) until one closes.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
-    let graceful = GracefulShutdown::new();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Every connection task holds a sender; the drain ends when the last one is dropped.
+    let (live_tx, mut live_rx) = mpsc::channel::<()>(1);
+    let cap = shared
+        .snapshot
+        .load()
+        .compiled
+        .config
+        .server
+        .max_connections;
+    let slots = Arc::new(Semaphore::new(cap));
     tokio::pin!(shutdown);
     loop {
+        let slot = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(s) => s,
+            Err(_) => {
+                shared.metrics.connections_capped.inc();
+                tracing::warn!(
+                    max_connections = cap,
+                    "connection cap reached; accepting again when one closes"
+                );
+                tokio::select! {
+                    s = Arc::clone(&slots).acquire_owned() => match s {
+                        Ok(s) => s,
+                        Err(_) => break,
+                    },
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
@@ -76,22 +110,54 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                spawn_connection(stream, peer, &shared, &graceful);
+                let conn = Conn {
+                    stop: stop_rx.clone(),
+                    _live: live_tx.clone(),
+                    _slot: slot,
+                    gauge: shared.metrics.connections.clone(),
+                };
+                spawn_connection(stream, peer, &shared, conn);
             }
             () = &mut shutdown => break,
         }
     }
     drop(listener);
+    drop(live_tx);
     let drain = shared.snapshot.load().compiled.config.server.drain_timeout;
     tracing::info!(
         drain_s = drain.as_secs_f64(),
         "stopped accepting; draining in-flight requests"
     );
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(drain, live_rx.recv()).await.is_err() {
         tracing::warn!("drain deadline passed; closing remaining connections");
+    }
+}
+
+/// What a connection task holds: its place under the connection cap, its part in the drain,
+/// and the shutdown signal.
+struct Conn {
+    stop: watch::Receiver<bool>,
+    _live: mpsc::Sender<()>,
+    _slot: OwnedSemaphorePermit,
+    gauge: prometheus::IntGauge,
+}
+
+impl Conn {
+    fn open(self) -> Self {
+        self.gauge.inc();
+        self
+    }
+
+    /// Resolves once shutdown has begun.
+    async fn stopping(&mut self) {
+        let _ = self.stop.wait_for(|s| *s).await;
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.gauge.dec();
     }
 }
 
@@ -99,7 +165,7 @@ fn spawn_connection(
     stream: TcpStream,
     peer: std::net::SocketAddr,
     shared: &Arc<Shared>,
-    graceful: &GracefulShutdown,
+    conn: Conn,
 ) {
     let snap = shared.snapshot.load();
     let server_cfg = snap.compiled.config.server.clone();
@@ -110,16 +176,19 @@ fn spawn_connection(
         .tls
         .as_ref()
         .map(|t| TlsAcceptor::from(Arc::clone(&t.config)));
+    let ip = peer.ip().to_canonical();
     let info = Arc::new(ConnInfo {
         peer,
         headers: ConnHeaders {
-            client_ip: HeaderValue::from_str(&peer.ip().to_string())
+            client_ip: HeaderValue::from_str(&ip.to_string())
                 .unwrap_or(HeaderValue::from_static("unknown")),
             proto: HeaderValue::from_static(if tls.is_some() { "https" } else { "http" }),
+            trusted: server_cfg.trusted_proxies.iter().any(|n| n.contains(&ip)),
         },
+        phase: Arc::new(Phase::default()),
     });
     let shared = Arc::clone(shared);
-    let watcher = graceful.watcher();
+    let conn = conn.open();
     tokio::spawn(async move {
         let handshake = server_cfg.client_header_timeout;
         let result = match tls {
@@ -127,7 +196,7 @@ fn spawn_connection(
                 let Some(proto) = detect(&stream, handshake).await else {
                     return;
                 };
-                serve_io(stream, proto, &server_cfg, shared, info, watcher).await
+                serve_io(stream, proto, &server_cfg, shared, info, conn).await
             }
             Some(acceptor) => {
                 let tls = match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
@@ -145,7 +214,7 @@ fn spawn_connection(
                     Some(b"h2") => Proto::H2,
                     _ => Proto::H1,
                 };
-                serve_io(tls, proto, &server_cfg, shared, info, watcher).await
+                serve_io(tls, proto, &server_cfg, shared, info, conn).await
             }
         };
         if let Err(e) = result {
@@ -161,29 +230,68 @@ async fn serve_io<I>(
     server_cfg: &ServerConfig,
     shared: Arc<Shared>,
     info: Arc<ConnInfo>,
-    watcher: Watcher,
+    mut conn: Conn,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = service_fn(move |req| handle(Arc::clone(&shared), Arc::clone(&info), req));
+    let phase = Arc::clone(&info.phase);
+    let svc = service_fn(move |req| {
+        // Busy from here until the response body ends: no idle timer meanwhile.
+        let active = info.phase.enter();
+        let answer = handle(Arc::clone(&shared), Arc::clone(&info), req);
+        async move {
+            let resp = answer.await?;
+            Ok::<_, std::convert::Infallible>(resp.map(|b| Tracked::new(b, active)))
+        }
+    });
+    let h1 = proto == Proto::H1;
+    let io = Phases::new(
+        io,
+        phase,
+        h1,
+        server_cfg.keepalive_timeout,
+        server_cfg.client_header_timeout,
+    );
     let io = TokioIo::new(SendTimeout::new(io, server_cfg.send_timeout));
     match proto {
         Proto::H1 => {
-            let conn = hyper::server::conn::http1::Builder::new()
+            let c = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(server_cfg.client_header_timeout)
+                // The head and idle timers are `Phases`' (hyper's would also run while idle,
+                // and close without a 408).
+                .header_read_timeout(None)
+                .max_buf_size(server_cfg.max_header_bytes)
+                .max_headers(server_cfg.max_headers)
                 .keep_alive(true)
-                .serve_connection(io, svc);
-            watcher.watch(conn).await.map_err(Into::into)
+                .serve_connection(io, svc)
+                .with_upgrades();
+            tokio::pin!(c);
+            tokio::select! {
+                r = c.as_mut() => r.map_err(Into::into),
+                () = conn.stopping() => {
+                    c.as_mut().graceful_shutdown();
+                    c.await.map_err(Into::into)
+                }
+            }
         }
         Proto::H2 => {
-            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            let c = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(server_cfg.h2_max_concurrent_streams)
+                .max_header_list_size(server_cfg.max_header_bytes as u32)
+                .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+                .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
                 .keep_alive_interval(Some(Duration::from_secs(30)))
                 .serve_connection(io, svc);
-            watcher.watch(conn).await.map_err(Into::into)
+            tokio::pin!(c);
+            tokio::select! {
+                r = c.as_mut() => r.map_err(Into::into),
+                () = conn.stopping() => {
+                    c.as_mut().graceful_shutdown();
+                    c.await.map_err(Into::into)
+                }
+            }
         }
     }
 }

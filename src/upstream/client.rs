@@ -1,6 +1,5 @@
 //! The pooled upstream client (hyper-util's keep-alive pool, one per process).
 
-use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -8,7 +7,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::config::UpstreamConfig;
 
 /// The client type used to forward requests.
-pub type UpstreamClient = Client<HttpConnector, Incoming>;
+pub type UpstreamClient = Client<HttpConnector, crate::proxy::request_body::ClientBody>;
 
 /// Builds the pooled client: connect timeout, TCP_NODELAY, idle pool limits, h1 or h2c.
 pub fn build(cfg: &UpstreamConfig) -> UpstreamClient {

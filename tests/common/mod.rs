@@ -79,7 +79,7 @@ pub async fn upstream(handler: Handler) -> Upstream {
                             async move { Ok::<_, Infallible>(f.await) }
                         });
                         let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(s), svc)
+                            .serve_connection_with_upgrades(TokioIo::new(s), svc)
                             .await;
                     });
                 }

@@ -1,0 +1,200 @@
+//! Strict HTTP at the edge, decided before anything else: which authority a request is for
+//! (RFC 9112 §3.2: an absolute-form target wins over Host; HTTP/1.1 needs exactly one valid
+//! Host), which methods warmgate answers itself, and whether it asks for a protocol upgrade.
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Uri, Version};
+
+/// Why a request is answered by warmgate instead of being forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// HTTP/1.1 without a Host header (400).
+    MissingHost,
+    /// More than one Host header (400).
+    DuplicateHost,
+    /// A Host or target authority that is not `host[:port]` (400).
+    BadHost,
+    /// CONNECT or TRACE (405): a reverse proxy tunnels nowhere and echoes nothing.
+    MethodNotAllowed,
+}
+
+impl Refusal {
+    /// The message in the error body.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::MissingHost => "missing Host header",
+            Refusal::DuplicateHost => "more than one Host header",
+            Refusal::BadHost => "invalid Host (expected host[:port])",
+            Refusal::MethodNotAllowed => "method not allowed",
+        }
+    }
+}
+
+/// Whether `v` is a plain `host[:port]` authority: no user info, no spaces, a numeric port.
+pub fn valid_authority(v: &[u8]) -> bool {
+    if v.is_empty() || v.len() > 255 || v.contains(&b'@') {
+        return false;
+    }
+    let Ok(a) = http::uri::Authority::try_from(v) else {
+        return false;
+    };
+    // `Authority` accepts an empty or non-numeric port text; a host must have neither.
+    let host = a.host();
+    if host.is_empty() {
+        return false;
+    }
+    match a
+        .as_str()
+        .strip_prefix(host)
+        .and_then(|r| r.strip_prefix(':'))
+    {
+        Some(port) => {
+            !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit())
+        }
+        None => a.as_str().len() == host.len(),
+    }
+}
+
+/// The authority the request is for (to classify and, with `preserve_host`, to forward as
+/// Host), or why it is refused.
+pub fn authority(
+    method: &Method,
+    version: Version,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Option<HeaderValue>, Refusal> {
+    if method == Method::CONNECT || method == Method::TRACE {
+        return Err(Refusal::MethodNotAllowed);
+    }
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(Refusal::DuplicateHost);
+    }
+    if let Some(a) = uri.authority() {
+        // Absolute form (HTTP/1) or `:authority` (h2): it wins over any Host header.
+        if !valid_authority(a.as_str().as_bytes()) {
+            return Err(Refusal::BadHost);
+        }
+        return HeaderValue::from_str(a.as_str())
+            .map(Some)
+            .map_err(|_| Refusal::BadHost);
+    }
+    match host {
+        Some(h) if valid_authority(h.as_bytes()) => Ok(Some(h.clone())),
+        Some(_) => Err(Refusal::BadHost),
+        None if version == Version::HTTP_11 => Err(Refusal::MissingHost),
+        None => Ok(None),
+    }
+}
+
+/// Whether an HTTP/1.1 request asks to switch to WebSocket (`Connection: upgrade` and
+/// `Upgrade: websocket`).
+pub fn wants_websocket(version: Version, headers: &HeaderMap) -> bool {
+    if version != Version::HTTP_11 {
+        return false;
+    }
+    let lists = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    lists(header::CONNECTION, "upgrade") && lists(header::UPGRADE, "websocket")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(
+        method: &str,
+        version: Version,
+        uri: &str,
+        hosts: &[&str],
+    ) -> Result<Option<String>, Refusal> {
+        let mut h = HeaderMap::new();
+        for v in hosts {
+            if let Ok(v) = HeaderValue::from_str(v) {
+                h.append(header::HOST, v);
+            }
+        }
+        let m = Method::from_bytes(method.as_bytes()).unwrap_or(Method::GET);
+        let uri: Uri = uri.parse().unwrap_or_default();
+        authority(&m, version, &uri, &h).map(|o| o.map(|v| v.to_str().unwrap_or("?").to_string()))
+    }
+
+    #[test]
+    fn http11_needs_exactly_one_valid_host() {
+        let v = Version::HTTP_11;
+        assert_eq!(
+            req("GET", v, "/", &["app.example"]),
+            Ok(Some("app.example".into()))
+        );
+        assert_eq!(
+            req("GET", v, "/", &["app.example:8443"]),
+            Ok(Some("app.example:8443".into()))
+        );
+        assert_eq!(
+            req("GET", v, "/", &["[::1]:80"]),
+            Ok(Some("[::1]:80".into()))
+        );
+        assert_eq!(req("GET", v, "/", &[]), Err(Refusal::MissingHost));
+        assert_eq!(req("GET", v, "/", &["a", "b"]), Err(Refusal::DuplicateHost));
+        for bad in [
+            "a b",
+            "user@evil",
+            "",
+            "a:",
+            "a:b",
+            "a:123456",
+            "a/b",
+            ":80",
+        ] {
+            assert_eq!(req("GET", v, "/", &[bad]), Err(Refusal::BadHost), "{bad:?}");
+        }
+        // HTTP/1.0 may leave Host out.
+        assert_eq!(req("GET", Version::HTTP_10, "/", &[]), Ok(None));
+    }
+
+    #[test]
+    fn an_absolute_target_wins_over_host() {
+        let v = Version::HTTP_11;
+        assert_eq!(
+            req("GET", v, "http://real.example/x", &["other.example"]),
+            Ok(Some("real.example".into()))
+        );
+        assert_eq!(
+            req("GET", v, "http://real.example/x", &[]),
+            Ok(Some("real.example".into()))
+        );
+        assert_eq!(
+            req("GET", v, "http://u@real.example/x", &[]),
+            Err(Refusal::BadHost)
+        );
+    }
+
+    #[test]
+    fn connect_and_trace_are_answered_here() {
+        let v = Version::HTTP_11;
+        assert_eq!(
+            req("CONNECT", v, "a.example:443", &["a.example:443"]),
+            Err(Refusal::MethodNotAllowed)
+        );
+        assert_eq!(req("TRACE", v, "/", &["a"]), Err(Refusal::MethodNotAllowed));
+    }
+
+    #[test]
+    fn recognises_a_websocket_upgrade() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(wants_websocket(Version::HTTP_11, &h));
+        assert!(!wants_websocket(Version::HTTP_10, &h));
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        assert!(!wants_websocket(Version::HTTP_11, &h));
+    }
+}

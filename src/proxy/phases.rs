@@ -1,0 +1,319 @@
+//! Connection phases and their timers. A client connection is *busy* while any request on it is
+//! being answered (from the service call until the response body ends), and *idle* otherwise.
+//! An idle connection is closed quietly after `keepalive_timeout`. On HTTP/1, once the first
+//! byte of the next request head arrives, the head must be complete within
+//! `client_header_timeout`, or the client gets a `408` and the connection closes (hyper's own
+//! header timer also ran while idle and closed without a word).
+//!
+//! The timer lives per connection and is armed only while the connection waits for the client.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use atomic_waker::AtomicWaker;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// Requests being answered on one connection.
+#[derive(Debug, Default)]
+pub struct Phase {
+    active: AtomicU32,
+    /// The connection's reader, woken when the last request ends (hyper may have polled the
+    /// socket while the connection was busy, and would not look again until bytes arrive).
+    reader: AtomicWaker,
+    /// Requests started on the connection (a head timer belongs to one of them).
+    started: AtomicU32,
+}
+
+impl Phase {
+    /// Marks a request (or an upgraded tunnel) as being answered until the guard drops.
+    pub fn enter(self: &Arc<Self>) -> Active {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.started.fetch_add(1, Ordering::Relaxed);
+        Active(Some(Arc::clone(self)))
+    }
+
+    fn busy(&self) -> bool {
+        self.active.load(Ordering::Relaxed) > 0
+    }
+}
+
+/// One request in progress on its connection.
+#[derive(Debug)]
+pub struct Active(Option<Arc<Phase>>);
+
+impl Active {
+    fn release(&mut self) {
+        if let Some(p) = self.0.take() {
+            if p.active.fetch_sub(1, Ordering::Relaxed) == 1 {
+                p.reader.wake();
+            }
+        }
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// A response body that keeps its connection busy until it ends.
+pub struct Tracked<B> {
+    body: B,
+    active: Active,
+}
+
+impl<B> Tracked<B> {
+    pub fn new(body: B, active: Active) -> Self {
+        Self { body, active }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.body).poll_frame(cx);
+        if matches!(r, Poll::Ready(None | Some(Err(_)))) {
+            this.active.release();
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+const TIMEOUT_408: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+
+/// What the connection is waiting for while idle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// Nothing armed (busy, or not yet polled while idle).
+    None,
+    /// The next request (quiet close at the deadline).
+    Next,
+    /// The rest of a request head (`408` at the deadline).
+    Head,
+}
+
+/// `S`, with the idle and head timers of its connection.
+pub struct Phases<S> {
+    inner: S,
+    phase: Arc<Phase>,
+    /// HTTP/1: a started head has its own deadline and a 408. HTTP/2 frames are not heads.
+    h1: bool,
+    keepalive: Duration,
+    head: Duration,
+    wait: Wait,
+    /// `Phase::started` when the timer was armed: a request since then ends that wait.
+    epoch: u32,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> Phases<S> {
+    pub fn new(inner: S, phase: Arc<Phase>, h1: bool, keepalive: Duration, head: Duration) -> Self {
+        Self {
+            inner,
+            phase,
+            h1,
+            keepalive,
+            head,
+            wait: Wait::None,
+            epoch: 0,
+            timer: None,
+        }
+    }
+
+    fn arm(&mut self, wait: Wait) {
+        let after = if wait == Wait::Head {
+            self.head
+        } else {
+            self.keepalive
+        };
+        let deadline = Instant::now() + after;
+        match self.timer.as_mut() {
+            Some(t) => t.as_mut().reset(deadline),
+            None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+        self.wait = wait;
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Phases<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.phase.busy() {
+            this.wait = Wait::None;
+            this.phase.reader.register(cx.waker());
+            if this.phase.busy() {
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
+        }
+        let epoch = this.phase.started.load(Ordering::Relaxed);
+        if this.wait == Wait::None || epoch != this.epoch {
+            // Idle since the last request ended (hyper need not have read while it was busy).
+            this.epoch = epoch;
+            this.arm(Wait::Next);
+        }
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        match r {
+            Poll::Ready(Ok(())) => {
+                if this.h1 && this.wait == Wait::Next && buf.filled().len() > before {
+                    this.arm(Wait::Head);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                let Some(t) = this.timer.as_mut() else {
+                    return Poll::Pending;
+                };
+                if t.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                if this.wait == Wait::Head {
+                    // Best effort: one write of a few bytes into an idle socket.
+                    let _ = Pin::new(&mut this.inner).poll_write(cx, TIMEOUT_408);
+                    let _ = Pin::new(&mut this.inner).poll_flush(cx);
+                    tracing::debug!(
+                        timeout_s = this.head.as_secs_f64(),
+                        "request head timed out (408)"
+                    );
+                }
+                // End of stream: hyper closes the connection.
+                this.wait = Wait::None;
+                Poll::Ready(Ok(()))
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Phases<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn conn(
+        h1: bool,
+    ) -> (
+        Phases<tokio::io::DuplexStream>,
+        tokio::io::DuplexStream,
+        Arc<Phase>,
+    ) {
+        let (a, b) = tokio::io::duplex(4096);
+        let phase = Arc::new(Phase::default());
+        let p = Phases::new(
+            a,
+            Arc::clone(&phase),
+            h1,
+            Duration::from_secs(75),
+            Duration::from_secs(10),
+        );
+        (p, b, phase)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_closes_quietly_after_the_keepalive_timeout() {
+        let (mut p, mut client, _phase) = conn(true);
+        let start = Instant::now();
+        let mut buf = [0u8; 64];
+        assert_eq!(p.read(&mut buf).await.unwrap(), 0);
+        assert!(start.elapsed() >= Duration::from_secs(75));
+        drop(p);
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "no 408 for an idle connection");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_started_head_gets_a_408_after_the_head_timeout() {
+        let (mut p, mut client, _phase) = conn(true);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        client.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+        let mut buf = [0u8; 64];
+        assert!(p.read(&mut buf).await.unwrap() > 0);
+        let started = Instant::now();
+        assert_eq!(p.read(&mut buf).await.unwrap(), 0);
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        drop(p);
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(
+            rest.starts_with(b"HTTP/1.1 408 "),
+            "{:?}",
+            String::from_utf8_lossy(&rest)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_connection_has_no_idle_timer() {
+        let (mut p, mut client, phase) = conn(false);
+        let active = phase.enter();
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 8];
+            let n = p.read(&mut buf).await.unwrap();
+            (n, p)
+        });
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        client.write_all(b"x").await.unwrap();
+        let (n, _p) = reader.await.unwrap();
+        assert_eq!(n, 1, "still open after 300 s busy");
+        drop(active);
+    }
+}

@@ -1,0 +1,401 @@
+//! The edge against broken and hostile clients: strict HTTP, client faults kept out of the
+//! backend's health, a timer on every phase, budgets, and WebSocket tunnels.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http::Response;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn open(upstream: &str, extra: &str) -> String {
+    format!(
+        "{extra}\n[upstream]\nendpoints = [\"{upstream}\"]\n[limit]\nmode = \"fixed\"\nfull_capacity = 1000\n"
+    )
+}
+
+/// Writes `bytes` on a new connection and reads until the server closes it or `wait` passes.
+async fn exchange(addr: std::net::SocketAddr, bytes: &[u8], wait: Duration) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(wait, s.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// An upstream that answers with the Host it received.
+async fn host_echo() -> Upstream {
+    upstream(Arc::new(|req| {
+        Box::pin(async move {
+            let host = req
+                .headers()
+                .get_all("host")
+                .iter()
+                .map(|v| v.to_str().unwrap_or("?").to_string())
+                .collect::<Vec<_>>()
+                .join("|");
+            let xff = req
+                .headers()
+                .get("x-forwarded-for")
+                .map(|v| v.to_str().unwrap_or("?").to_string())
+                .unwrap_or_default();
+            let xfh = req
+                .headers()
+                .get("x-forwarded-host")
+                .map(|v| v.to_str().unwrap_or("?").to_string())
+                .unwrap_or_default();
+            Response::new(full(format!("host={host} xff={xff} xfh={xfh}")))
+        })
+    }))
+    .await
+}
+
+#[tokio::test]
+async fn hosts_are_required_single_and_valid_and_an_absolute_target_wins() {
+    let up = host_echo().await;
+    let p = proxy(&open(&up.addr.to_string(), "")).await;
+    let w = Duration::from_secs(3);
+    for (req, want) in [
+        ("GET / HTTP/1.1\r\n\r\n", "HTTP/1.1 400"),
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        ("GET / HTTP/1.1\r\nHost: a b\r\n\r\n", "HTTP/1.1 400"),
+        ("GET / HTTP/1.1\r\nHost: user@evil\r\n\r\n", "HTTP/1.1 400"),
+        (
+            "CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n",
+            "HTTP/1.1 405",
+        ),
+        ("TRACE / HTTP/1.1\r\nHost: a\r\n\r\n", "HTTP/1.1 405"),
+    ] {
+        let got = exchange(p.addr, req.as_bytes(), w).await;
+        assert!(got.starts_with(want), "{req:?}: {got}");
+    }
+    assert_eq!(up.hits(), 0, "none of them reached the upstream");
+
+    let got = exchange(
+        p.addr,
+        b"GET http://real.example/x HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n",
+        w,
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(
+        got.contains("host=real.example "),
+        "the target's authority wins: {got}"
+    );
+    // HTTP/1.0 may leave Host out.
+    let got = exchange(p.addr, b"GET / HTTP/1.0\r\n\r\n", w).await;
+    assert!(got.starts_with("HTTP/1.0 200"), "{got}");
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn forwarding_headers_from_an_untrusted_client_are_replaced() {
+    let up = host_echo().await;
+    let p = proxy(&open(&up.addr.to_string(), "")).await;
+    let (resp, body) = get(
+        &p.url("/"),
+        &[
+            ("host", "app.example"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-host", "admin.internal"),
+        ],
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("xff=127.0.0.1 "), "{body}");
+    assert!(body.ends_with("xfh=app.example"), "{body}");
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_malformed_chunked_body_is_a_400() {
+    let up = upstream(Arc::new(|req| {
+        Box::pin(async move {
+            let _ = req.into_body().collect().await;
+            Response::new(full("ok"))
+        })
+    }))
+    .await;
+    let p = proxy(&open(&up.addr.to_string(), "")).await;
+    let got = exchange(
+        p.addr,
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 400"), "{got}");
+    let st = p.status().await;
+    assert!(
+        st["signals"]["error_rate"].is_null() || st["signals"]["error_rate"] == 0.0,
+        "{st}"
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_keepalive_connection_outlives_the_head_timeout_and_a_slow_head_gets_a_408() {
+    let up = ok_upstream(Duration::ZERO).await;
+    let p = proxy(&open(
+        &up.addr.to_string(),
+        "[server]\nclient_header_timeout = \"300ms\"\nkeepalive_timeout = \"1500ms\"",
+    ))
+    .await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    let req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut buf = [0u8; 4096];
+    for _ in 0..2 {
+        s.write_all(req).await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        // Idle for longer than the head timeout: still open.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    // Idle past the keep-alive timeout: closed quietly.
+    let t = Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed without a response");
+    assert!(t.elapsed() < Duration::from_secs(2));
+
+    // A head that starts and stalls: 408 after the head timeout.
+    let t = Instant::now();
+    let got = exchange(
+        p.addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+    assert!(t.elapsed() < Duration::from_secs(2));
+    p.stop().await;
+}
+
+/// An upstream that reads the whole body, then answers with its length.
+async fn body_counter() -> Upstream {
+    upstream(Arc::new(|req| {
+        Box::pin(async move {
+            let n = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes().len())
+                .unwrap_or(0);
+            Response::new(full(n.to_string()))
+        })
+    }))
+    .await
+}
+
+#[tokio::test]
+async fn a_slow_upload_is_not_an_upstream_timeout_and_a_stalled_one_is_a_408() {
+    let up = body_counter().await;
+    let p = proxy(
+        &open(
+            &up.addr.to_string(),
+            "[server]\nclient_body_timeout = \"400ms\"\n[upstream.x]\n",
+        )
+        .replace("[upstream.x]\n", "")
+        .replace(
+            "[upstream]\n",
+            "[upstream]\nresponse_header_timeout = \"300ms\"\neject_after_failures = 1\n",
+        ),
+    )
+    .await;
+    // Ten chunks, 150 ms apart: 1.5 s of upload, each gap under the body timeout.
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        s.write_all(b"x").await.unwrap();
+    }
+    let mut buf = [0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("10"), "{text}");
+
+    // A body that stops: 408, and the endpoint is not blamed.
+    let t = Instant::now();
+    let got = exchange(
+        p.addr,
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+    assert!(t.elapsed() < Duration::from_secs(2));
+    let st = p.status().await;
+    assert_eq!(st["endpoints"][0]["ejected"], false, "{st}");
+    assert!(
+        st["signals"]["error_rate"].is_null() || st["signals"]["error_rate"] == 0.0,
+        "{st}"
+    );
+    // Still served.
+    assert_eq!(get(&p.url("/"), &[]).await.0.status(), 200);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_heads_get_a_431() {
+    let up = ok_upstream(Duration::ZERO).await;
+    let p = proxy(&open(
+        &up.addr.to_string(),
+        "[server]\nmax_header_bytes = 16384\nmax_headers = 20",
+    ))
+    .await;
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let got = exchange(p.addr, big.as_bytes(), Duration::from_secs(3)).await;
+    assert!(got.starts_with("HTTP/1.1 431"), "{got}");
+    let mut many = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..30 {
+        many.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    let got = exchange(p.addr, many.as_bytes(), Duration::from_secs(3)).await;
+    assert!(got.starts_with("HTTP/1.1 431"), "{got}");
+    assert_eq!(up.hits(), 0);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn at_the_connection_cap_new_clients_wait_for_a_free_slot() {
+    let up = ok_upstream(Duration::ZERO).await;
+    let p = proxy(&open(&up.addr.to_string(), "[server]\nmax_connections = 2")).await;
+    let req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(p.addr).await.unwrap();
+        s.write_all(req).await.unwrap();
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(s);
+    }
+    // The third is accepted by the kernel but not served while two are open.
+    let mut third = TcpStream::connect(p.addr).await.unwrap();
+    third.write_all(req).await.unwrap();
+    let mut buf = [0u8; 1024];
+    let waited = tokio::time::timeout(Duration::from_millis(400), third.read(&mut buf)).await;
+    assert!(waited.is_err(), "served past the cap");
+    let (_, m) = get(&format!("http://{}/metrics", p.admin), &[]).await;
+    let m = String::from_utf8_lossy(&m);
+    assert!(m.contains("warmgate_client_connections 2"), "{m}");
+    assert!(
+        !m.contains("warmgate_connection_cap_reached_total 0"),
+        "{m}"
+    );
+    drop(held.pop());
+    let n = tokio::time::timeout(Duration::from_secs(3), third.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "served once a slot freed"
+    );
+    p.stop().await;
+}
+
+/// An upstream that accepts a WebSocket-style upgrade and echoes bytes back, upper-cased.
+async fn upgrade_echo() -> Upstream {
+    upstream(Arc::new(|mut req| {
+        Box::pin(async move {
+            let on = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                let Ok(up) = on.await else { return };
+                let mut io = hyper_util::rt::TokioIo::new(up);
+                let mut buf = [0u8; 64];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let upper = buf[..n].to_ascii_uppercase();
+                    if io.write_all(&upper).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            Response::builder()
+                .status(101)
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .header("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+                .body(full(Bytes::new()))
+                .unwrap()
+        })
+    }))
+    .await
+}
+
+#[tokio::test]
+async fn a_websocket_upgrade_becomes_a_tunnel_that_holds_no_slot() {
+    let up = upgrade_echo().await;
+    let p = proxy(
+        &open(
+            &up.addr.to_string(),
+            "[server]\nwebsocket_idle_timeout = \"500ms\"",
+        )
+        .replace("full_capacity = 1000", "full_capacity = 1"),
+    )
+    .await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    s.write_all(b"hello").await.unwrap();
+    let mut echo = [0u8; 5];
+    tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut echo))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echo, b"HELLO");
+    // The limit is one request in flight; the open tunnel does not take it.
+    assert_eq!(get(&p.url("/plain"), &[]).await.0.status(), 101);
+    let (_, m) = get(&format!("http://{}/metrics", p.admin), &[]).await;
+    assert!(String::from_utf8_lossy(&m).contains("warmgate_websocket_tunnels 1"));
+    // Idle past the tunnel's timeout: closed.
+    let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    p.stop().await;
+}
