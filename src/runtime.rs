@@ -144,6 +144,7 @@ fn same_client(a: &crate::config::UpstreamConfig, b: &crate::config::UpstreamCon
         && a.connect_timeout == b.connect_timeout
         && a.pool_idle_timeout == b.pool_idle_timeout
         && a.pool_max_idle_per_endpoint == b.pool_max_idle_per_endpoint
+        && a.connect_rate == b.connect_rate
 }
 
 impl Shared {

@@ -399,3 +399,66 @@ async fn a_websocket_upgrade_becomes_a_tunnel_that_holds_no_slot() {
     assert_eq!(n, 0);
     p.stop().await;
 }
+
+#[tokio::test]
+async fn streams_reset_right_after_they_open_do_not_grow_the_upstream_pool_unbounded() {
+    // An upstream that counts the connections it accepts and answers after 300 ms.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    Ok::<_, std::convert::Infallible>(Response::new(full("ok")))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    let p = proxy(
+        &open(&up_addr.to_string(), "[upstream.x]\n")
+            .replace("[upstream.x]\n", "")
+            .replace("[upstream]\n", "[upstream]\nconnect_rate = 20\n"),
+    )
+    .await;
+    // One h2 connection; 300 streams, each reset 20 ms after it opens.
+    let tcp = TcpStream::connect(p.addr).await.unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let mut send = send.clone();
+        tasks.push(tokio::spawn(async move {
+            let req = http::Request::builder()
+                .uri(format!("http://x/r{i}"))
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap();
+            let _ = tokio::time::timeout(Duration::from_millis(20), send.send_request(req)).await;
+        }));
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let secs = started.elapsed().as_secs_f64();
+    let opened = accepted.load(std::sync::atomic::Ordering::Relaxed);
+    // A burst of 20, then 20 a second.
+    assert!(
+        (opened as f64) <= 20.0 + 20.0 * secs + 2.0,
+        "{opened} upstream connections in {secs:.1} s"
+    );
+    p.stop().await;
+}

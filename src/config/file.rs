@@ -73,6 +73,8 @@ pub struct FileUpstream {
     pub eject_cooldown: Option<String>,
     pub preserve_host: Option<bool>,
     pub body_idle_timeout: Option<String>,
+    /// New upstream connections a second, at most (all endpoints together).
+    pub connect_rate: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -99,6 +99,9 @@ pub struct UpstreamConfig {
     pub preserve_host: bool,
     /// An upstream that sends no response body bytes for this long is cut off.
     pub body_idle_timeout: Duration,
+    /// New connections a second to all endpoints together; requests wait for one (or for a
+    /// pooled connection that frees up first).
+    pub connect_rate: std::num::NonZeroU32,
 }
 
 /// Logging.

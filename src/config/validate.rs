@@ -620,6 +620,16 @@ fn upstream(e: &mut Errors, f: &FileConfig) -> Option<UpstreamConfig> {
             Duration::from_secs(10),
         ))?,
         preserve_host: u.preserve_host.unwrap_or(true),
+        connect_rate: match u.connect_rate.unwrap_or(256) {
+            0 => {
+                e.push(
+                    "upstream.connect_rate",
+                    "must be at least 1 new connection a second",
+                );
+                std::num::NonZeroU32::MIN
+            }
+            n => std::num::NonZeroU32::new(n).unwrap_or(std::num::NonZeroU32::MIN),
+        },
     };
     (!cfg.endpoints.is_empty() && cfg.endpoints.len() == raw.len()).then_some(cfg)
 }

@@ -1,13 +1,15 @@
-//! The pooled upstream client (hyper-util's keep-alive pool, one per process).
+//! The pooled upstream client (hyper-util's keep-alive pool, one per process), opening at most
+//! `upstream.connect_rate` new connections a second.
 
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::connector::Paced;
 use crate::config::UpstreamConfig;
 
 /// The client type used to forward requests.
-pub type UpstreamClient = Client<HttpConnector, crate::proxy::request_body::ClientBody>;
+pub type UpstreamClient = Client<Paced, crate::proxy::request_body::ClientBody>;
 
 /// Builds the pooled client: connect timeout, TCP_NODELAY, idle pool limits, h1 or h2c.
 pub fn build(cfg: &UpstreamConfig) -> UpstreamClient {
@@ -24,5 +26,5 @@ pub fn build(cfg: &UpstreamConfig) -> UpstreamClient {
     if cfg.h2c {
         b.http2_only(true);
     }
-    b.build(connector)
+    b.build(Paced::new(connector, cfg.connect_rate))
 }

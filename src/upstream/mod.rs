@@ -1,6 +1,7 @@
 //! The upstream cluster: pooled client, endpoint selection, passive health.
 
 pub mod client;
+pub mod connector;
 pub mod endpoints;
 
 pub use client::{build as build_client, UpstreamClient};

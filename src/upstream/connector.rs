@@ -1,0 +1,64 @@
+//! The upstream connector: hyper-util's TCP connector behind a cap on new connections per
+//! second. Without it, clients that open and reset requests faster than connections complete
+//! make the pool open a connection for each (the connect goes on after its request is gone);
+//! with it, a request waits for a connection slot, and meanwhile takes any pooled connection
+//! that frees up first.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use http::Uri;
+use hyper_util::client::legacy::connect::HttpConnector;
+use std::num::NonZeroU32;
+
+/// The TCP connector with a connection-rate cap.
+#[derive(Clone)]
+pub struct Paced {
+    inner: HttpConnector,
+    pace: Arc<DefaultDirectRateLimiter>,
+}
+
+impl Paced {
+    /// `per_second` new connections a second, in bursts of as many.
+    pub fn new(inner: HttpConnector, per_second: NonZeroU32) -> Self {
+        Self {
+            inner,
+            pace: Arc::new(RateLimiter::direct(Quota::per_second(per_second))),
+        }
+    }
+}
+
+type Connecting = Pin<
+    Box<
+        dyn Future<
+                Output = Result<<HttpConnector as tower_service::Service<Uri>>::Response, BoxError>,
+            > + Send,
+    >,
+>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<Uri> for Paced {
+    type Response = <HttpConnector as tower_service::Service<Uri>>::Response;
+    type Error = BoxError;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, dst: Uri) -> Connecting {
+        let mut inner = self.inner.clone();
+        let pace = Arc::clone(&self.pace);
+        Box::pin(async move {
+            while let Err(not_yet) = pace.check() {
+                let wait = not_yet.wait_time_from(DefaultClock::default().now());
+                tokio::time::sleep(wait).await;
+            }
+            inner.call(dst).await.map_err(Into::into)
+        })
+    }
+}
