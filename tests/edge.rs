@@ -462,3 +462,58 @@ async fn streams_reset_right_after_they_open_do_not_grow_the_upstream_pool_unbou
     );
     p.stop().await;
 }
+
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len();
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The frames in an HTTP/2 byte stream, as (type, payload).
+fn h2_frames(mut b: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while b.len() >= 9 {
+        let len = (usize::from(b[0]) << 16) | (usize::from(b[1]) << 8) | usize::from(b[2]);
+        if b.len() < 9 + len {
+            break;
+        }
+        out.push((b[3], b[9..9 + len].to_vec()));
+        b = &b[9 + len..];
+    }
+    out
+}
+
+#[tokio::test]
+async fn settings_and_ping_floods_get_goaway_enhance_your_calm() {
+    let up = ok_upstream(Duration::ZERO).await;
+    let p = proxy(&open(&up.addr.to_string(), "")).await;
+    for kind in [0x4u8, 0x6] {
+        let mut s = TcpStream::connect(p.addr).await.unwrap();
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend(h2_frame(0x4, 0, 0, &[]));
+        let payload: &[u8] = if kind == 0x6 { &[0; 8] } else { &[] };
+        for _ in 0..3000 {
+            out.extend(h2_frame(kind, 0, 0, payload));
+        }
+        // The peer may close before it has read everything: ignore write errors.
+        let _ = s.write_all(&out).await;
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+        let frames = h2_frames(&got);
+        let goaway = frames.iter().find(|(t, _)| *t == 0x7);
+        let code = goaway.map(|(_, p)| u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
+        assert_eq!(
+            code,
+            Some(0xb),
+            "frame type {kind}: GOAWAY ENHANCE_YOUR_CALM"
+        );
+        let acks = frames.iter().filter(|(t, _)| *t == kind).count();
+        assert!(acks <= 1100, "{acks} acknowledgements");
+    }
+    // Ordinary h2 traffic is unaffected.
+    let (resp, _) = send(&h2(), "GET", &p.url("/"), &[], full(Bytes::new())).await;
+    assert_eq!(resp.status(), 200);
+    p.stop().await;
+}

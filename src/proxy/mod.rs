@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod edge;
+pub mod h2_guard;
 pub mod handler;
 pub mod headers;
 pub mod phases;

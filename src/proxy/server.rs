@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use super::h2_guard::H2Guard;
 use super::handler::{handle, ConnInfo};
 use super::headers::ConnHeaders;
 use super::phases::{Phase, Phases, Tracked};
@@ -245,15 +246,6 @@ where
             Ok::<_, std::convert::Infallible>(resp.map(|b| Tracked::new(b, active)))
         }
     });
-    let h1 = proto == Proto::H1;
-    let io = Phases::new(
-        io,
-        phase,
-        h1,
-        server_cfg.keepalive_timeout,
-        server_cfg.client_header_timeout,
-    );
-    let io = TokioIo::new(SendTimeout::new(io, server_cfg.send_timeout));
     match proto {
         Proto::H1 => {
             let c = hyper::server::conn::http1::Builder::new()
@@ -264,7 +256,7 @@ where
                 .max_buf_size(server_cfg.max_header_bytes)
                 .max_headers(server_cfg.max_headers)
                 .keep_alive(true)
-                .serve_connection(io, svc)
+                .serve_connection(phased(io, phase, true, server_cfg), svc)
                 .with_upgrades();
             tokio::pin!(c);
             tokio::select! {
@@ -283,7 +275,7 @@ where
                 .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
                 .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
                 .keep_alive_interval(Some(Duration::from_secs(30)))
-                .serve_connection(io, svc);
+                .serve_connection(phased(H2Guard::new(io), phase, false, server_cfg), svc);
             tokio::pin!(c);
             tokio::select! {
                 r = c.as_mut() => r.map_err(Into::into),
@@ -294,4 +286,21 @@ where
             }
         }
     }
+}
+
+/// The connection's timers around `io`: idle and head ([`Phases`]), then stalled writes.
+fn phased<I>(
+    io: I,
+    phase: Arc<Phase>,
+    h1: bool,
+    cfg: &ServerConfig,
+) -> TokioIo<SendTimeout<Phases<I>>> {
+    let io = Phases::new(
+        io,
+        phase,
+        h1,
+        cfg.keepalive_timeout,
+        cfg.client_header_timeout,
+    );
+    TokioIo::new(SendTimeout::new(io, cfg.send_timeout))
 }
