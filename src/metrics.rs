@@ -48,7 +48,7 @@ impl Outcome {
         match reason {
             RejectReason::Stage | RejectReason::FeatureOff => Outcome::Shed,
             RejectReason::QueueFull | RejectReason::QueueTimeout => Outcome::RejectedQueue,
-            RejectReason::Rate => Outcome::RejectedRate,
+            RejectReason::Rate | RejectReason::ClientLimit => Outcome::RejectedRate,
         }
     }
 }

@@ -64,6 +64,8 @@ pub struct Control {
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub gate: &'static Gate,
+    /// What each client key holds (in flight and in line), for `gate.per_client_share`.
+    pub per_client: &'static crate::admission::per_client::ClientInflight,
     pub window: Window,
     /// Completions by class since the last tick (the limit's input).
     pub completions: Completions,
@@ -182,6 +184,9 @@ impl Shared {
                 fast_us: [0; CLASSES],
             }),
             gate,
+            per_client: Box::leak(Box::new(crate::admission::per_client::ClientInflight::new(
+                4096,
+            ))),
             window,
             completions: Completions::default(),
             scraped: Default::default(),

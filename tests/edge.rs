@@ -517,3 +517,40 @@ async fn settings_and_ping_floods_get_goaway_enhance_your_calm() {
     assert_eq!(resp.status(), 200);
     p.stop().await;
 }
+
+#[tokio::test]
+async fn one_client_cannot_take_the_whole_limit_while_others_wait() {
+    let up = ok_upstream(Duration::from_millis(400)).await;
+    let p = proxy(
+        &open(&up.addr.to_string(), "[client_key]\nheader = \"x-user\"")
+            .replace("full_capacity = 1000", "full_capacity = 4"),
+    )
+    .await;
+    let ask = |user: &'static str, url: String| {
+        tokio::spawn(async move {
+            let (resp, body) = get(&url, &[("x-user", user)]).await;
+            (
+                resp.status().as_u16(),
+                String::from_utf8_lossy(&body).into_owned(),
+            )
+        })
+    };
+    // The hog fills the limit; alice waits in line.
+    let hog: Vec<_> = (0..4).map(|_| ask("hog", p.url("/"))).collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let alice = ask("alice", p.url("/"));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // More from the hog would wait ahead of alice (it arrived first): refused instead.
+    let more: Vec<_> = (0..4).map(|_| ask("hog", p.url("/"))).collect();
+    for m in more {
+        let (status, body) = m.await.unwrap();
+        assert_eq!(status, 429, "{body}");
+        assert!(body.contains("\"reason\":\"client_limit\""), "{body}");
+    }
+    let (status, _) = alice.await.unwrap();
+    assert_eq!(status, 200);
+    for h in hog {
+        assert_eq!(h.await.unwrap().0, 200);
+    }
+    p.stop().await;
+}

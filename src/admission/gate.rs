@@ -66,6 +66,8 @@ pub enum RejectReason {
     QueueTimeout,
     /// The request-rate limit is spent.
     Rate,
+    /// The client key already holds its share of the limit (`gate.per_client_share`).
+    ClientLimit,
 }
 
 impl RejectReason {
@@ -77,6 +79,7 @@ impl RejectReason {
             RejectReason::QueueFull => "queue_full",
             RejectReason::QueueTimeout => "queue_timeout",
             RejectReason::Rate => "over_rate",
+            RejectReason::ClientLimit => "client_limit",
         }
     }
 }
@@ -112,6 +115,8 @@ pub struct GatePolicy {
     pub grace_min_priority: Priority,
     /// Longest wait in line per priority; 0 means a full limit rejects at once.
     pub max_wait_ms: PerPriority<u64>,
+    /// The share of the limit one client key may hold at once (1: no cap of its own).
+    pub per_client_share: f64,
 }
 
 impl Default for GatePolicy {
@@ -121,6 +126,7 @@ impl Default for GatePolicy {
             session_grace_ms: 30_000,
             grace_min_priority: Priority::High,
             max_wait_ms: [1_500; 4],
+            per_client_share: 0.5,
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod curve;
 pub mod gate;
 pub mod limit;
 pub mod params;
+pub mod per_client;
 pub mod priority;
 pub mod queue;
 pub mod retry;

@@ -207,6 +207,8 @@ pub struct FileLimit {
 #[serde(deny_unknown_fields)]
 pub struct FileGate {
     pub session_grace: Option<String>,
+    /// The share of the limit one client key may hold at once.
+    pub per_client_share: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -462,7 +462,14 @@ pub fn validate(f: FileConfig, base: &std::path::Path) -> Result<Config, Vec<Key
             .as_millis() as u64,
         grace_min_priority: Priority::High,
         max_wait_ms: max_waits(&mut e, &f.queue.max_wait),
+        per_client_share: g.per_client_share.unwrap_or(0.5),
     };
+    if !(gate.per_client_share > 0.0 && gate.per_client_share <= 1.0) {
+        e.push(
+            "gate.per_client_share",
+            "must be above 0 and at most 1 (1: a client may hold the whole limit)",
+        );
+    }
     let queue = QueueConfig {
         max_len: f.queue.max_len.unwrap_or(8192),
         max_held: f.queue.max_held.unwrap_or(4096),

@@ -12,6 +12,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use crate::admission::per_client::ClientSlot;
 use crate::admission::Permit;
 use crate::upstream::EndpointGuard;
 
@@ -24,6 +25,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct Held {
     pub permit: Option<Permit>,
     pub endpoint: Option<EndpointGuard>,
+    /// The client's share of the limit.
+    pub client: Option<ClientSlot>,
 }
 
 /// An upstream body, cut off when the upstream sends nothing for `idle`.

@@ -88,6 +88,28 @@ pub fn authority(
     }
 }
 
+/// The client behind trusted proxies: the rightmost `X-Forwarded-For` address that is not one
+/// of them (entries to its left could have been written by anyone), or the leftmost when every
+/// hop is trusted. `None` when the header is missing or malformed.
+pub fn forwarded_client(headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> Option<std::net::IpAddr> {
+    let mut leftmost = None;
+    let mut rightmost_untrusted = None;
+    for v in headers.get_all("x-forwarded-for") {
+        for entry in v.to_str().ok()?.split(',') {
+            let ip = entry
+                .trim()
+                .parse::<std::net::IpAddr>()
+                .ok()?
+                .to_canonical();
+            leftmost.get_or_insert(ip);
+            if !trusted.iter().any(|n| n.contains(&ip)) {
+                rightmost_untrusted = Some(ip);
+            }
+        }
+    }
+    rightmost_untrusted.or(leftmost)
+}
+
 /// Whether an HTTP/1.1 request asks to switch to WebSocket (`Connection: upgrade` and
 /// `Upgrade: websocket`).
 pub fn wants_websocket(version: Version, headers: &HeaderMap) -> bool {
@@ -182,6 +204,28 @@ mod tests {
             Err(Refusal::MethodNotAllowed)
         );
         assert_eq!(req("TRACE", v, "/", &["a"]), Err(Refusal::MethodNotAllowed));
+    }
+
+    #[test]
+    fn the_client_behind_trusted_proxies_is_the_rightmost_untrusted_hop() {
+        let trusted: Vec<ipnet::IpNet> =
+            vec!["10.0.0.0/8".parse().unwrap_or_else(|_| unreachable!())];
+        let xff = |v: &str| {
+            let mut h = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(v) {
+                h.insert("x-forwarded-for", v);
+            }
+            forwarded_client(&h, &trusted).map(|ip| ip.to_string())
+        };
+        assert_eq!(xff("203.0.113.9"), Some("203.0.113.9".into()));
+        assert_eq!(
+            xff("1.2.3.4, 203.0.113.9, 10.0.0.2"),
+            Some("203.0.113.9".into()),
+            "a spoofed left entry is ignored"
+        );
+        assert_eq!(xff("10.0.0.3, 10.0.0.2"), Some("10.0.0.3".into()));
+        assert_eq!(xff("not an ip"), None);
+        assert_eq!(xff(""), None);
     }
 
     #[test]

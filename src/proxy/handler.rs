@@ -17,6 +17,7 @@ use super::request_body::{ClientBody, ClientBodyTimeout, SentAt};
 use super::respond::{self, ProxyError};
 use super::tunnel;
 use crate::admission::limit::class_of;
+use crate::admission::per_client::ClientInflight;
 use crate::admission::{Admission, Ask, Permit, Reject, RejectReason, Ticket};
 use crate::metrics::Outcome;
 use crate::runtime::{FeatureRt, Shared, Snapshot};
@@ -55,7 +56,14 @@ pub async fn handle(
     let Some(feature) = c.features.get(fidx) else {
         return Ok(respond::error(ProxyError::BadRequest("no feature")));
     };
-    let client = c.classifier.client_hash(req.headers(), conn.peer.ip());
+    // Behind a trusted proxy the peer is the proxy: the client is in X-Forwarded-For.
+    let ip = if conn.headers.trusted {
+        edge::forwarded_client(req.headers(), &c.config.server.trusted_proxies)
+            .unwrap_or(conn.peer.ip())
+    } else {
+        conn.peer.ip()
+    };
+    let client = c.classifier.client_hash(req.headers(), ip);
     let ask = Ask {
         priority: feature.priority,
         state: feature.state,
@@ -70,6 +78,14 @@ pub async fn handle(
         .as_ref()
         .is_some_and(|h| req.headers().contains_key(h));
 
+    // What this client key holds (in flight and in line), for its share of the limit.
+    let share = c.config.gate.per_client_share;
+    let (client_slot, client_held) = if share < 1.0 {
+        let (slot, before) = shared.per_client.enter(client);
+        (Some(slot), before)
+    } else {
+        (None, 0)
+    };
     let rate = snap.rate.as_deref();
     let rate_ok = || rate.is_none_or(|r| r.check().is_ok());
     let admission = shared
@@ -87,6 +103,22 @@ pub async fn handle(
     }
     let permit = match admission {
         Admission::Admitted(p) => p,
+        // Over its share while others hold or wait for slots too: it would wait in line
+        // ahead of them. (Alone, it may queue behind itself: there is no one to protect.)
+        Admission::Queued(ticket)
+            if client_slot.is_some()
+                && client_held >= ClientInflight::cap(snap.decision.limit, share)
+                && shared.gate.inflight() + shared.gate.waiting() > client_held + 1
+                && !c.config.shadow =>
+        {
+            drop(ticket);
+            let r = Reject {
+                reason: RejectReason::ClientLimit,
+                retry_after_s: 1,
+                early: false,
+            };
+            return Ok(rejected(&shared, &snap, feature, r, false).await);
+        }
         // Shadow mode: the decision is recorded, the request goes through (a ticket dropped
         // here leaves the line at once).
         _ if c.config.shadow => {
@@ -99,7 +131,12 @@ pub async fn handle(
         },
         Admission::Rejected(r) => return Ok(rejected(&shared, &snap, feature, r, true).await),
     };
-    Ok(forward(&shared, &snap, &conn, req, host, permit, feature).await)
+    let held = Held {
+        permit: Some(permit),
+        endpoint: None,
+        client: client_slot,
+    };
+    Ok(forward(&shared, &snap, &conn, req, host, held, feature).await)
 }
 
 /// Waits in line until a slot is granted, the place is lost to a better request, or the
@@ -169,16 +206,11 @@ async fn forward(
     conn: &ConnInfo,
     mut req: Request<Incoming>,
     host: Option<HeaderValue>,
-    permit: Permit,
+    mut held: Held,
     feature: &FeatureRt,
 ) -> Response<ProxyBody> {
     // Read now, not at arrival: a request that waited in line starts its clock here.
     let now_ms = shared.clock.now_ms();
-    // Released (its slot handed to the head of the line) when the response ends or on any error.
-    let mut held = Held {
-        permit: Some(permit),
-        endpoint: None,
-    };
     let c = &snap.compiled;
     let cfg = &c.config.upstream;
     let Some(ep) = c.endpoints.pick(now_ms, shared.rand()) else {

@@ -5,7 +5,7 @@ use http::{Response, StatusCode};
 
 use super::body::ProxyBody;
 use super::edge::Refusal;
-use crate::admission::Reject;
+use crate::admission::{Reject, RejectReason};
 use crate::config::RejectConfig;
 use crate::runtime::FeatureRt;
 
@@ -90,7 +90,12 @@ pub fn reject(
     cfg: &RejectConfig,
     limit: u32,
 ) -> Response<ProxyBody> {
-    let status = cfg.shed_status;
+    // Over its own share is the client's doing: 429, like any per-client limit.
+    let status = if r.reason == RejectReason::ClientLimit {
+        StatusCode::TOO_MANY_REQUESTS
+    } else {
+        cfg.shed_status
+    };
     let body = format!(
         "{{\"reason\":\"{}\",\"feature\":\"{}\",\"priority\":\"{}\",\"retry_after_s\":{}}}\n",
         r.reason.as_str(),
