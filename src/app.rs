@@ -135,6 +135,12 @@ pub fn needs_restart(running: &Config, new: &Config) -> Vec<String> {
             show(new.server.workers)
         ));
     }
+    if running.server.max_connections != new.server.max_connections {
+        out.push(format!(
+            "server.max_connections ({} -> {})",
+            running.server.max_connections, new.server.max_connections
+        ));
+    }
     if running.client_table_size != new.client_table_size {
         out.push(format!(
             "retry.client_table_size ({} -> {})",

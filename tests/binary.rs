@@ -310,3 +310,50 @@ async fn a_reload_keeps_client_memory_controller_state_and_upstream_connections(
     );
     drop(child);
 }
+
+/// Every default in README's "Running at the edge" tables is the code's: setting a key to the
+/// documented default changes nothing in the effective settings.
+#[test]
+fn the_edge_defaults_in_the_readme_are_the_codes() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("## Running at the edge")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .unwrap();
+    let base = "[upstream]\nendpoints = [\"127.0.0.1:9000\"]\n";
+    let summary = |text: &str| {
+        warmgate::config::summary(
+            &warmgate::config::load_str("w.toml", text).unwrap_or_else(|e| panic!("{text}: {e:?}")),
+        )
+    };
+    let plain = summary(base);
+    let mut checked = 0;
+    for line in section.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        if cells.len() < 4 || !cells[1].starts_with('`') || !cells[2].starts_with('`') {
+            continue;
+        }
+        let key = cells[1].trim_matches('`');
+        let value = cells[2].trim_matches('`');
+        let (table, name) = key.split_once('.').unwrap();
+        let value = if value.parse::<f64>().is_ok() {
+            value.to_string()
+        } else {
+            format!("\"{value}\"")
+        };
+        let text = if table == "upstream" {
+            format!("[upstream]\nendpoints = [\"127.0.0.1:9000\"]\n{name} = {value}\n")
+        } else {
+            format!("{base}[{table}]\n{name} = {value}\n")
+        };
+        assert_eq!(
+            summary(&text),
+            plain,
+            "README says {key} defaults to {value}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 14, "only {checked} defaults found");
+}

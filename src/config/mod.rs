@@ -211,11 +211,38 @@ pub fn summary(c: &Config) -> String {
     );
     let _ = writeln!(
         s,
-        "timeouts         connect {:?}, response header {:?}, client header {:?}, drain {:?}",
+        "timeouts         connect {:?}, response header {:?}, upstream body idle {:?}, client header {:?}, drain {:?}",
         c.upstream.connect_timeout,
         c.upstream.response_header_timeout,
+        c.upstream.body_idle_timeout,
         c.server.client_header_timeout,
         c.server.drain_timeout
+    );
+    let sv = &c.server;
+    let _ = writeln!(
+        s,
+        "client timeouts  keep-alive {:?}, body {:?}, send {:?}, websocket idle {:?}",
+        sv.keepalive_timeout, sv.client_body_timeout, sv.send_timeout, sv.websocket_idle_timeout
+    );
+    let trusted: Vec<String> = sv.trusted_proxies.iter().map(ToString::to_string).collect();
+    let _ = writeln!(
+        s,
+        "budgets          head {} bytes, {} headers, {} connections, {} h2 streams, {} upstream connects/s, {:.0} % of the limit per client",
+        sv.max_header_bytes,
+        sv.max_headers,
+        sv.max_connections,
+        sv.h2_max_concurrent_streams,
+        c.upstream.connect_rate,
+        c.gate.per_client_share * 100.0
+    );
+    let _ = writeln!(
+        s,
+        "trusted proxies  {}",
+        if trusted.is_empty() {
+            "none (X-Forwarded-* from clients are replaced)".to_string()
+        } else {
+            trusted.join(", ")
+        }
     );
     let p = &c.control;
     let limit = match p.limit {
