@@ -147,6 +147,8 @@ fn same_client(a: &crate::config::UpstreamConfig, b: &crate::config::UpstreamCon
         && a.pool_idle_timeout == b.pool_idle_timeout
         && a.pool_max_idle_per_endpoint == b.pool_max_idle_per_endpoint
         && a.connect_rate == b.connect_rate
+        && a.tls.is_none()
+        && b.tls.is_none()
 }
 
 impl Shared {

@@ -159,3 +159,27 @@ async fn a_certificate_reload_under_load_fails_no_request() {
     assert_eq!(s.status, 200);
     drop(child);
 }
+
+#[tokio::test]
+async fn tls_to_the_upstream_checks_the_backends_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("backend root");
+    let up = common::tls::upstream(&ca, dir.path(), &["backend.test"]).await;
+    std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+    let cfg = |name: &str| {
+        format!(
+            "[upstream]\nendpoints = [\"{up}\"]\n[upstream.tls]\nca = \"{}\"\nserver_name = \"{name}\"\n[limit]\nmode = \"fixed\"\nfull_capacity = 100\n",
+            dir.path().join("ca.pem").display()
+        )
+    };
+    let p = proxy(&cfg("backend.test")).await;
+    let (resp, body) = common::get(&p.url("/"), &[]).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(&body[..], b"tls ok");
+    p.stop().await;
+    // A name the certificate does not carry: refused at the handshake, a 502.
+    let p = proxy(&cfg("other.test")).await;
+    let (resp, _) = common::get(&p.url("/"), &[]).await;
+    assert_eq!(resp.status(), 502);
+    p.stop().await;
+}

@@ -75,6 +75,17 @@ pub struct FileUpstream {
     pub body_idle_timeout: Option<String>,
     /// New upstream connections a second, at most (all endpoints together).
     pub connect_rate: Option<u32>,
+    /// TLS to the endpoints.
+    pub tls: Option<FileUpstreamTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpstreamTls {
+    /// CA bundle (PEM) the backends' certificates must chain to.
+    pub ca: String,
+    /// Name sent as SNI and checked in the certificate (default: each endpoint's host).
+    pub server_name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -102,6 +102,8 @@ pub struct UpstreamConfig {
     /// New connections a second to all endpoints together; requests wait for one (or for a
     /// pooled connection that frees up first).
     pub connect_rate: std::num::NonZeroU32,
+    /// TLS to the endpoints (CA bundle and name), if configured.
+    pub tls: Option<crate::tls::TlsUpstream>,
 }
 
 /// Logging.
@@ -204,10 +206,24 @@ pub fn summary(c: &Config) -> String {
     let eps: Vec<&str> = c.upstream.endpoints.iter().map(|e| e.as_str()).collect();
     let _ = writeln!(
         s,
-        "upstream         {}  ({:?}, {})",
+        "upstream         {}  ({}, {}{})",
         eps.join(", "),
-        c.upstream.balance,
-        if c.upstream.h2c { "h2c" } else { "http1" }
+        match c.upstream.balance {
+            Balance::LeastInflight => "least_inflight",
+            Balance::RoundRobin => "round_robin",
+        },
+        if c.upstream.h2c { "h2c" } else { "http1" },
+        match &c.upstream.tls {
+            None => String::new(),
+            Some(t) => format!(
+                ", TLS trusting {}{}",
+                t.ca.display(),
+                t.server_name
+                    .as_ref()
+                    .map(|n| format!(" as {}", n.to_str()))
+                    .unwrap_or_default()
+            ),
+        }
     );
     let _ = writeln!(
         s,

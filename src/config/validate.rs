@@ -135,7 +135,7 @@ pub fn validate(f: FileConfig, base: &std::path::Path) -> Result<Config, Vec<Key
         );
     }
 
-    let upstream = upstream(&mut e, &f);
+    let upstream = upstream(&mut e, &f, base);
     let admin_listen = f
         .admin
         .listen
@@ -553,7 +553,7 @@ fn ordered(e: &mut Errors, key: &str, t: Option<Thresholds>) -> Option<Threshold
     Some(t)
 }
 
-fn upstream(e: &mut Errors, f: &FileConfig) -> Option<UpstreamConfig> {
+fn upstream(e: &mut Errors, f: &FileConfig, base: &std::path::Path) -> Option<UpstreamConfig> {
     let u = &f.upstream;
     let Some(raw) = u.endpoints.clone() else {
         e.push(
@@ -637,6 +637,14 @@ fn upstream(e: &mut Errors, f: &FileConfig) -> Option<UpstreamConfig> {
             }
             n => std::num::NonZeroU32::new(n).unwrap_or(std::num::NonZeroU32::MIN),
         },
+        tls: u.tls.as_ref().and_then(|t| {
+            e.take(crate::tls::upstream::load(
+                &base.join(&t.ca),
+                t.server_name.as_deref(),
+                h2c,
+                "upstream.tls",
+            ))
+        }),
     };
     (!cfg.endpoints.is_empty() && cfg.endpoints.len() == raw.len()).then_some(cfg)
 }

@@ -26,5 +26,5 @@ pub fn build(cfg: &UpstreamConfig) -> UpstreamClient {
     if cfg.h2c {
         b.http2_only(true);
     }
-    b.build(Paced::new(connector, cfg.connect_rate))
+    b.build(Paced::new(connector, cfg.connect_rate, cfg.tls.clone()))
 }

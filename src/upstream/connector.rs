@@ -13,36 +13,36 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use http::Uri;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use std::num::NonZeroU32;
 
-/// The TCP connector with a connection-rate cap.
+use crate::tls::{TlsUpstream, UpstreamIo};
+
+/// The TCP connector with a connection-rate cap, and TLS over it when configured.
 #[derive(Clone)]
 pub struct Paced {
     inner: HttpConnector,
     pace: Arc<DefaultDirectRateLimiter>,
+    tls: Option<TlsUpstream>,
 }
 
 impl Paced {
     /// `per_second` new connections a second, in bursts of as many.
-    pub fn new(inner: HttpConnector, per_second: NonZeroU32) -> Self {
+    pub fn new(inner: HttpConnector, per_second: NonZeroU32, tls: Option<TlsUpstream>) -> Self {
         Self {
             inner,
             pace: Arc::new(RateLimiter::direct(Quota::per_second(per_second))),
+            tls,
         }
     }
 }
 
-type Connecting = Pin<
-    Box<
-        dyn Future<
-                Output = Result<<HttpConnector as tower_service::Service<Uri>>::Response, BoxError>,
-            > + Send,
-    >,
->;
+type Connecting = Pin<Box<dyn Future<Output = Result<UpstreamIo, BoxError>> + Send>>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl tower_service::Service<Uri> for Paced {
-    type Response = <HttpConnector as tower_service::Service<Uri>>::Response;
+    type Response = UpstreamIo;
     type Error = BoxError;
     type Future = Connecting;
 
@@ -53,12 +53,27 @@ impl tower_service::Service<Uri> for Paced {
     fn call(&mut self, dst: Uri) -> Connecting {
         let mut inner = self.inner.clone();
         let pace = Arc::clone(&self.pace);
+        let tls = self.tls.clone();
         Box::pin(async move {
             while let Err(not_yet) = pace.check() {
                 let wait = not_yet.wait_time_from(DefaultClock::default().now());
                 tokio::time::sleep(wait).await;
             }
-            inner.call(dst).await.map_err(Into::into)
+            let host = dst
+                .host()
+                .unwrap_or_default()
+                .trim_matches(['[', ']'])
+                .to_string();
+            let tcp = inner.call(dst).await?;
+            let Some(tls) = tls else {
+                return Ok(UpstreamIo::Plain(tcp));
+            };
+            let name = match &tls.server_name {
+                Some(n) => n.clone(),
+                None => ServerName::try_from(host)?,
+            };
+            let stream = tls.connector.connect(name, tcp.into_inner()).await?;
+            Ok(UpstreamIo::Tls(Box::new(TokioIo::new(stream))))
         })
     }
 }
