@@ -554,3 +554,65 @@ async fn one_client_cannot_take_the_whole_limit_while_others_wait() {
     }
     p.stop().await;
 }
+
+/// An upstream that records the path of every request it receives.
+async fn path_log() -> (Upstream, Arc<std::sync::Mutex<Vec<String>>>) {
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let l = Arc::clone(&log);
+    let up = upstream(Arc::new(move |req| {
+        let l = Arc::clone(&l);
+        Box::pin(async move {
+            l.lock().unwrap().push(req.uri().path().to_string());
+            let _ = req.into_body().collect().await;
+            Response::new(full("ok"))
+        })
+    }))
+    .await;
+    (up, log)
+}
+
+#[tokio::test]
+async fn request_smuggling_payloads_never_reach_the_upstream_as_a_second_request() {
+    let (up, log) = path_log().await;
+    let p = proxy(&open(&up.addr.to_string(), "")).await;
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let payloads = [
+        // CL.TE and TE.CL
+        format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"),
+        format!("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n8\r\nSMUGGLED\r\n0\r\n\r\n{smuggled}"),
+        // Two Content-Lengths that disagree
+        format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 40\r\n\r\n{smuggled}"),
+        // Obfuscated Transfer-Encoding
+        format!("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n{smuggled}"),
+        format!("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n{smuggled}"),
+        format!("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\tchunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n{smuggled}"),
+        format!("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n{smuggled}"),
+        // Obsolete line folding
+        format!("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\r\n chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n{smuggled}"),
+        // A chunk size with an extension hiding data, and an oversized chunk size
+        format!("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0;x=\"\r\n\r\n{smuggled}\"\r\n\r\n"),
+        format!("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFFF\r\n\r\n{smuggled}"),
+        // Bare LF line ends
+        format!("POST / HTTP/1.1\nHost: x\nContent-Length: 4\nTransfer-Encoding: chunked\n\n0\n\n{smuggled}"),
+    ];
+    // What the upstream saw must be exactly what warmgate answered with the upstream's
+    // responses: one upstream request per 200 on the client connection, no more (a request
+    // hidden in a body and parsed by the upstream as its own would be one more).
+    for payload in &payloads {
+        let before = log.lock().unwrap().len();
+        let got = exchange(p.addr, payload.as_bytes(), Duration::from_millis(500)).await;
+        assert!(
+            got.is_empty() || got.starts_with("HTTP/1.1 "),
+            "{payload:?}: {got}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let seen = log.lock().unwrap()[before..].to_vec();
+        let answered = got.matches("HTTP/1.1 200 ").count();
+        assert_eq!(
+            seen.len(),
+            answered,
+            "{payload:?}: upstream saw {seen:?}, client got {got}"
+        );
+    }
+    p.stop().await;
+}
