@@ -616,3 +616,34 @@ async fn request_smuggling_payloads_never_reach_the_upstream_as_a_second_request
     }
     p.stop().await;
 }
+
+#[tokio::test]
+async fn rapid_reset_is_cut_off_and_the_proxy_keeps_serving() {
+    let up = ok_upstream(Duration::from_millis(50)).await;
+    let p = proxy(&open(&up.addr.to_string(), "")).await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(0x4, 0, 0, &[]));
+    // GET / with :authority x (HPACK static indices, one literal), then RST_STREAM (CANCEL).
+    let headers = [0x82, 0x86, 0x84, 0x41, 0x01, b'x'];
+    for i in 0..5000u32 {
+        let id = 2 * i + 1;
+        out.extend(h2_frame(0x1, 0x5, id, &headers));
+        out.extend(h2_frame(0x3, 0, id, &8u32.to_be_bytes()));
+    }
+    let _ = s.write_all(&out).await;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+    let frames = h2_frames(&got);
+    let goaway = frames.iter().find(|(t, _)| *t == 0x7);
+    assert!(goaway.is_some(), "the connection was told to go away");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        up.hits() < 5000,
+        "{} of 5000 reset streams reached the upstream",
+        up.hits()
+    );
+    let (resp, _) = send(&h2(), "GET", &p.url("/"), &[], full(Bytes::new())).await;
+    assert_eq!(resp.status(), 200);
+    p.stop().await;
+}
