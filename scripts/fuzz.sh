@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs each fuzz target for a bounded time (default 60 s each) on its checked-in corpus.
+#   scripts/fuzz.sh [seconds-per-target] [target...]
+# Needs a nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`). New inputs that reach
+# new code are added to fuzz/corpus/<target>/; a crash stops the run and is saved under
+# fuzz/artifacts/<target>/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs="${1:-60}"
+shift || true
+targets=("$@")
+if [ ${#targets[@]} -eq 0 ]; then
+  targets=(config classify request)
+fi
+for t in "${targets[@]}"; do
+  echo "== fuzz target $t for ${secs}s"
+  (cd fuzz && cargo +nightly fuzz run "$t" "corpus/$t" -- \
+    -max_total_time="$secs" -timeout=10 -rss_limit_mb=4096 -print_final_stats=1 2>&1) \
+    | grep -E '^(stat::|SUMMARY|ERROR|==[0-9]+== ERROR|thread .* panicked)' || true
+  if [ -n "$(ls -A "fuzz/artifacts/$t" 2>/dev/null)" ]; then
+    echo "crash found: fuzz/artifacts/$t" >&2
+    exit 1
+  fi
+done
