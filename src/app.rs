@@ -39,13 +39,18 @@ pub async fn run(
     config_path: Option<PathBuf>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let shared = Shared::new(config)?;
     let (proxy, admin) = listeners;
     let bound = Bound {
         proxy: proxy.local_addr()?,
         admin: admin.as_ref().and_then(|a| a.local_addr().ok()),
     };
-    tracing::info!(listen = %bound.proxy, admin = ?bound.admin, "warmgate serving");
+    tracing::info!("{}", startup_line(&config, bound, config_path.as_deref()));
+    tracing::info!("admission: {}", crate::config::plan(&config));
+    tokio::spawn(probe_upstream(
+        config.upstream.endpoints.clone(),
+        config.upstream.connect_timeout,
+    ));
+    let shared = Shared::new(config)?;
     let ticker = tokio::spawn(controller_loop(Arc::clone(&shared)));
     let scraper = tokio::spawn(crate::signals::scrape::run(Arc::clone(&shared)));
     let admin_task = admin.map(|l| tokio::spawn(crate::admin::serve(l, Arc::clone(&shared))));
@@ -61,6 +66,48 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What is serving where, in words.
+fn startup_line(c: &Config, bound: Bound, path: Option<&std::path::Path>) -> String {
+    let listener = match &c.tls {
+        Some(t) => format!(
+            "TLS (HTTP/1.1 and HTTP/2 by ALPN, {} certificate{})",
+            t.files.len(),
+            if t.files.len() == 1 { "" } else { "s" }
+        ),
+        None => "HTTP/1.1 and HTTP/2 (prior knowledge)".to_string(),
+    };
+    let eps: Vec<&str> = c.upstream.endpoints.iter().map(|e| e.as_str()).collect();
+    format!(
+        "warmgate serving {listener} on {}; admin {}; upstream {} ({}{}); config {}",
+        bound.proxy,
+        bound.admin.map_or("off".to_string(), |a| format!("on {a}")),
+        eps.join(", "),
+        if c.upstream.h2c { "h2c" } else { "http/1.1" },
+        if c.upstream.tls.is_some() {
+            " over TLS"
+        } else {
+            ""
+        },
+        path.map_or("built in".to_string(), |p| p.display().to_string()),
+    )
+}
+
+/// One connect per endpoint at start: a warning now beats a 502 later.
+async fn probe_upstream(endpoints: Vec<http::uri::Authority>, timeout: std::time::Duration) {
+    for ep in endpoints {
+        let addr = ep.as_str().to_string();
+        match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addr)).await {
+            Ok(Ok(_)) => tracing::debug!(endpoint = %addr, "upstream reachable"),
+            Ok(Err(e)) => tracing::warn!(
+                "upstream {addr} is not reachable ({e}); requests routed to it will get 502 until it is"
+            ),
+            Err(_) => tracing::warn!(
+                "upstream {addr} did not accept a connection within {timeout:?}; requests routed to it will get 502 until it does"
+            ),
+        }
+    }
 }
 
 async fn controller_loop(shared: Arc<Shared>) {

@@ -21,31 +21,79 @@ struct Cli {
 enum Cmd {
     /// Serve on the configured listener.
     Run {
-        /// Config file.
-        #[arg(long, default_value = "config/warmgate.toml")]
-        config: PathBuf,
+        /// Config file (default: config/warmgate.toml, relative to the working directory).
+        #[arg(value_name = "CONFIG", conflicts_with = "config")]
+        path: Option<PathBuf>,
+        /// Config file, as a flag (the same as the positional argument).
+        #[arg(long, value_name = "CONFIG")]
+        config: Option<PathBuf>,
     },
     /// Validate a config file and print the effective settings; exit 0 if valid, 2 if not.
     CheckConfig {
-        /// Config file.
-        path: PathBuf,
+        /// Config file (default: config/warmgate.toml, relative to the working directory).
+        #[arg(value_name = "CONFIG", conflicts_with = "config")]
+        path: Option<PathBuf>,
+        /// Config file, as a flag (the same as the positional argument).
+        #[arg(long, value_name = "CONFIG")]
+        config: Option<PathBuf>,
+        /// Print the effective settings as JSON (for scripts).
+        #[arg(long)]
+        json: bool,
     },
+}
+
+const DEFAULT_CONFIG: &str = "config/warmgate.toml";
+
+/// The config path from the positional or the flag form, else the default.
+fn config_path(path: Option<PathBuf>, flag: Option<PathBuf>) -> PathBuf {
+    path.or(flag)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
+}
+
+/// Loads the config, explaining a missing default file.
+fn load(path: &std::path::Path) -> Result<warmgate::config::Config, ExitCode> {
+    if !path.exists() && path == std::path::Path::new(DEFAULT_CONFIG) {
+        eprintln!(
+            "error: {DEFAULT_CONFIG} not found: the default config path is relative to the working directory ({}); run from the repository root or give the path (warmgate run path/to/warmgate.toml)",
+            std::env::current_dir()
+                .map(|d| d.display().to_string())
+                .unwrap_or_else(|_| "unknown".into())
+        );
+        return Err(ExitCode::from(2));
+    }
+    warmgate::config::load_file(path).map_err(|errs| report(&errs))
+}
+
+/// Writes to stdout; a closed pipe (`| head -1`) ends the program quietly.
+fn print(text: &str) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("warmgate: cannot write to stdout: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::CheckConfig { path } => match warmgate::config::load_file(&path) {
-            Ok(cfg) => {
-                println!("{}", warmgate::config::summary(&cfg));
-                ExitCode::SUCCESS
+        Cmd::CheckConfig { path, config, json } => {
+            let path = config_path(path, config);
+            match load(&path) {
+                Ok(cfg) if json => print(&warmgate::config::summary_json(&cfg, &path).to_string()),
+                Ok(cfg) => print(&warmgate::config::summary(&cfg)),
+                Err(code) => code,
             }
-            Err(errs) => report(&errs),
-        },
-        Cmd::Run { config } => {
-            let cfg = match warmgate::config::load_file(&config) {
+        }
+        Cmd::Run { path, config } => {
+            let config = config_path(path, config);
+            let cfg = match load(&config) {
                 Ok(c) => c,
-                Err(errs) => return report(&errs),
+                Err(code) => return code,
             };
             init_logging(&cfg.log);
             // One worker: a current-thread runtime skips the work-stealing machinery entirely.
@@ -97,8 +145,12 @@ fn init_logging(cfg: &warmgate::config::LogConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only for a person at a terminal (never in a log file), and never with NO_COLOR.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     if cfg.json {
         b.json().init();

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::admission::classify::Classifier;
 use crate::admission::limit::CLASSES;
+use crate::admission::narrate::Level;
 use crate::admission::{
     ControlParams, Controller, Decision, FeatureState, Gate, Priority, SignalSnapshot,
 };
@@ -58,6 +59,8 @@ pub struct Control {
     rate: Option<Arc<DefaultDirectRateLimiter>>,
     attempts_seen: (u64, u64),
     pub retry_share: f64,
+    /// No backing-off / recovered log line before this time (ms).
+    strain_quiet_until_ms: u64,
 }
 
 /// Process-wide state shared by listeners, the controller and the admin API.
@@ -169,6 +172,7 @@ impl Shared {
             rate: None,
             attempts_seen: (0, 0),
             retry_share: 0.0,
+            strain_quiet_until_ms: 0,
         };
         let window = Window::new();
         window.rotate(clock.now_ms());
@@ -231,6 +235,19 @@ impl Shared {
             }
         }
         let decision = control.controller.tick(now, &control.params, &signals);
+        for (level, line) in crate::admission::narrate::changes(&cur.decision, &decision, &signals)
+        {
+            match level {
+                Level::Info => tracing::info!("{line}"),
+                Level::Warn => tracing::warn!("{line}"),
+                // At most one strain line per 10 s: a backend at its knee can flip every tick.
+                Level::Strain if now >= control.strain_quiet_until_ms => {
+                    control.strain_quiet_until_ms = now + 10_000;
+                    tracing::warn!("{line}");
+                }
+                Level::Strain => {}
+            }
+        }
         self.gate
             .set_limit(decision.limit, decision.ceiling, decision.slow_start);
         control.last_signals = signals;

@@ -47,7 +47,7 @@ fn check_config_accepts_the_default() {
 #[test]
 fn check_config_names_the_key_and_line() {
     let cases = [
-        ("[upstream]\nendpoints = [\"127.0.0.1:9000\"]\nretry = 1\n", "w.toml:3: upstream: unknown field `retry`"),
+        ("[upstream]\nendpoints = [\"127.0.0.1:9000\"]\nretry = 1\n", "w.toml:3: upstream: unknown key `retry`"),
         ("[upstream]\nendpoints = [\n  \"127.0.0.1:9000\",\n  \"localhost:\",\n]\n", "w.toml:4: upstream.endpoints[1]: \"localhost:\" is not a host:port"),
         ("listen = \"nowhere\"\n", "w.toml:1: listen: \"nowhere\" is not an ip:port"),
         ("\n[upstream]\nendpoints = []\n", "w.toml:3: upstream.endpoints: is empty"),
@@ -356,4 +356,103 @@ fn the_edge_defaults_in_the_readme_are_the_codes() {
         checked += 1;
     }
     assert!(checked >= 14, "only {checked} defaults found");
+}
+
+#[test]
+fn check_config_takes_the_path_either_way_prints_json_and_a_closed_pipe_is_quiet() {
+    let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/config/warmgate.toml");
+    for args in [
+        vec!["check-config", cfg],
+        vec!["check-config", "--config", cfg],
+    ] {
+        let out = Command::new(BIN).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("config ok"));
+    }
+    let out = Command::new(BIN)
+        .args(["check-config", "--json", cfg])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["upstream"]["endpoints"][0], "127.0.0.1:9000");
+    assert_eq!(v["server"]["keepalive_timeout_s"], 75.0);
+    assert_eq!(v["features"][0]["name"], "login");
+    // A reader that has gone away (`| head -1` after its line): a quiet exit, not a panic.
+    for _ in 0..5 {
+        let mut child = Command::new(BIN)
+            .args(["check-config", cfg])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        assert!(
+            out.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // No default file here: the error says where it looked.
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("relative to the working directory"), "{err}");
+}
+
+#[tokio::test]
+async fn run_takes_the_path_positionally_and_logs_plain_text_in_words() {
+    let up = ok_upstream(Duration::ZERO).await;
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.toml");
+    std::fs::write(&path, open(port, &up.addr.to_string())).unwrap();
+    let mut child = Reaped(
+        Command::new(BIN)
+            .arg("run")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "warmgate did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        get(&format!("http://127.0.0.1:{port}/"), &[])
+            .await
+            .0
+            .status(),
+        200
+    );
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let _ = child.wait();
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(
+        !log.contains('\u{1b}'),
+        "no colour codes in a log that is not a terminal: {log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "warmgate serving HTTP/1.1 and HTTP/2 (prior knowledge) on 127.0.0.1:{port}"
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains("admission: enforce mode; a fixed limit of 100 in flight"),
+        "{log}"
+    );
 }

@@ -7,6 +7,7 @@ pub mod controller;
 pub mod curve;
 pub mod gate;
 pub mod limit;
+pub mod narrate;
 pub mod params;
 pub mod per_client;
 pub mod priority;

@@ -36,9 +36,10 @@ pub fn load_str_in(name: &str, text: &str, base: &Path) -> Result<Config, Vec<Co
     let file: FileConfig = toml::from_str(text).map_err(|e| {
         let offset = e.span().map(|s| s.start);
         let mut key = offset.and_then(|o| locator.key_at(o)).unwrap_or_default();
-        let message = e.message().trim().to_string();
+        let raw = e.message().trim();
+        let message = explain(raw, &key);
         // serde names an unknown key in the message; do not repeat its parent as the key.
-        if message.starts_with("unknown field") {
+        if raw.starts_with("unknown field") {
             key = key
                 .rsplit_once('.')
                 .map(|(parent, _)| parent.to_string())
@@ -63,6 +64,49 @@ pub fn load_str_in(name: &str, text: &str, base: &Path) -> Result<Config, Vec<Co
     })
 }
 
+/// Makes serde's messages say what to do: the closest valid key for an unknown one, and the
+/// expected form of a value of the wrong type.
+fn explain(message: &str, key: &str) -> String {
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        let Some((unknown, tail)) = rest.split_once('`') else {
+            return message.to_string();
+        };
+        let valid: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
+        let closest = valid
+            .iter()
+            .map(|v| {
+                // A key with a prefix or suffix added (`listen_port`) is close too.
+                let affix = unknown.starts_with(v) || unknown.ends_with(v);
+                (
+                    if affix {
+                        1
+                    } else {
+                        strsim::damerau_levenshtein(unknown, v)
+                    },
+                    *v,
+                )
+            })
+            .filter(|(d, v)| *d <= 2.max(v.len() / 4))
+            .min();
+        return match closest {
+            Some((_, v)) => format!("unknown key `{unknown}`: did you mean `{v}`?"),
+            None if valid.is_empty() => format!("unknown key `{unknown}`"),
+            None => format!("unknown key `{unknown}` (valid here: {})", valid.join(", ")),
+        };
+    }
+    let last = key.rsplit('.').next().unwrap_or(key);
+    let duration_key = [
+        "timeout", "interval", "window", "grace", "duration", "tick", "cooldown", "idle", "wait",
+    ]
+    .iter()
+    .any(|w| last.contains(w));
+    if message.starts_with("invalid type") && message.ends_with("expected a string") && duration_key
+    {
+        return format!("{message}: a duration is a string such as \"60s\", \"250ms\" or \"2m\"");
+    }
+    message.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,6 +116,38 @@ mod tests {
             Ok(_) => "ok".into(),
             Err(errs) => errs.first().map(ToString::to_string).unwrap_or_default(),
         }
+    }
+
+    #[test]
+    fn errors_say_what_to_write_instead() {
+        let e =
+            first_error("[upstream]\nendpoints = [\"127.0.0.1:9000\"]\nconect_timeout = \"2s\"\n");
+        assert_eq!(
+            e,
+            "w.toml:3: upstream: unknown key `conect_timeout`: did you mean `connect_timeout`?"
+        );
+        let e = first_error("[upstream]\nendpoints = [\"127.0.0.1:9000\"]\nzzz = 1\n");
+        assert!(
+            e.contains("unknown key `zzz` (valid here: endpoints, balance"),
+            "{e}"
+        );
+        let e = first_error("[upstream]\nendpoints = [\"127.0.0.1:9000\"]\nconnect_timeout = 60\n");
+        assert!(e.contains("a duration is a string such as \"60s\""), "{e}");
+        let e = first_error("[upstream]\nendpoints = [\"http://127.0.0.1:9000\"]\n");
+        assert!(e.contains("drop the scheme: \"127.0.0.1:9000\""), "{e}");
+        let e = first_error(
+            "[upstream]\nendpoints = [\"127.0.0.1:9000\"]\n[log]\nlevel = \"verbose\"\n",
+        );
+        assert!(
+            e.contains(
+                "log.level: \"verbose\" is not a level (off, error, warn, info, debug, trace"
+            ),
+            "{e}"
+        );
+        assert_eq!(
+            first_error("[upstream]\nendpoints = [\"127.0.0.1:9000\"]\n[log]\nlevel = \"warmgate=debug,hyper=warn\"\n"),
+            "ok"
+        );
     }
 
     #[test]
@@ -100,7 +176,7 @@ mod tests {
             "[upstream]\nendpoints = [\"127.0.0.1:9000\"]\n[ramp]\nheadroom = { low = 0.5 }\n";
         let err = first_error(text);
         assert!(
-            err.starts_with("w.toml:4: ramp: unknown field `headroom`"),
+            err.starts_with("w.toml:4: ramp: unknown key `headroom`"),
             "{err}"
         );
     }
@@ -118,12 +194,12 @@ mod tests {
     fn unknown_keys_are_named_with_their_table() {
         let e = first_error("[upstream]\nendpoints = [\"a:1\"]\nretries = 3\n");
         assert!(
-            e.starts_with("w.toml:3: upstream: unknown field `retries`"),
+            e.starts_with("w.toml:3: upstream: unknown key `retries`"),
             "{e}"
         );
         let e = first_error("listen = \"127.0.0.1:1\"\nlisten_port = 3\n");
         assert!(
-            e.starts_with("w.toml:2: unknown field `listen_port`"),
+            e.starts_with("w.toml:2: unknown key `listen_port`: did you mean `listen`?"),
             "{e}"
         );
     }

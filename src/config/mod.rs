@@ -321,3 +321,115 @@ pub fn summary(c: &Config) -> String {
     }
     s
 }
+
+/// The effective settings as JSON, for scripts (`check-config --json`).
+pub fn summary_json(c: &Config, path: &std::path::Path) -> serde_json::Value {
+    use serde_json::json;
+    let secs = |d: Duration| d.as_secs_f64();
+    let p = &c.control;
+    let limit = match p.limit {
+        crate::admission::params::LimitMode::Fixed { full_capacity } => {
+            json!({ "mode": "fixed", "full_capacity": full_capacity })
+        }
+        crate::admission::params::LimitMode::Adaptive(k) => json!({
+            "mode": "adaptive", "initial": k.initial, "min": k.min, "max": k.max,
+            "tolerance": k.tolerance,
+        }),
+    };
+    let w = c.gate.max_wait_ms;
+    json!({
+        "config": path.display().to_string(),
+        "listen": c.listen.to_string(),
+        "mode": if c.shadow { "shadow" } else { "enforce" },
+        "admin": c.admin_listen.map(|a| a.to_string()),
+        "tls": c.tls.as_ref().map(|t| t.files.iter().zip(&t.names).map(|(f, n)| json!({
+            "cert": f.cert.display().to_string(), "key": f.key.display().to_string(), "names": n,
+        })).collect::<Vec<_>>()),
+        "upstream": {
+            "endpoints": c.upstream.endpoints.iter().map(|e| e.as_str()).collect::<Vec<_>>(),
+            "balance": match c.upstream.balance {
+                Balance::LeastInflight => "least_inflight",
+                Balance::RoundRobin => "round_robin",
+            },
+            "protocol": if c.upstream.h2c { "h2c" } else { "http1" },
+            "tls": c.upstream.tls.as_ref().map(|t| json!({
+                "ca": t.ca.display().to_string(),
+                "server_name": t.server_name.as_ref().map(|n| n.to_str().into_owned()),
+            })),
+            "connect_timeout_s": secs(c.upstream.connect_timeout),
+            "response_header_timeout_s": secs(c.upstream.response_header_timeout),
+            "body_idle_timeout_s": secs(c.upstream.body_idle_timeout),
+            "connect_rate": c.upstream.connect_rate.get(),
+        },
+        "server": {
+            "client_header_timeout_s": secs(c.server.client_header_timeout),
+            "keepalive_timeout_s": secs(c.server.keepalive_timeout),
+            "client_body_timeout_s": secs(c.server.client_body_timeout),
+            "send_timeout_s": secs(c.server.send_timeout),
+            "drain_timeout_s": secs(c.server.drain_timeout),
+            "websocket_idle_timeout_s": secs(c.server.websocket_idle_timeout),
+            "max_header_bytes": c.server.max_header_bytes,
+            "max_headers": c.server.max_headers,
+            "max_connections": c.server.max_connections,
+            "h2_max_concurrent_streams": c.server.h2_max_concurrent_streams,
+            "trusted_proxies": c.server.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        },
+        "limit": limit,
+        "ramp": {
+            "engage": p.engage.as_str(), "curve": p.curve.name(),
+            "duration_s": p.ramp_duration_s, "start_fraction": p.start_fraction,
+            "tick_s": secs(c.tick),
+        },
+        "queue": {
+            "max_len": c.queue.max_len,
+            "max_wait_ms": { "critical": w[3], "high": w[2], "normal": w[1], "low": w[0] },
+        },
+        "per_client_share": c.gate.per_client_share,
+        "features": c.features.iter().map(|f| json!({
+            "name": f.name, "priority": f.priority.as_str(), "state": f.state.as_str(),
+            "routes": c.routes.iter().filter(|r| c.features[r.feature].name == f.name).count(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// The admission plan in a sentence, for the startup log line.
+pub fn plan(c: &Config) -> String {
+    use crate::admission::params::{Engage, LimitMode};
+    let p = &c.control;
+    let limit = match p.limit {
+        LimitMode::Fixed { full_capacity } => format!("a fixed limit of {full_capacity} in flight"),
+        LimitMode::Adaptive(k) => format!(
+            "an adaptive limit starting at {} in flight (it finds the backend's knee between {} and {})",
+            k.initial, k.min, k.max
+        ),
+    };
+    let engage = match p.engage {
+        Engage::OnStart => "the warm-up ramp is engaged from the start".to_string(),
+        Engage::Auto => format!(
+            "the warm-up ramp engages on its own after {:.0} s of strain (demand pressing on the limit while latency rises or the hit ratio is under {:.2})",
+            p.auto_engage_after_s, p.auto_engage_hit_ratio
+        ),
+        Engage::Manual => "the warm-up ramp engages only when an operator engages it".to_string(),
+    };
+    let stages: Vec<String> = crate::admission::Priority::ALL
+        .iter()
+        .rev()
+        .map(|pr| {
+            let at = p.stages[pr.index()];
+            if at <= 0.0 {
+                format!("{} at once", pr.as_str())
+            } else {
+                format!("{} at {:.0} s", pr.as_str(), at * p.ramp_duration_s)
+            }
+        })
+        .collect();
+    format!(
+        "{}; {limit}; {engage}; once engaged, priorities open {} (at the ramp's nominal pace)",
+        if c.shadow {
+            "shadow mode: every decision is recorded, every request admitted"
+        } else {
+            "enforce mode"
+        },
+        stages.join(", ")
+    )
+}

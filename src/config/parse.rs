@@ -66,6 +66,13 @@ pub fn listen_addr(key: &str, s: &str) -> Result<SocketAddr, KeyError> {
 
 /// An upstream `host:port` (host may be a name, IPv4, or `[IPv6]`).
 pub fn host_port(key: &str, s: &str) -> Result<Authority, KeyError> {
+    if let Some((scheme, rest)) = s.split_once("://") {
+        let rest = rest.trim_end_matches('/');
+        return Err(bad(
+            key,
+            format!("{s:?} is not a host:port: drop the scheme: {rest:?} ({scheme} is set by upstream.protocol and upstream.tls)"),
+        ));
+    }
     let err = || bad(key, format!("{s:?} is not a host:port"));
     let (host, port) = s.rsplit_once(':').ok_or_else(err)?;
     let port: u16 = port.parse().map_err(|_| err())?;

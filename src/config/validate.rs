@@ -164,7 +164,16 @@ pub fn validate(f: FileConfig, base: &std::path::Path) -> Result<Config, Vec<Key
                 false
             }
         },
-        level: f.log.level.clone().unwrap_or_else(|| "info".into()),
+        level: {
+            let level = f.log.level.clone().unwrap_or_else(|| "info".into());
+            if !valid_log_level(&level) {
+                e.push(
+                    "log.level",
+                    format!("{level:?} is not a level (off, error, warn, info, debug, trace, or directives such as \"info,warmgate=debug\")"),
+                );
+            }
+            level
+        },
     };
 
     let sig = &f.signals;
@@ -540,6 +549,16 @@ pub fn validate(f: FileConfig, base: &std::path::Path) -> Result<Config, Vec<Key
         }),
         _ => Err(e.0),
     }
+}
+
+/// A level name, or comma-separated `target=level` directives whose levels are all valid.
+fn valid_log_level(s: &str) -> bool {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    !s.trim().is_empty()
+        && s.split(',').all(|d| {
+            let level = d.rsplit_once('=').map_or(d, |(_, l)| l).trim();
+            LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level))
+        })
 }
 
 fn ordered(e: &mut Errors, key: &str, t: Option<Thresholds>) -> Option<Thresholds> {
