@@ -482,7 +482,7 @@ mod tests {
             "--users".into(),
             "200".into(),
             "--duration-s".into(),
-            "8".into(),
+            "5".into(),
             "--arrival-s".into(),
             "1".into(),
             "--quiet".into(),

@@ -1,0 +1,25 @@
+//! Detects nginx for the one integration test that uses it as a real upstream: without it the
+//! test is reported as ignored (with the reason) instead of passing silently.
+
+fn main() {
+    println!("cargo:rustc-check-cfg=cfg(nginx_available)");
+    let found = [
+        "/usr/sbin/nginx",
+        "/usr/bin/nginx",
+        "/usr/local/sbin/nginx",
+        "/usr/local/bin/nginx",
+        "/sbin/nginx",
+    ]
+    .iter()
+    .find(|p| std::path::Path::new(p).exists());
+    match found {
+        Some(p) => {
+            println!("cargo:rustc-cfg=nginx_available");
+            println!("cargo:rerun-if-changed={p}");
+        }
+        // A path that does not exist makes cargo look again on the next build, so installing
+        // nginx later is noticed.
+        None => println!("cargo:rerun-if-changed=/usr/sbin/nginx"),
+    }
+    println!("cargo:rerun-if-changed=build.rs");
+}
