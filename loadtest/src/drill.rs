@@ -73,6 +73,8 @@ pub struct Run {
     /// The physical bound on "everyone logged in": users x login cost x query time / knee,
     /// plus the arrival spread, seconds.
     pub bound_s: f64,
+    /// Queries the database runs at once before it slows down (its knee).
+    pub db_knee: u64,
     pub storm: StormReport,
     pub samples: Vec<Sample>,
 }
@@ -416,6 +418,7 @@ pub async fn run_once(cfg: &DrillConfig, front: Front) -> anyhow::Result<Run> {
         label,
         with_warmgate,
         bound_s,
+        db_knee: s.db_knee,
         storm,
         samples,
     })
@@ -445,6 +448,9 @@ pub async fn run(cfg: DrillConfig) -> anyhow::Result<PathBuf> {
     let path = cfg.report_dir.join("report.html");
     std::fs::write(&path, html)?;
     crate::report::write_charts(&runs, &cfg.report_dir.join("charts"))?;
+    for p in crate::report::summary(&runs) {
+        println!("{p}\n");
+    }
     println!("{}", crate::report::table(&runs));
     Ok(path)
 }
@@ -519,6 +525,43 @@ mod tests {
                 "sampled every second"
             );
             assert!(!r["storm"]["timeline"].as_array().unwrap().is_empty());
+        }
+        // The written summary opens the page and says what report.json says.
+        let opening = page
+            .split("<div class=\"summary\">")
+            .nth(1)
+            .and_then(|s| s.split("</div>").next())
+            .expect("the page opens with a summary");
+        assert!(
+            page.find("<div class=\"summary\">") < page.find("<table>"),
+            "the summary comes before the table"
+        );
+        let paragraphs: Vec<&str> = opening
+            .split("<p>")
+            .filter_map(|p| p.split("</p>").next())
+            .filter(|p| !p.trim().is_empty())
+            .collect();
+        for (i, r) in runs.iter().enumerate() {
+            let s = &r["storm"]["summary"];
+            let want = format!(
+                "{} of {} users logged in",
+                s["logged_in"].as_u64().unwrap(),
+                s["users"].as_u64().unwrap()
+            );
+            let line = paragraphs
+                .iter()
+                .filter(|p| p.contains(" users logged in,"))
+                .nth(i)
+                .unwrap_or_else(|| panic!("no summary for run {i}: {paragraphs:#?}"));
+            assert!(line.contains(&want), "{line} / {want}");
+            let knee = r["db_knee"].as_u64().unwrap();
+            assert!(line.contains(&format!("its knee is {knee}")), "{line}");
+            if let Some(amp) = s["retry_amplification"].as_f64() {
+                assert!(
+                    line.contains(&format!("{amp:.2} requests per success")),
+                    "{line}"
+                );
+            }
         }
         if runs.len() == 2 {
             assert_eq!(runs[1]["with_warmgate"], true);
