@@ -69,9 +69,7 @@ fn draw(spec: &Spec, x_max: f64, y_max: f64, markers: &[Marker]) -> anyhow::Resu
             .map_err(|e| err(&e))?;
         let integer = spec.integer;
         let y_fmt = move |v: &f64| {
-            if integer {
-                format!("{:.0}", v)
-            } else if y_top >= 10.0 {
+            if integer || y_top >= 10.0 {
                 format!("{v:.0}")
             } else {
                 format!("{v:.2}")
