@@ -565,13 +565,20 @@ pub fn summary(runs: &[Run]) -> Vec<String> {
             .iter()
             .filter(|x| x.backend_p99_ms > 500.0)
             .count();
+        let amplification = if s.retry_amplification.is_finite() {
+            format!(
+                "Clients sent {:.2} requests per success.",
+                s.retry_amplification
+            )
+        } else {
+            format!("No request succeeded ({} sent).", s.requests_sent)
+        };
         out.push(format!(
-            "{}: {} of {} users logged in, {all_in}{waits}. The database ran {mean:.1} queries at once on average while busy (its knee is {}), {peak} at the peak, and its p99 was over 500 ms for {slow} s. Clients sent {:.2} requests per success.",
+            "{}: {} of {} users logged in, {all_in}{waits}. The database ran {mean:.1} queries at once on average while busy (its knee is {}), {peak} at the peak, and its p99 was over 500 ms for {slow} s. {amplification}",
             capitalise(&r.label),
             s.logged_in,
             s.users,
             r.db_knee,
-            s.retry_amplification,
         ));
         if r.with_warmgate {
             let first = first_success(r);
@@ -609,8 +616,10 @@ pub fn summary(runs: &[Run]) -> Vec<String> {
     }
     let with = runs.iter().find(|r| r.with_warmgate);
     let best_other = runs.iter().filter(|r| !r.with_warmgate).min_by(|a, b| {
+        // Soonest to have everyone in; among those that never did, the most users in.
         let t = |r: &Run| r.storm.summary.time_to_logged_in_s[3].unwrap_or(f64::INFINITY);
         t(a).total_cmp(&t(b))
+            .then(b.storm.summary.logged_in.cmp(&a.storm.summary.logged_in))
     });
     if let (Some(w), Some(o)) = (with, best_other) {
         let tw = w.storm.summary.time_to_logged_in_s[3];
