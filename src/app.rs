@@ -53,7 +53,29 @@ pub async fn run(
     let shared = Shared::new(config)?;
     let ticker = tokio::spawn(controller_loop(Arc::clone(&shared)));
     let scraper = tokio::spawn(crate::signals::scrape::run(Arc::clone(&shared)));
-    let admin_task = admin.map(|l| tokio::spawn(crate::admin::serve(l, Arc::clone(&shared))));
+    let admin_task = match admin {
+        Some(l) => {
+            let c = &shared.snapshot.load().compiled.config;
+            let tokens = crate::admin::api::load_tokens(
+                c.admin_token_file.as_deref(),
+                c.admin_token_env.as_deref(),
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let reads_need_token = bound.admin.is_some_and(|a| !a.ip().is_loopback());
+            if reads_need_token && tokens.is_empty() {
+                anyhow::bail!("admin.listen is off loopback and no admin token is configured");
+            }
+            let admin = Arc::new(crate::admin::api::Admin {
+                shared: Arc::clone(&shared),
+                config_path: config_path.clone(),
+                tokens,
+                reads_need_token,
+                audit: crate::admin::audit::Audit::new(c.admin_audit_log.clone()),
+            });
+            Some(tokio::spawn(crate::admin::serve(l, admin)))
+        }
+        None => None,
+    };
     let reloader = config_path.map(|p| tokio::spawn(reload_on_sighup(Arc::clone(&shared), p)));
     crate::proxy::serve(proxy, Arc::clone(&shared), shutdown).await;
     ticker.abort();
@@ -118,6 +140,70 @@ async fn controller_loop(shared: Arc<Shared>) {
     }
 }
 
+/// What a reload changed.
+#[derive(Debug, Default)]
+pub struct Reloaded {
+    /// Effective settings that changed, as `key: old -> new`.
+    pub changed: Vec<String>,
+    /// Changed keys that take effect only on a restart (their running values are kept).
+    pub restart_only: Vec<String>,
+}
+
+/// Re-reads `path` and swaps it in (the one path for SIGHUP and the admin API): validate, diff
+/// against the running config, log the diff, swap. An invalid file changes nothing.
+pub fn reload(shared: &Shared, path: &std::path::Path) -> Result<Reloaded, Vec<String>> {
+    let cfg = crate::config::load_file(path)
+        .map_err(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    let running = &shared.snapshot.load().compiled.config;
+    let restart_only = needs_restart(running, &cfg);
+    let changed = diff(
+        &crate::config::summary_json(running, path),
+        &crate::config::summary_json(&cfg, path),
+    );
+    shared.reload(cfg);
+    for k in &restart_only {
+        tracing::warn!(path = %path.display(), "{k}: changed in the file, takes effect on restart; the running value is kept");
+    }
+    for c in &changed {
+        tracing::info!(path = %path.display(), "reload: {c}");
+    }
+    tracing::info!(path = %path.display(), changes = changed.len(), "config reloaded");
+    Ok(Reloaded {
+        changed,
+        restart_only,
+    })
+}
+
+/// The leaves that differ between two JSON documents, as `path: old -> new`.
+fn diff(a: &serde_json::Value, b: &serde_json::Value) -> Vec<String> {
+    fn walk(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+        use serde_json::Value;
+        match (a, b) {
+            (Value::Object(x), Value::Object(y)) => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                for k in keys {
+                    let p = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(
+                        &p,
+                        x.get(k).unwrap_or(&Value::Null),
+                        y.get(k).unwrap_or(&Value::Null),
+                        out,
+                    );
+                }
+            }
+            _ if a != b => out.push(format!("{prefix}: {a} -> {b}")),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk("", a, b, &mut out);
+    out
+}
+
 /// SIGHUP re-reads the config file; an invalid file keeps the running config and logs why.
 async fn reload_on_sighup(shared: Arc<Shared>, path: PathBuf) {
     #[cfg(unix)]
@@ -127,19 +213,9 @@ async fn reload_on_sighup(shared: Arc<Shared>, path: PathBuf) {
             return;
         };
         while hup.recv().await.is_some() {
-            match crate::config::load_file(&path) {
-                Ok(cfg) => {
-                    let kept = needs_restart(&shared.snapshot.load().compiled.config, &cfg);
-                    shared.reload(cfg);
-                    for k in &kept {
-                        tracing::warn!(path = %path.display(), "{k}: changed in the file, takes effect on restart; the running value is kept");
-                    }
-                    tracing::info!(path = %path.display(), "config reloaded");
-                }
-                Err(errs) => {
-                    for e in errs {
-                        tracing::error!("reload rejected, keeping the running config: {e}");
-                    }
+            if let Err(errs) = reload(&shared, &path) {
+                for e in errs {
+                    tracing::error!("reload rejected, keeping the running config: {e}");
                 }
             }
         }

@@ -6,6 +6,7 @@ pub mod admission;
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod ctl;
 pub mod metrics;
 pub mod proxy;
 pub mod runtime;

@@ -40,6 +40,53 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Steer a running warmgate through its admin API (exit 0 done, 1 refused, 3 unreachable,
+    /// 4 not authorised, 5 changed since --if-version).
+    Ctl {
+        /// Admin API address.
+        #[arg(long, env = "WARMGATE_ADMIN", default_value = "127.0.0.1:9901")]
+        admin: String,
+        /// Bearer token for writes (and for reads off loopback).
+        #[arg(long, env = "WARMGATE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Refuse the write if the status's version has moved past this one.
+        #[arg(long)]
+        if_version: Option<u64>,
+        #[command(subcommand)]
+        action: CtlCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum CtlCmd {
+    /// The controller's state as a table (or --json).
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Engage the warm-up ramp from progress 0.
+    Engage,
+    /// Disengage the ramp: every priority admitted within the limit.
+    Disengage,
+    /// Hold progress where it is.
+    Pause,
+    /// Let progress move again.
+    Resume,
+    /// Set the ramp's progress (0 to 1).
+    Progress { value: f64 },
+    /// Switch a feature: on, off, auto, or release (back to the file's state).
+    Feature { name: String, state: String },
+    /// Fix the limit (requests in flight), or `auto` to release it.
+    Limit { value: String },
+    /// Re-read the config file; prints what changed.
+    Reload,
+    /// The last admin writes.
+    Audit {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A live view, refreshed every second (Ctrl-C to stop).
+    Watch,
 }
 
 const DEFAULT_CONFIG: &str = "config/warmgate.toml";
@@ -87,6 +134,49 @@ fn main() -> ExitCode {
                 Ok(cfg) if json => print(&warmgate::config::summary_json(&cfg, &path).to_string()),
                 Ok(cfg) => print(&warmgate::config::summary(&cfg)),
                 Err(code) => code,
+            }
+        }
+        Cmd::Ctl {
+            admin,
+            token,
+            if_version,
+            action,
+        } => {
+            use warmgate::ctl::Action;
+            let action = match action {
+                CtlCmd::Status { json } => Action::Status { json },
+                CtlCmd::Engage => Action::Engage,
+                CtlCmd::Disengage => Action::Disengage,
+                CtlCmd::Pause => Action::Pause,
+                CtlCmd::Resume => Action::Resume,
+                CtlCmd::Progress { value } => Action::Progress(value),
+                CtlCmd::Feature { name, state } => Action::Feature { name, state },
+                CtlCmd::Limit { value } => Action::Limit(value),
+                CtlCmd::Reload => Action::Reload,
+                CtlCmd::Audit { json } => Action::Audit { json },
+                CtlCmd::Watch => Action::Watch,
+            };
+            let target = warmgate::ctl::Target {
+                admin,
+                token,
+                if_version,
+            };
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("warmgate: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(warmgate::ctl::run(&target, action)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(f) => {
+                    eprintln!("warmgate ctl: {}", f.message);
+                    ExitCode::from(f.code)
+                }
             }
         }
         Cmd::Run { path, config } => {

@@ -25,8 +25,51 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 pub struct FeatureRt {
     pub name: String,
     pub priority: Priority,
-    pub state: FeatureState,
+    /// The state the config gives it.
+    pub configured: FeatureState,
+    /// The state in force: the configured one, or an operator's override (one atomic load
+    /// per request; an override is a store, not a rebuild).
+    pub state: FeatureSwitch,
     pub counters: FeatureCounters,
+}
+
+/// A feature state that an operator can switch live.
+#[derive(Debug)]
+pub struct FeatureSwitch(std::sync::atomic::AtomicU8);
+
+impl FeatureSwitch {
+    pub fn new(s: FeatureState) -> Self {
+        Self(std::sync::atomic::AtomicU8::new(Self::code(s)))
+    }
+
+    fn code(s: FeatureState) -> u8 {
+        match s {
+            FeatureState::Auto => 0,
+            FeatureState::On => 1,
+            FeatureState::Off => 2,
+        }
+    }
+
+    pub fn get(&self) -> FeatureState {
+        match self.0.load(Ordering::Relaxed) {
+            1 => FeatureState::On,
+            2 => FeatureState::Off,
+            _ => FeatureState::Auto,
+        }
+    }
+
+    pub fn set(&self, s: FeatureState) {
+        self.0.store(Self::code(s), Ordering::Relaxed);
+    }
+}
+
+/// What operators changed live, kept across reloads of the file until released.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// Feature name → the state an operator set (over the file's).
+    pub features: std::collections::BTreeMap<String, FeatureState>,
+    /// A limit an operator fixed (over the algorithm's).
+    pub limit: Option<u32>,
 }
 
 /// Everything derived from one config, built at load or reload.
@@ -61,6 +104,11 @@ pub struct Control {
     pub retry_share: f64,
     /// No backing-off / recovered log line before this time (ms).
     strain_quiet_until_ms: u64,
+    /// Bumped by every reload and every operator change: a write may say which version it
+    /// was made against (`if_version`) and is refused if someone changed things since.
+    pub version: u64,
+    /// Operator changes in force.
+    pub overrides: Overrides,
 }
 
 /// Process-wide state shared by listeners, the controller and the admin API.
@@ -98,7 +146,8 @@ impl Compiled {
             .map(|f| FeatureRt {
                 name: f.name.clone(),
                 priority: f.priority,
-                state: f.state,
+                configured: f.state,
+                state: FeatureSwitch::new(f.state),
                 counters: metrics.feature(&f.name, f.priority),
             })
             .collect();
@@ -173,6 +222,8 @@ impl Shared {
             attempts_seen: (0, 0),
             retry_share: 0.0,
             strain_quiet_until_ms: 0,
+            version: 1,
+            overrides: Overrides::default(),
         };
         let window = Window::new();
         window.rotate(clock.now_ms());
@@ -295,6 +346,21 @@ impl Shared {
         let paused = control.params.paused;
         control.params = compiled.config.control.clone();
         control.params.paused = paused;
+        // Operator overrides outlive the file until released; one for a feature the new
+        // file no longer has is dropped.
+        control.overrides.features.retain(|name, state| {
+            match compiled.features.iter().find(|f| &f.name == name) {
+                Some(f) => {
+                    f.state.set(*state);
+                    true
+                }
+                None => {
+                    tracing::warn!(feature = %name, "override dropped: the reloaded config has no such feature");
+                    false
+                }
+            }
+        });
+        control.version += 1;
         self.gate
             .set_max_len(compiled.config.queue.max_len as usize);
         self.snapshot.store(Arc::new(Snapshot {

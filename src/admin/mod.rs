@@ -1,19 +1,24 @@
-//! The admin listener (own port, loopback by default): `/status`, `/metrics`, `/healthz`.
+//! The admin listener (own port, loopback by default): the operator's API under `/api/v1/`
+//! (documented in `docs/openapi.json`), and `/status`, `/metrics`, `/healthz`.
 
+pub mod api;
+pub mod audit;
 pub mod status;
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{header, Method, Request, Response, StatusCode};
+use http::{header, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
-use crate::runtime::Shared;
+use api::Admin;
+use audit::Caller;
+use http_body_util::BodyExt;
 
 fn reply(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
@@ -25,45 +30,139 @@ fn reply(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Res
     r
 }
 
+/// Matches a request path against a route pattern (`{name}` is one path segment).
+fn matches(pattern: &str, path: &str) -> bool {
+    let mut p = pattern.split('/');
+    let mut q = path.split('/');
+    loop {
+        match (p.next(), q.next()) {
+            (None, None) => return true,
+            (Some(a), Some(b)) if a.starts_with('{') && !b.is_empty() => {}
+            (Some(a), Some(b)) if a == b => {}
+            _ => return false,
+        }
+    }
+}
+
+fn json_reply(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let text = serde_json::to_vec_pretty(body).unwrap_or_default();
+    reply(status, "application/json", text)
+}
+
 async fn route(
-    shared: Arc<Shared>,
+    admin: Arc<Admin>,
+    peer: std::net::SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    Ok(match (req.method(), req.uri().path()) {
-        (&Method::GET, "/status") => {
-            let body = serde_json::to_vec_pretty(&status::status(&shared)).unwrap_or_default();
-            reply(StatusCode::OK, "application/json", body)
+    let method = req.method().as_str().to_string();
+    let path = req.uri().path().to_string();
+    let known_path = api::ROUTES.iter().any(|(_, p)| matches(p, &path));
+    let Some(&(_, pattern)) = api::ROUTES
+        .iter()
+        .find(|(m, p)| *m == method && matches(p, &path))
+    else {
+        return Ok(if known_path {
+            reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "method not allowed\n",
+            )
+        } else {
+            reply(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "not found: try /api/v1/status, /api/v1/openapi.json, /metrics or /healthz\n",
+            )
+        });
+    };
+    let auth = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let token = admin.caller(auth);
+    let write = method != "GET";
+    if (write || admin.reads_need_token) && pattern != "/healthz" && token.is_none() {
+        let mut r = json_reply(
+            StatusCode::UNAUTHORIZED,
+            &serde_json::json!({ "error": if auth.is_some() { "unknown token" } else { "a bearer token is required (Authorization: Bearer <token>)" } }),
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        if write {
+            let caller = Caller {
+                token: "none".into(),
+                peer,
+            };
+            admin.audit.record(
+                &caller,
+                &format!("{method} {path}"),
+                serde_json::Value::Null,
+                serde_json::Value::Null,
+                "401: not authorised",
+            );
         }
-        (&Method::GET, "/metrics") => reply(
+        return Ok(r);
+    }
+    let shared = &admin.shared;
+    Ok(match pattern {
+        "/status" | "/api/v1/status" => json_reply(StatusCode::OK, &status::status(shared)),
+        "/metrics" => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4",
             shared.metrics.render(),
         ),
-        (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n"),
-        (_, "/status" | "/metrics" | "/healthz") => reply(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "method not allowed\n",
+        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n"),
+        "/api/v1/config" => json_reply(
+            StatusCode::OK,
+            &crate::config::summary_json(
+                &shared.snapshot.load().compiled.config,
+                admin
+                    .config_path
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new("")),
+            ),
         ),
-        _ => reply(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found: try /status or /metrics\n",
+        "/api/v1/audit" => json_reply(
+            StatusCode::OK,
+            &serde_json::json!({ "entries": admin.audit.last(200) }),
         ),
+        "/api/v1/openapi.json" => reply(StatusCode::OK, "application/json", api::OPENAPI),
+        _ => {
+            let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024)
+                .collect()
+                .await
+            {
+                Ok(b) => b.to_bytes(),
+                Err(_) => {
+                    return Ok(json_reply(
+                        StatusCode::BAD_REQUEST,
+                        &serde_json::json!({ "error": "the body is unreadable or over 64 KiB" }),
+                    ))
+                }
+            };
+            let caller = Caller {
+                token: token.unwrap_or_default(),
+                peer,
+            };
+            let (status, body) = admin.write(&caller, &method, &path, &body);
+            json_reply(status, &body)
+        }
     })
 }
 
 /// Serves the admin API until the task is dropped.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             // Out of descriptors and the like: back off instead of spinning.
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             continue;
         };
-        let shared = Arc::clone(&shared);
+        let admin = Arc::clone(&admin);
         tokio::spawn(async move {
-            let svc = service_fn(move |req| route(Arc::clone(&shared), req));
+            let svc = service_fn(move |req| route(Arc::clone(&admin), peer, req));
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(10))

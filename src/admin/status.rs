@@ -13,12 +13,14 @@ pub fn status(shared: &Shared) -> Value {
     let d = snap.decision;
     let c = &snap.compiled;
     let now = shared.clock.now_ms();
-    let (signals, params, retry_share, knee) = match shared.control.lock() {
+    let (signals, params, retry_share, knee, version, overrides) = match shared.control.lock() {
         Ok(ctl) => (
             ctl.last_signals,
             ctl.params.clone(),
             ctl.retry_share,
             ctl.controller.knee().clone(),
+            ctl.version,
+            ctl.overrides.clone(),
         ),
         Err(_) => return json!({"error": "controller state unavailable"}),
     };
@@ -48,7 +50,8 @@ pub fn status(shared: &Shared) -> Value {
             json!({
                 "name": f.name,
                 "priority": f.priority.as_str(),
-                "state": f.state.as_str(),
+                "state": f.state.get().as_str(),
+                "configured_state": f.configured.as_str(),
                 "admitted": f.counters.get(Outcome::Admitted),
                 "shed": f.counters.get(Outcome::Shed),
                 "rejected_queue": f.counters.get(Outcome::RejectedQueue),
@@ -72,6 +75,17 @@ pub fn status(shared: &Shared) -> Value {
         })
         .collect();
     json!({
+        "version": version,
+        "overrides": {
+            "features": overrides
+                .features
+                .iter()
+                .map(|(k, v)| (k.clone(), json!(v.as_str())))
+                .collect::<serde_json::Map<String, Value>>(),
+            "limit": overrides.limit,
+            "paused": params.paused,
+            "note": "operator overrides win over the file and are kept across reloads until released",
+        },
         "mode": if c.config.shadow { "shadow" } else { "enforce" },
         "controller": {
             "state": d.state.as_str(),

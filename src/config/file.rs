@@ -107,6 +107,12 @@ pub struct FileCert {
 #[serde(deny_unknown_fields)]
 pub struct FileAdmin {
     pub listen: Option<String>,
+    /// A file of `name:secret` lines: bearer tokens for admin writes.
+    pub token_file: Option<String>,
+    /// An environment variable holding one bearer token.
+    pub token_env: Option<String>,
+    /// Append every admin write as a JSON line to this file.
+    pub audit_log: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -38,6 +38,11 @@ pub struct Config {
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
     pub admin_listen: Option<SocketAddr>,
+    /// Bearer tokens for the admin API: a file and/or an environment variable (read at start).
+    pub admin_token_file: Option<std::path::PathBuf>,
+    pub admin_token_env: Option<String>,
+    /// The audit log file, if any.
+    pub admin_audit_log: Option<std::path::PathBuf>,
     /// TLS on the client listener (certificates read at load and at every reload).
     pub tls: Option<crate::tls::TlsServer>,
     pub log: LogConfig,

@@ -141,6 +141,18 @@ pub fn validate(f: FileConfig, base: &std::path::Path) -> Result<Config, Vec<Key
         .listen
         .as_deref()
         .and_then(|a| e.take(listen_addr("admin.listen", a)));
+    let admin_token_file = f.admin.token_file.as_ref().map(|p| base.join(p));
+    let admin_token_env = f.admin.token_env.clone();
+    let admin_audit_log = f.admin.audit_log.as_ref().map(|p| base.join(p));
+    if admin_listen.is_some_and(|a| !a.ip().is_loopback())
+        && admin_token_file.is_none()
+        && admin_token_env.is_none()
+    {
+        e.push(
+            "admin.listen",
+            "an admin listener off loopback needs admin.token_file or admin.token_env (anyone who reaches it could steer the ramp)",
+        );
+    }
     let tls = f.tls.as_ref().and_then(|t| {
         let files: Vec<_> = t
             .certificates
@@ -533,6 +545,9 @@ pub fn validate(f: FileConfig, base: &std::path::Path) -> Result<Config, Vec<Key
             server,
             upstream,
             admin_listen,
+            admin_token_file,
+            admin_token_env,
+            admin_audit_log,
             tls,
             log,
             signals,

@@ -66,7 +66,7 @@ pub async fn handle(
     let client = c.classifier.client_hash(req.headers(), ip);
     let ask = Ask {
         priority: feature.priority,
-        state: feature.state,
+        state: feature.state.get(),
         feature: fidx as u32,
         client,
         now_ms,

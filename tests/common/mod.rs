@@ -119,6 +119,21 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// A proxy started by the test itself.
+    pub fn new(
+        addr: SocketAddr,
+        admin: SocketAddr,
+        stop: oneshot::Sender<()>,
+        done: tokio::task::JoinHandle<()>,
+    ) -> Self {
+        Self {
+            addr,
+            admin,
+            stop: Some(stop),
+            done: Some(done),
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }

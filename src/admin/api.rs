@@ -1,0 +1,315 @@
+//! The operator's API under `/api/v1/`: reads (status, effective config, audit log) and writes
+//! (engage, pause, progress, feature switches, a fixed limit, reload), each write with a bearer
+//! token, validated like the file, applied under the controller's lock, recorded in the audit
+//! log, and refused with 409 when it names a version someone else has moved past.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use http::StatusCode;
+use serde_json::{json, Value};
+
+use super::audit::{Audit, Caller};
+use crate::admission::FeatureState;
+use crate::runtime::Shared;
+
+/// Every route the admin listener answers: (method, path). The OpenAPI document lists exactly
+/// these (a test holds them together).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/status"),
+    ("GET", "/metrics"),
+    ("GET", "/api/v1/status"),
+    ("GET", "/api/v1/config"),
+    ("GET", "/api/v1/audit"),
+    ("GET", "/api/v1/openapi.json"),
+    ("POST", "/api/v1/ramp/engage"),
+    ("POST", "/api/v1/ramp/disengage"),
+    ("POST", "/api/v1/ramp/pause"),
+    ("POST", "/api/v1/ramp/resume"),
+    ("PUT", "/api/v1/ramp/progress"),
+    ("PUT", "/api/v1/features/{name}"),
+    ("PUT", "/api/v1/limit"),
+    ("POST", "/api/v1/reload"),
+];
+
+/// The document served at `/api/v1/openapi.json`.
+pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
+/// What the admin listener needs besides the shared state.
+pub struct Admin {
+    pub shared: Arc<Shared>,
+    /// The config file, for `POST /api/v1/reload`.
+    pub config_path: Option<PathBuf>,
+    /// (name, secret) pairs; a write needs one of them as `Authorization: Bearer <secret>`.
+    pub tokens: Vec<(String, String)>,
+    /// Reads need a token too (the admin listener is not on loopback).
+    pub reads_need_token: bool,
+    pub audit: Audit,
+}
+
+/// An API answer: status and JSON body.
+pub type Answer = (StatusCode, Value);
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Answer {
+    (status, json!({ "error": msg.into() }))
+}
+
+fn field_error(field: &str, msg: impl Into<String>) -> Answer {
+    (
+        StatusCode::BAD_REQUEST,
+        json!({ "error": msg.into(), "field": field }),
+    )
+}
+
+impl Admin {
+    /// The token name for a bearer secret, if it is one of ours. Compared in constant time.
+    pub fn caller(&self, authorization: Option<&str>) -> Option<String> {
+        let secret = authorization?.strip_prefix("Bearer ")?.trim();
+        self.tokens
+            .iter()
+            .find(|(_, s)| constant_time_eq(s.as_bytes(), secret.as_bytes()))
+            .map(|(n, _)| n.clone())
+    }
+
+    /// Handles a write; `body` is the request's JSON (empty for none).
+    pub fn write(&self, caller: &Caller, method: &str, path: &str, body: &[u8]) -> Answer {
+        let v: Value = if body.iter().all(u8::is_ascii_whitespace) {
+            json!({})
+        } else {
+            match serde_json::from_slice(body) {
+                Ok(v @ Value::Object(_)) => v,
+                Ok(_) => return error(StatusCode::BAD_REQUEST, "the body must be a JSON object"),
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("the body is not JSON: {e}"),
+                    )
+                }
+            }
+        };
+        let action = format!("{method} {path}");
+        let answer = self.apply(method, path, &v);
+        let result = if answer.0.is_success() {
+            "ok".to_string()
+        } else {
+            format!(
+                "{}: {}",
+                answer.0.as_u16(),
+                answer.1["error"].as_str().unwrap_or("refused")
+            )
+        };
+        let (before, after) = (
+            answer.1.get("before").cloned().unwrap_or(Value::Null),
+            answer.1.get("after").cloned().unwrap_or_else(|| v.clone()),
+        );
+        self.audit.record(caller, &action, before, after, &result);
+        answer
+    }
+
+    fn apply(&self, method: &str, path: &str, v: &Value) -> Answer {
+        if method == "POST" && path == "/api/v1/reload" {
+            return self.reload();
+        }
+        let Ok(mut ctl) = self.shared.control.lock() else {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "controller state unavailable",
+            );
+        };
+        if let Some(want) = v.get("if_version") {
+            let Some(want) = want.as_u64() else {
+                return field_error(
+                    "if_version",
+                    "must be a whole number (the status's version)",
+                );
+            };
+            if want != ctl.version {
+                return (
+                    StatusCode::CONFLICT,
+                    json!({
+                        "error": "changed since that version: read the status again",
+                        "version": ctl.version,
+                    }),
+                );
+            }
+        }
+        let snap = self.shared.snapshot.load_full();
+        let (before, after) = match (method, path) {
+            ("POST", "/api/v1/ramp/engage") => {
+                let before = json!({ "engaged": ctl.controller.engaged() });
+                ctl.controller.set_engaged(true);
+                (before, json!({ "engaged": true }))
+            }
+            ("POST", "/api/v1/ramp/disengage") => {
+                let before = json!({ "engaged": ctl.controller.engaged() });
+                ctl.controller.set_engaged(false);
+                (before, json!({ "engaged": false }))
+            }
+            ("POST", "/api/v1/ramp/pause" | "/api/v1/ramp/resume") => {
+                let pause = path.ends_with("pause");
+                let before = json!({ "paused": ctl.params.paused });
+                ctl.params.paused = pause;
+                (before, json!({ "paused": pause }))
+            }
+            ("PUT", "/api/v1/ramp/progress") => {
+                let Some(p) = v.get("value").and_then(Value::as_f64) else {
+                    return field_error(
+                        "value",
+                        "a progress between 0 and 1 is required, e.g. {\"value\": 0.4}",
+                    );
+                };
+                if !(0.0..=1.0).contains(&p) {
+                    return field_error("value", format!("{p} is not between 0 and 1"));
+                }
+                let before = json!({ "progress": snap.decision.progress });
+                ctl.controller.set_progress(p);
+                (before, json!({ "progress": p }))
+            }
+            ("PUT", "/api/v1/limit") => {
+                let before = json!({ "limit": snap.decision.limit, "fixed": ctl.overrides.limit });
+                let pin = match v.get("value") {
+                    Some(Value::String(s)) if s == "auto" => None,
+                    Some(n) => match n.as_u64() {
+                        Some(n) if (1..=1_000_000).contains(&n) => Some(n as u32),
+                        _ => {
+                            return field_error(
+                                "value",
+                                "a whole number of requests in flight between 1 and 1000000, or \"auto\"",
+                            )
+                        }
+                    },
+                    None => return field_error("value", "required: a number, or \"auto\" to release"),
+                };
+                ctl.controller.pin_limit(pin);
+                ctl.overrides.limit = pin;
+                (before, json!({ "fixed": pin }))
+            }
+            ("PUT", p) if p.starts_with("/api/v1/features/") => {
+                let name = &p["/api/v1/features/".len()..];
+                let Some(f) = snap.compiled.features.iter().find(|f| f.name == name) else {
+                    let known: Vec<&str> = snap
+                        .compiled
+                        .features
+                        .iter()
+                        .map(|f| f.name.as_str())
+                        .collect();
+                    return error(
+                        StatusCode::NOT_FOUND,
+                        format!("no feature {name:?} (features: {})", known.join(", ")),
+                    );
+                };
+                let Some(state) = v.get("state").and_then(Value::as_str) else {
+                    return field_error(
+                        "state",
+                        "required: \"on\", \"off\", \"auto\" or \"release\"",
+                    );
+                };
+                let before = json!({ "state": f.state.get().as_str() });
+                let new = if state == "release" {
+                    ctl.overrides.features.remove(name);
+                    f.configured
+                } else {
+                    let Some(s) = FeatureState::parse(state) else {
+                        return field_error(
+                            "state",
+                            format!("{state:?} is not a state (on, off, auto, or release for the file's)"),
+                        );
+                    };
+                    ctl.overrides.features.insert(name.to_string(), s);
+                    s
+                };
+                f.state.set(new);
+                (before, json!({ "state": new.as_str() }))
+            }
+            _ => return error(StatusCode::NOT_FOUND, "no such write"),
+        };
+        ctl.version += 1;
+        (
+            StatusCode::OK,
+            json!({ "ok": true, "version": ctl.version, "before": before, "after": after }),
+        )
+    }
+
+    fn reload(&self) -> Answer {
+        let Some(path) = &self.config_path else {
+            return error(
+                StatusCode::CONFLICT,
+                "this warmgate was started without a config file",
+            );
+        };
+        match crate::app::reload(&self.shared, path) {
+            Ok(outcome) => {
+                let version = self.shared.control.lock().map(|c| c.version).unwrap_or(0);
+                (
+                    StatusCode::OK,
+                    json!({
+                        "ok": true,
+                        "version": version,
+                        "changed": outcome.changed,
+                        "restart_only": outcome.restart_only,
+                        "after": { "changed": outcome.changed },
+                    }),
+                )
+            }
+            Err(errs) => (
+                StatusCode::BAD_REQUEST,
+                json!({
+                    "error": "the file is invalid; the running config is kept",
+                    "problems": errs,
+                }),
+            ),
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Reads the tokens a config names: a file of `name:secret` (or bare `secret`) lines, and/or an
+/// environment variable holding one secret (named after the variable).
+pub fn load_tokens(
+    file: Option<&std::path::Path>,
+    env: Option<&str>,
+) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("admin.token_file {}: {e}", path.display()))?;
+        for (i, line) in text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .enumerate()
+        {
+            let (name, secret) = line
+                .split_once(':')
+                .map_or((format!("token{}", i + 1), line), |(n, s)| {
+                    (n.trim().to_string(), s.trim())
+                });
+            if secret.len() < 16 {
+                return Err(format!(
+                    "admin.token_file {}: the token {name:?} is shorter than 16 characters",
+                    path.display()
+                ));
+            }
+            out.push((name, secret.to_string()));
+        }
+    }
+    if let Some(var) = env {
+        match std::env::var(var) {
+            Ok(s) if s.trim().len() >= 16 => out.push((var.to_string(), s.trim().to_string())),
+            Ok(_) => {
+                return Err(format!(
+                    "admin.token_env: ${var} is shorter than 16 characters"
+                ))
+            }
+            Err(_) => return Err(format!("admin.token_env: ${var} is not set")),
+        }
+    }
+    Ok(out)
+}

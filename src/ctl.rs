@@ -1,0 +1,329 @@
+//! `warmgate ctl`: the admin API from a terminal or a runbook. Exit codes scripts can trust:
+//! 0 done, 1 refused (a bad value, a missing feature), 3 the admin API is unreachable, 4 no
+//! or a wrong token, 5 someone changed things first (`--if-version` was stale).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+
+/// Exit code: the admin API refused the request (4xx, except 401 and 409).
+pub const REFUSED: u8 = 1;
+/// Exit code: the admin API could not be reached.
+pub const UNREACHABLE: u8 = 3;
+/// Exit code: no token, or not one the admin API knows.
+pub const UNAUTHORISED: u8 = 4;
+/// Exit code: the version given with `--if-version` is stale.
+pub const CONFLICT: u8 = 5;
+
+/// One `ctl` action.
+#[derive(Debug, Clone)]
+pub enum Action {
+    Status { json: bool },
+    Engage,
+    Disengage,
+    Pause,
+    Resume,
+    Progress(f64),
+    Feature { name: String, state: String },
+    Limit(String),
+    Reload,
+    Audit { json: bool },
+    Watch,
+}
+
+/// Where the admin API is and who is asking.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub admin: String,
+    pub token: Option<String>,
+    pub if_version: Option<u64>,
+}
+
+/// A failed call, with the exit code it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+async fn call(
+    t: &Target,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value, Failure> {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut body = body.unwrap_or_else(|| json!({}));
+    if let (Some(v), Some(obj)) = (t.if_version, body.as_object_mut()) {
+        obj.insert("if_version".into(), json!(v));
+    }
+    let base = if t.admin.contains("://") {
+        t.admin.clone()
+    } else {
+        format!("http://{}", t.admin)
+    };
+    let mut req = Request::builder()
+        .method(method.clone())
+        .uri(format!("{}{path}", base.trim_end_matches('/')))
+        .header("content-type", "application/json");
+    if let Some(tok) = &t.token {
+        req = req.header("authorization", format!("Bearer {tok}"));
+    }
+    let payload = if method == Method::GET {
+        Bytes::new()
+    } else {
+        Bytes::from(body.to_string())
+    };
+    let req = req.body(Full::new(payload)).map_err(|e| Failure {
+        code: REFUSED,
+        message: format!("bad admin address {:?}: {e}", t.admin),
+    })?;
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .map_err(|_| Failure {
+            code: UNREACHABLE,
+            message: format!("the admin API at {} did not answer within 10 s", t.admin),
+        })?
+        .map_err(|e| Failure {
+            code: UNREACHABLE,
+            message: format!(
+                "cannot reach the admin API at {} ({e}); is warmgate running, and is [admin] listen set? (--admin or WARMGATE_ADMIN)",
+                t.admin
+            ),
+        })?;
+    let status = resp.status();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let v: Value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    if status.is_success() {
+        return Ok(v);
+    }
+    let why = v["error"]
+        .as_str()
+        .map_or_else(|| v.to_string(), str::to_string);
+    let field = v["field"]
+        .as_str()
+        .map(|f| format!(" ({f})"))
+        .unwrap_or_default();
+    Err(match status.as_u16() {
+        401 => Failure {
+            code: UNAUTHORISED,
+            message: format!(
+                "not authorised: {why}; give the token with --token or WARMGATE_TOKEN"
+            ),
+        },
+        409 => Failure {
+            code: CONFLICT,
+            message: format!("{why} (current version {})", v["version"]),
+        },
+        s => Failure {
+            code: REFUSED,
+            message: format!("refused ({s}): {why}{field}"),
+        },
+    })
+}
+
+/// The status as a person reads it.
+pub fn status_table(st: &Value) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let c = &st["controller"];
+    let _ = writeln!(
+        s,
+        "state      {} ({}), ramp {}{}, progress {:.2}",
+        c["state"].as_str().unwrap_or("?"),
+        c["health"].as_str().unwrap_or("?"),
+        if c["engaged"] == true {
+            "engaged"
+        } else {
+            "not engaged"
+        },
+        if c["paused"] == true { ", paused" } else { "" },
+        c["progress"].as_f64().unwrap_or(0.0)
+    );
+    let _ = writeln!(
+        s,
+        "limit      {} in flight (algorithm {}, {}), in flight now {}, queued {}",
+        c["limit"],
+        c["limit_algorithm"],
+        c["limit_mode"].as_str().unwrap_or("?"),
+        st["signals"]["inflight"],
+        st["signals"]["queued"]
+    );
+    let sig = &st["signals"];
+    let _ = writeln!(
+        s,
+        "signals    p50 {:.1} ms, p99 {:.1} ms, errors {}, hit ratio {}",
+        sig["p50_ms"].as_f64().unwrap_or(0.0),
+        sig["p99_ms"].as_f64().unwrap_or(0.0),
+        sig["error_rate"]
+            .as_f64()
+            .map_or("-".into(), |e| format!("{:.1} %", e * 100.0)),
+        sig["hit_ratio"]
+            .as_f64()
+            .map_or("-".into(), |h| format!("{h:.2}")),
+    );
+    for p in ["critical", "high", "normal", "low"] {
+        if let Some(v) = st["stages"].get(p) {
+            let _ = writeln!(
+                s,
+                "stage      {:<9} {:<9} waiting {:<5} eta {}",
+                p,
+                if v["admitted"] == true {
+                    "admitted"
+                } else {
+                    "closed"
+                },
+                v["waiting"],
+                v["eta_s"]
+                    .as_f64()
+                    .map_or("-".into(), |e| format!("{e:.0} s"))
+            );
+        }
+    }
+    for f in st["features"].as_array().into_iter().flatten() {
+        let name = f["name"].as_str().unwrap_or("?");
+        let overridden = st["overrides"]["features"].get(name).is_some();
+        let _ = writeln!(
+            s,
+            "feature    {:<12} {:<8} {:<4}{}",
+            name,
+            f["priority"].as_str().unwrap_or("?"),
+            f["state"].as_str().unwrap_or("?"),
+            if overridden {
+                "  (operator override)"
+            } else {
+                ""
+            }
+        );
+    }
+    if let Some(l) = st["overrides"]["limit"].as_u64() {
+        let _ = writeln!(
+            s,
+            "override   limit fixed at {l} (release: warmgate ctl limit auto)"
+        );
+    }
+    let _ = writeln!(s, "version    {}", st["version"]);
+    s
+}
+
+/// Runs one action, printing what it did; the exit code on failure.
+pub async fn run(t: &Target, action: Action) -> Result<(), Failure> {
+    let write = |v: &Value| {
+        let version = v["version"].as_u64().unwrap_or(0);
+        match (&v["before"], &v["after"]) {
+            (Value::Null, _) => println!("done (version {version})"),
+            (b, a) => println!("done: {b} -> {a} (version {version})"),
+        }
+    };
+    match action {
+        Action::Status { json } => {
+            let st = call(t, Method::GET, "/api/v1/status", None).await?;
+            if json {
+                println!("{st}");
+            } else {
+                print!("{}", status_table(&st));
+            }
+        }
+        Action::Engage => write(&call(t, Method::POST, "/api/v1/ramp/engage", None).await?),
+        Action::Disengage => write(&call(t, Method::POST, "/api/v1/ramp/disengage", None).await?),
+        Action::Pause => write(&call(t, Method::POST, "/api/v1/ramp/pause", None).await?),
+        Action::Resume => write(&call(t, Method::POST, "/api/v1/ramp/resume", None).await?),
+        Action::Progress(p) => write(
+            &call(
+                t,
+                Method::PUT,
+                "/api/v1/ramp/progress",
+                Some(json!({ "value": p })),
+            )
+            .await?,
+        ),
+        Action::Feature { name, state } => write(
+            &call(
+                t,
+                Method::PUT,
+                &format!("/api/v1/features/{name}"),
+                Some(json!({ "state": state })),
+            )
+            .await?,
+        ),
+        Action::Limit(v) => {
+            let value = if v == "auto" {
+                json!("auto")
+            } else {
+                match v.parse::<u64>() {
+                    Ok(n) => json!(n),
+                    Err(_) => {
+                        return Err(Failure {
+                            code: REFUSED,
+                            message: format!("{v:?} is not a number of requests or \"auto\""),
+                        })
+                    }
+                }
+            };
+            write(
+                &call(
+                    t,
+                    Method::PUT,
+                    "/api/v1/limit",
+                    Some(json!({ "value": value })),
+                )
+                .await?,
+            );
+        }
+        Action::Reload => {
+            let v = call(t, Method::POST, "/api/v1/reload", None).await?;
+            let changed = v["changed"].as_array().cloned().unwrap_or_default();
+            if changed.is_empty() {
+                println!("reloaded: nothing changed");
+            }
+            for c in changed {
+                println!("changed: {}", c.as_str().unwrap_or("?"));
+            }
+            for r in v["restart_only"].as_array().into_iter().flatten() {
+                println!("needs a restart: {}", r.as_str().unwrap_or("?"));
+            }
+        }
+        Action::Audit { json } => {
+            let v = call(t, Method::GET, "/api/v1/audit", None).await?;
+            for e in v["entries"].as_array().into_iter().flatten() {
+                if json {
+                    println!("{e}");
+                } else {
+                    println!(
+                        "{}  {:<10} {:<40} {}",
+                        e["time_unix_ms"],
+                        e["caller"]["token"].as_str().unwrap_or("?"),
+                        e["action"].as_str().unwrap_or("?"),
+                        e["result"].as_str().unwrap_or("?")
+                    );
+                }
+            }
+        }
+        Action::Watch => {
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            loop {
+                let st = call(t, Method::GET, "/api/v1/status", None).await?;
+                if tty {
+                    print!("\x1b[2J\x1b[H");
+                }
+                print!("{}", status_table(&st));
+                if !tty {
+                    println!();
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    Ok(())
+}

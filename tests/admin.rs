@@ -1,0 +1,265 @@
+//! The admin API: every route is in the OpenAPI document and the other way round, writes need a
+//! token, bad values are refused naming the field, `if_version` guards against a lost update,
+//! overrides survive a reload, and every write is audited.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::Request;
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+
+const TOKEN: &str = "ops:0123456789abcdef0123";
+const SECRET: &str = "0123456789abcdef0123";
+
+struct Running {
+    proxy: Proxy,
+    dir: tempfile::TempDir,
+}
+
+async fn start(upstream: &str) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tokens"), format!("{TOKEN}\n")).unwrap();
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\n[upstream]\nendpoints = [\"{upstream}\"]\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"tokens\"\naudit_log = \"audit.log\"\n[[feature]]\nname = \"login\"\npriority = \"critical\"\n[[feature]]\nname = \"recommend\"\npriority = \"low\"\n[[route]]\nfeature = \"recommend\"\npath_prefix = \"/api/recommend\"\n"
+    );
+    let path = dir.path().join("w.toml");
+    std::fs::write(&path, &text).unwrap();
+    let cfg = warmgate::config::load_file(&path).unwrap();
+    let listeners = warmgate::app::bind(&cfg).await.unwrap();
+    let addr = listeners.0.local_addr().unwrap();
+    let admin = listeners.1.as_ref().unwrap().local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let done = tokio::spawn(async move {
+        let _ = warmgate::app::run(cfg, listeners, Some(path), async move {
+            let _ = rx.await;
+        })
+        .await;
+    });
+    Running {
+        proxy: Proxy::new(addr, admin, tx, done),
+        dir,
+    }
+}
+
+async fn call(
+    admin: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Value,
+) -> (u16, Value) {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(format!("http://{admin}{path}"))
+        .header("content-type", "application/json");
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    let body = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    let resp = h1().request(b.body(full(body)).unwrap()).await.unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let v = serde_json::from_slice(&bytes)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
+    (status, v)
+}
+
+#[tokio::test]
+async fn every_route_is_documented_and_every_documented_route_answers() {
+    let doc: Value = serde_json::from_str(warmgate::admin::api::OPENAPI).unwrap();
+    let documented: BTreeSet<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(p, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .filter(|m| m.as_str() != "parameters")
+                .map(|m| (m.to_uppercase(), p.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let served: BTreeSet<(String, String)> = warmgate::admin::api::ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(documented, served);
+
+    let up = ok_upstream(Duration::ZERO).await;
+    let r = start(&up.addr.to_string()).await;
+    let admin = r.proxy.admin;
+    for (m, p) in &served {
+        let path = p.replace("{name}", "recommend");
+        let body = match path.as_str() {
+            "/api/v1/ramp/progress" => json!({ "value": 0.5 }),
+            "/api/v1/limit" => json!({ "value": "auto" }),
+            "/api/v1/features/recommend" => json!({ "state": "auto" }),
+            _ => Value::Null,
+        };
+        let (status, v) = call(admin, m, &path, Some(SECRET), body).await;
+        assert_eq!(status, 200, "{m} {path}: {v}");
+    }
+    let (status, _) = call(admin, "GET", "/api/v1/nope", None, Value::Null).await;
+    assert_eq!(status, 404);
+    let (status, _) = call(admin, "DELETE", "/api/v1/limit", Some(SECRET), Value::Null).await;
+    assert_eq!(status, 405);
+    r.proxy.stop().await;
+}
+
+#[tokio::test]
+async fn writes_need_a_token_are_validated_guarded_by_version_audited_and_kept_across_a_reload() {
+    let up = ok_upstream(Duration::ZERO).await;
+    let r = start(&up.addr.to_string()).await;
+    let admin = r.proxy.admin;
+    // Reads on loopback need no token; writes do.
+    let (status, st) = call(admin, "GET", "/api/v1/status", None, Value::Null).await;
+    assert_eq!(status, 200);
+    let version = st["version"].as_u64().unwrap();
+    let (status, _) = call(
+        admin,
+        "PUT",
+        "/api/v1/features/recommend",
+        None,
+        json!({ "state": "off" }),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, _) = call(
+        admin,
+        "PUT",
+        "/api/v1/features/recommend",
+        Some("wrong-token-wrong-token"),
+        json!({ "state": "off" }),
+    )
+    .await;
+    assert_eq!(status, 401);
+    // A bad value names the field and changes nothing.
+    let (status, v) = call(
+        admin,
+        "PUT",
+        "/api/v1/ramp/progress",
+        Some(SECRET),
+        json!({ "value": 1.5 }),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(v["field"], "value");
+    let (status, v) = call(
+        admin,
+        "PUT",
+        "/api/v1/features/recommend",
+        Some(SECRET),
+        json!({ "state": "sometimes" }),
+    )
+    .await;
+    assert_eq!((status, v["field"].as_str()), (400, Some("state")));
+    let (status, v) = call(
+        admin,
+        "PUT",
+        "/api/v1/features/nope",
+        Some(SECRET),
+        json!({ "state": "off" }),
+    )
+    .await;
+    assert_eq!(status, 404, "{v}");
+    // Switch recommend off, against the version just read.
+    let (status, v) = call(
+        admin,
+        "PUT",
+        "/api/v1/features/recommend",
+        Some(SECRET),
+        json!({ "state": "off", "if_version": version }),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["before"]["state"], "auto");
+    // The same stale version again: someone changed things since.
+    let (status, v) = call(
+        admin,
+        "POST",
+        "/api/v1/ramp/engage",
+        Some(SECRET),
+        json!({ "if_version": version }),
+    )
+    .await;
+    assert_eq!(status, 409, "{v}");
+    assert_eq!(v["version"], version + 1);
+    // The switch applies to traffic at once.
+    let (resp, _) = get(&r.proxy.url("/api/recommend"), &[]).await;
+    assert_eq!(resp.status(), 503);
+    // It outlives a reload of the file, and status shows it as an override.
+    let (status, v) = call(admin, "POST", "/api/v1/reload", Some(SECRET), Value::Null).await;
+    assert_eq!(status, 200, "{v}");
+    let (resp, _) = get(&r.proxy.url("/api/recommend"), &[]).await;
+    assert_eq!(resp.status(), 503, "the override survived the reload");
+    let (_, st) = call(admin, "GET", "/api/v1/status", None, Value::Null).await;
+    assert_eq!(st["overrides"]["features"]["recommend"], "off");
+    // Released: back to the file's state.
+    let (status, _) = call(
+        admin,
+        "PUT",
+        "/api/v1/features/recommend",
+        Some(SECRET),
+        json!({ "state": "release" }),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        get(&r.proxy.url("/api/recommend"), &[]).await.0.status(),
+        200
+    );
+    // A fixed limit shows in the status after the next tick, and "auto" releases it.
+    let (status, _) = call(
+        admin,
+        "PUT",
+        "/api/v1/limit",
+        Some(SECRET),
+        json!({ "value": 3 }),
+    )
+    .await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, st) = call(admin, "GET", "/api/v1/status", None, Value::Null).await;
+    assert_eq!(st["controller"]["limit"], 3);
+    assert_eq!(st["overrides"]["limit"], 3);
+    // Every write, refused or not, is in the audit log and its file.
+    let (_, audit) = call(admin, "GET", "/api/v1/audit", None, Value::Null).await;
+    let entries = audit["entries"].as_array().unwrap();
+    let results: Vec<&str> = entries
+        .iter()
+        .map(|e| e["result"].as_str().unwrap())
+        .collect();
+    assert!(
+        results.iter().filter(|r| r.starts_with("401")).count() >= 2,
+        "{results:?}"
+    );
+    assert!(results.iter().any(|r| r.starts_with("409")), "{results:?}");
+    assert!(results.iter().any(|r| r.starts_with("400")), "{results:?}");
+    let ok = entries.iter().find(|e| e["result"] == "ok").unwrap();
+    assert_eq!(ok["caller"]["token"], "ops");
+    let file = std::fs::read_to_string(r.dir.path().join("audit.log")).unwrap();
+    assert_eq!(file.lines().count(), entries.len());
+    r.proxy.stop().await;
+}
+
+#[test]
+fn an_admin_listener_off_loopback_needs_a_token() {
+    let e = warmgate::config::load_str(
+        "w.toml",
+        "[upstream]\nendpoints = [\"127.0.0.1:9\"]\n[admin]\nlisten = \"0.0.0.0:9901\"\n",
+    )
+    .unwrap_err();
+    assert!(e[0].to_string().contains("admin.listen: an admin listener off loopback needs admin.token_file or admin.token_env"), "{e:?}");
+    let _ = Bytes::new();
+}
