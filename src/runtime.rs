@@ -128,6 +128,8 @@ pub struct Shared {
     /// Keys the client hash; kept for the process so a reload keeps client memory.
     pub hasher: RandomState,
     nonce: AtomicU64,
+    /// Set once shutdown has begun: not ready for new traffic.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 impl Compiled {
@@ -252,6 +254,7 @@ impl Shared {
             control: Mutex::new(control),
             hasher,
             nonce: AtomicU64::new(0),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 

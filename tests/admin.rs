@@ -263,3 +263,40 @@ fn an_admin_listener_off_loopback_needs_a_token() {
     assert!(e[0].to_string().contains("admin.listen: an admin listener off loopback needs admin.token_file or admin.token_env"), "{e:?}");
     let _ = Bytes::new();
 }
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_answer() {
+    let up = ok_upstream(Duration::ZERO).await;
+    let r = start(&up.addr.to_string()).await;
+    let admin = r.proxy.admin;
+    let (status, v) = call(admin, "GET", "/api/v1/nothing", None, Value::Null).await;
+    assert_eq!(status, 404);
+    assert!(v["error"].as_str().unwrap().contains("openapi"), "{v}");
+    let (status, v) = call(
+        admin,
+        "PUT",
+        "/api/v1/ramp/progress",
+        Some(SECRET),
+        json!({ "valeu": 0.3 }),
+    )
+    .await;
+    assert_eq!((status, v["field"].as_str()), (400, Some("valeu")), "{v}");
+    let req = Request::builder()
+        .method("PUT")
+        .uri(format!("http://{admin}/api/v1/ramp/progress"))
+        .header("authorization", format!("Bearer {SECRET}"))
+        .body(full("{not json"))
+        .unwrap();
+    let resp = h1().request(req).await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let big = format!("{{\"value\": 0.5, \"pad\": \"{}\"}}", "x".repeat(100_000));
+    let req = Request::builder()
+        .method("PUT")
+        .uri(format!("http://{admin}/api/v1/ramp/progress"))
+        .header("authorization", format!("Bearer {SECRET}"))
+        .body(full(big))
+        .unwrap();
+    let resp = h1().request(req).await.unwrap();
+    assert_eq!(resp.status(), 413);
+    r.proxy.stop().await;
+}

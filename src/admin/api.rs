@@ -17,6 +17,7 @@ use crate::runtime::Shared;
 /// these (a test holds them together).
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
+    ("GET", "/readyz"),
     ("GET", "/status"),
     ("GET", "/metrics"),
     ("GET", "/api/v1/status"),
@@ -89,7 +90,10 @@ impl Admin {
             }
         };
         let action = format!("{method} {path}");
-        let answer = self.apply(method, path, &v);
+        let answer = match unknown_field(path, &v) {
+            Some(a) => a,
+            None => self.apply(method, path, &v),
+        };
         let result = if answer.0.is_success() {
             "ok".to_string()
         } else {
@@ -261,6 +265,24 @@ impl Admin {
             ),
         }
     }
+}
+
+/// A field the write does not take: 400 naming it (a typo must not pass as "nothing to do").
+fn unknown_field(path: &str, v: &Value) -> Option<Answer> {
+    let takes: &[&str] = match path {
+        "/api/v1/ramp/progress" | "/api/v1/limit" => &["value", "if_version"],
+        p if p.starts_with("/api/v1/features/") => &["state", "if_version"],
+        _ => &["if_version"],
+    };
+    let obj = v.as_object()?;
+    let bad = obj.keys().find(|k| !takes.contains(&k.as_str()))?;
+    Some(field_error(
+        bad,
+        format!(
+            "unknown field `{bad}` (this write takes {})",
+            takes.join(", ")
+        ),
+    ))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -62,16 +62,14 @@ async fn route(
         .find(|(m, p)| *m == method && matches(p, &path))
     else {
         return Ok(if known_path {
-            reply(
+            json_reply(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "text/plain",
-                "method not allowed\n",
+                &serde_json::json!({ "error": format!("{method} is not allowed on {path}") }),
             )
         } else {
-            reply(
+            json_reply(
                 StatusCode::NOT_FOUND,
-                "text/plain",
-                "not found: try /api/v1/status, /api/v1/openapi.json, /metrics or /healthz\n",
+                &serde_json::json!({ "error": format!("no route {path}: see /api/v1/openapi.json") }),
             )
         });
     };
@@ -81,7 +79,8 @@ async fn route(
         .and_then(|v| v.to_str().ok());
     let token = admin.caller(auth);
     let write = method != "GET";
-    if (write || admin.reads_need_token) && pattern != "/healthz" && token.is_none() {
+    let probe = pattern == "/healthz" || pattern == "/readyz";
+    if (write || admin.reads_need_token) && !probe && token.is_none() {
         let mut r = json_reply(
             StatusCode::UNAUTHORIZED,
             &serde_json::json!({ "error": if auth.is_some() { "unknown token" } else { "a bearer token is required (Authorization: Bearer <token>)" } }),
@@ -114,6 +113,22 @@ async fn route(
             shared.metrics.render(),
         ),
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n"),
+        "/readyz" => {
+            let snap = shared.snapshot.load();
+            let now = shared.clock.now_ms();
+            let eps = &snap.compiled.endpoints.endpoints;
+            if shared.draining.load(std::sync::atomic::Ordering::Relaxed) {
+                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
+            } else if eps.iter().all(|e| e.is_ejected(now)) {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready: every upstream endpoint is ejected\n",
+                )
+            } else {
+                reply(StatusCode::OK, "text/plain", "ready\n")
+            }
+        }
         "/api/v1/config" => json_reply(
             StatusCode::OK,
             &crate::config::summary_json(
@@ -135,10 +150,19 @@ async fn route(
                 .await
             {
                 Ok(b) => b.to_bytes(),
+                Err(e)
+                    if e.downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some() =>
+                {
+                    return Ok(json_reply(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        &serde_json::json!({ "error": "the body is over 64 KiB" }),
+                    ))
+                }
                 Err(_) => {
                     return Ok(json_reply(
                         StatusCode::BAD_REQUEST,
-                        &serde_json::json!({ "error": "the body is unreadable or over 64 KiB" }),
+                        &serde_json::json!({ "error": "the body could not be read" }),
                     ))
                 }
             };

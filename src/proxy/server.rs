@@ -124,6 +124,9 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
     }
     drop(listener);
     drop(live_tx);
+    shared
+        .draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     let drain = shared.snapshot.load().compiled.config.server.drain_timeout;
     tracing::info!(
         drain_s = drain.as_secs_f64(),
