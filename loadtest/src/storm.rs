@@ -291,6 +291,10 @@ async fn user(
             step += 1;
         }
         let think = Duration::from_millis(cfg.think_ms / 2 + rng.below(cfg.think_ms.max(1)));
+        // A user still thinking when the storm ends has nothing more to send.
+        if Instant::now() + think >= end {
+            return;
+        }
         tokio::time::sleep(think).await;
     }
 }
