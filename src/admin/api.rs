@@ -16,6 +16,9 @@ use crate::runtime::Shared;
 /// Every route the admin listener answers: (method, path). The OpenAPI document lists exactly
 /// these (a test holds them together).
 pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/"),
+    ("GET", "/dashboard/uplot.js"),
+    ("GET", "/dashboard/uplot.css"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/status"),

@@ -79,7 +79,11 @@ async fn route(
         .and_then(|v| v.to_str().ok());
     let token = admin.caller(auth);
     let write = method != "GET";
-    let probe = pattern == "/healthz" || pattern == "/readyz";
+    // Probes and the dashboard's static files need no token (the page asks for one itself).
+    let probe = matches!(
+        pattern,
+        "/healthz" | "/readyz" | "/" | "/dashboard/uplot.js" | "/dashboard/uplot.css"
+    );
     if (write || admin.reads_need_token) && !probe && token.is_none() {
         let mut r = json_reply(
             StatusCode::UNAUTHORIZED,
@@ -111,6 +115,21 @@ async fn route(
             StatusCode::OK,
             "text/plain; version=0.0.4",
             shared.metrics.render(),
+        ),
+        "/" => reply(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            include_str!("dashboard/index.html"),
+        ),
+        "/dashboard/uplot.js" => reply(
+            StatusCode::OK,
+            "application/javascript",
+            include_str!("dashboard/uPlot.iife.min.js"),
+        ),
+        "/dashboard/uplot.css" => reply(
+            StatusCode::OK,
+            "text/css",
+            include_str!("dashboard/uPlot.min.css"),
         ),
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n"),
         "/readyz" => {
