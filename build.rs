@@ -21,5 +21,14 @@ fn main() {
         // nginx later is noticed.
         None => println!("cargo:rerun-if-changed=/usr/sbin/nginx"),
     }
+    // The dashboard's browser test needs Chromium and its WebDriver.
+    println!("cargo:rustc-check-cfg=cfg(chromium_available)");
+    let chromium = ["/usr/bin/chromium", "/usr/bin/chromedriver"];
+    if chromium.iter().all(|p| std::path::Path::new(p).exists()) {
+        println!("cargo:rustc-cfg=chromium_available");
+    }
+    for p in chromium {
+        println!("cargo:rerun-if-changed={p}");
+    }
     println!("cargo:rerun-if-changed=build.rs");
 }

@@ -1,0 +1,223 @@
+//! The dashboard in a real browser (headless Chromium driven over WebDriver): under a little
+//! traffic its numbers move, and a feature switch clicked on the page reaches warmgate and shows
+//! on the page. Saves a screenshot to `target/dashboard.png`. Reported as ignored, with the
+//! reason, where Chromium is not installed (CI installs it).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::process::Reaped;
+use common::*;
+use http::Request;
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+
+const SECRET: &str = "dashboard-token-0123456789";
+
+/// One WebDriver call.
+async fn wd(base: &str, method: &str, path: &str, body: Value) -> Value {
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("{base}{path}"))
+        .header("content-type", "application/json")
+        .body(full(if body.is_null() {
+            String::new()
+        } else {
+            body.to_string()
+        }))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(30), h1().request(req))
+        .await
+        .expect("webdriver answered")
+        .unwrap();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice::<Value>(&bytes).unwrap()["value"].clone()
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(chromium_available),
+    ignore = "Chromium is not installed (apt-get install -y chromium chromium-driver); CI installs it"
+)]
+async fn the_dashboard_moves_and_its_feature_switch_round_trips() {
+    let up = ok_upstream(Duration::from_millis(2)).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tokens"), format!("ops:{SECRET}\n")).unwrap();
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\n[upstream]\nendpoints = [\"{}\"]\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"tokens\"\n[client_key]\nheader = \"x-user\"\n[[feature]]\nname = \"login\"\npriority = \"critical\"\n[[feature]]\nname = \"recommend\"\npriority = \"low\"\n[[route]]\nfeature = \"recommend\"\npath_prefix = \"/api/recommend\"\n[[route]]\nfeature = \"login\"\npath_prefix = \"/api/login\"\n",
+        up.addr
+    );
+    let path = dir.path().join("w.toml");
+    std::fs::write(&path, &text).unwrap();
+    let cfg = warmgate::config::load_file(&path).unwrap();
+    let listeners = warmgate::app::bind(&cfg).await.unwrap();
+    let addr = listeners.0.local_addr().unwrap();
+    let admin = listeners.1.as_ref().unwrap().local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let done = tokio::spawn(async move {
+        let _ = warmgate::app::run(cfg, listeners, Some(path), async move {
+            let _ = rx.await;
+        })
+        .await;
+    });
+    let p = Proxy::new(addr, admin, tx, done);
+
+    // A little traffic, all along.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, base) = (Arc::clone(&stop), p.url(""));
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let path = if n.is_multiple_of(2) {
+                    "/api/login"
+                } else {
+                    "/api/recommend"
+                };
+                let _ = get(&format!("{base}{path}"), &[("x-user", &format!("u{n}"))]).await;
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+
+    let port = free_port();
+    let _driver = Reaped(
+        Command::new("/usr/bin/chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "chromedriver did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let base = format!("http://127.0.0.1:{port}");
+    let profile = tempfile::tempdir().unwrap();
+    let session = wd(
+        &base,
+        "POST",
+        "/session",
+        json!({ "capabilities": { "alwaysMatch": { "browserName": "chrome", "goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--disable-dev-shm-usage", "--window-size=1500,1100",
+                     format!("--user-data-dir={}", profile.path().display())],
+        } } } }),
+    )
+    .await;
+    let id = session["sessionId"]
+        .as_str()
+        .expect("a session")
+        .to_string();
+    let s = format!("/session/{id}");
+    wd(
+        &base,
+        "POST",
+        &format!("{s}/url"),
+        json!({ "url": format!("http://{admin}/") }),
+    )
+    .await;
+    let script = |js: &str| json!({ "script": js, "args": [] });
+
+    // The numbers move: samples accumulate and admissions are counted per second.
+    let seen = |v: &Value| v.as_u64().unwrap_or(0);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let first = seen(
+        &wd(
+            &base,
+            "POST",
+            &format!("{s}/execute/sync"),
+            script("return t.length"),
+        )
+        .await,
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let later = seen(
+        &wd(
+            &base,
+            "POST",
+            &format!("{s}/execute/sync"),
+            script("return t.length"),
+        )
+        .await,
+    );
+    assert!(first >= 2 && later > first, "samples {first} then {later}");
+    let admitted = wd(
+        &base,
+        "POST",
+        &format!("{s}/execute/sync"),
+        script("return (series['admitted:critical'] || []).some(v => v > 0)"),
+    )
+    .await;
+    assert_eq!(admitted, json!(true), "admissions per second drawn");
+
+    // A feature switched off on the page reaches warmgate and comes back on the page.
+    wd(
+        &base,
+        "POST",
+        &format!("{s}/execute/sync"),
+        json!({ "script": "document.getElementById('token').value = arguments[0]; document.querySelector('tr[data-feature=\"recommend\"] button[data-state=\"off\"]').click(); return true", "args": [SECRET] }),
+    )
+    .await;
+    let t = Instant::now();
+    loop {
+        let (_, body) = get(&format!("http://{admin}/api/v1/status"), &[]).await;
+        let st: Value = serde_json::from_slice(&body).unwrap();
+        if st["overrides"]["features"]["recommend"] == "off" {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the switch did not reach warmgate"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let t = Instant::now();
+    loop {
+        let shown = wd(
+            &base,
+            "POST",
+            &format!("{s}/execute/sync"),
+            script("return document.querySelector('tr[data-feature=\"recommend\"] .state').textContent"),
+        )
+        .await;
+        if shown == json!("off (override)") {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the page shows {shown}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (resp, _) = get(&p.url("/api/recommend"), &[("x-user", "z")]).await;
+    assert_eq!(resp.status(), 503, "recommend is off for real");
+
+    let png = wd(&base, "GET", &format!("{s}/screenshot"), Value::Null).await;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(png.as_str().unwrap())
+        .unwrap();
+    assert!(bytes.starts_with(b"\x89PNG"));
+    std::fs::write(
+        concat!(env!("CARGO_TARGET_TMPDIR"), "/dashboard.png"),
+        &bytes,
+    )
+    .unwrap();
+    wd(&base, "DELETE", &s, Value::Null).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = load.await;
+    p.stop().await;
+}
