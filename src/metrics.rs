@@ -90,6 +90,8 @@ pub struct Metrics {
     pub connections_capped: IntCounter,
     /// Open WebSocket tunnels (they hold no admission slot).
     pub tunnels: IntGauge,
+    /// Endpoints ejected by passive health right now.
+    pub endpoints_ejected: IntGauge,
     pub engaged: IntGauge,
     /// Expected seconds until each priority's stage opens (0 when open), by priority.
     pub stage_eta: [Gauge; 4],
@@ -124,7 +126,7 @@ impl Metrics {
                 &["attempt"],
             )?,
         );
-        Ok(Self {
+        Ok::<_, prometheus::Error>(Self {
             requests: reg(
                 &r,
                 IntCounterVec::new(
@@ -209,6 +211,13 @@ impl Metrics {
                     "Open WebSocket tunnels (upgraded connections; they hold no admission slot)",
                 )?,
             ),
+            endpoints_ejected: reg(
+                &r,
+                IntGauge::new(
+                    "warmgate_endpoints_ejected",
+                    "Upstream endpoints ejected by passive health right now (set on the tick)",
+                )?,
+            ),
             engaged: reg(
                 &r,
                 IntGauge::new(
@@ -288,6 +297,8 @@ impl Metrics {
             ),
             registry: r,
         })
+        // Every state is exported from the start (a dashboard's query has data at once).
+        .inspect(|m| m.set_state(CtlState::default()))
     }
 
     /// Resolves the counters of one feature (at load, never per request).

@@ -319,6 +319,14 @@ impl Shared {
             control.retry_share = dr as f64 / (df + dr) as f64;
         }
         self.publish_metrics(&decision, &signals, control.retry_share);
+        let ejected = cur
+            .compiled
+            .endpoints
+            .endpoints
+            .iter()
+            .filter(|e| e.is_ejected(now))
+            .count();
+        self.metrics.endpoints_ejected.set(ejected as i64);
         let fast_us = control.controller.fast_us(&control.params);
         self.snapshot.store(Arc::new(Snapshot {
             compiled: cur.compiled.clone(),
