@@ -70,6 +70,29 @@ pub struct Overrides {
     pub features: std::collections::BTreeMap<String, FeatureState>,
     /// A limit an operator fixed (over the algorithm's).
     pub limit: Option<u32>,
+    /// The ramp's curve, stage thresholds and signal targets, as an operator set them.
+    pub curve: Option<crate::admission::curve::Curve>,
+    pub stages: Option<crate::admission::priority::PerPriority<f64>>,
+    pub latency_p99_ms: Option<crate::admission::params::Thresholds>,
+    pub error_rate: Option<crate::admission::params::Thresholds>,
+}
+
+impl Overrides {
+    /// Puts the operator's settings over `params` (after a reload reset them to the file's).
+    pub fn apply(&self, params: &mut ControlParams) {
+        if let Some(c) = &self.curve {
+            params.curve = c.clone();
+        }
+        if let Some(s) = self.stages {
+            params.stages = s;
+        }
+        if let Some(t) = self.latency_p99_ms {
+            params.latency_p99_ms = t;
+        }
+        if let Some(t) = self.error_rate {
+            params.error_rate = t;
+        }
+    }
 }
 
 /// Everything derived from one config, built at load or reload.
@@ -357,6 +380,8 @@ impl Shared {
         let paused = control.params.paused;
         control.params = compiled.config.control.clone();
         control.params.paused = paused;
+        let overrides = control.overrides.clone();
+        overrides.apply(&mut control.params);
         // Operator overrides outlive the file until released; one for a feature the new
         // file no longer has is dropped.
         control.overrides.features.retain(|name, state| {

@@ -105,6 +105,11 @@ async fn every_route_is_documented_and_every_documented_route_answers() {
             "/api/v1/ramp/progress" => json!({ "value": 0.5 }),
             "/api/v1/limit" => json!({ "value": "auto" }),
             "/api/v1/features/recommend" => json!({ "state": "auto" }),
+            "/api/v1/ramp/curve" => json!({ "curve": "exponential" }),
+            "/api/v1/ramp/stages" => {
+                json!({ "stages": { "critical": 0.0, "high": 0.1, "normal": 0.4, "low": 0.7 } })
+            }
+            "/api/v1/signals" => json!({ "latency_p99": { "warn": "300ms", "critical": "900ms" } }),
             _ => Value::Null,
         };
         let (status, v) = call(admin, m, &path, Some(SECRET), body).await;
@@ -250,6 +255,57 @@ async fn writes_need_a_token_are_validated_guarded_by_version_audited_and_kept_a
     assert_eq!(ok["caller"]["token"], "ops");
     let file = std::fs::read_to_string(r.dir.path().join("audit.log")).unwrap();
     assert_eq!(file.lines().count(), entries.len());
+    r.proxy.stop().await;
+}
+
+#[tokio::test]
+async fn curve_stages_and_signal_targets_are_validated_like_the_file_and_outlive_a_reload() {
+    let up = ok_upstream(Duration::ZERO).await;
+    let r = start(&up.addr.to_string()).await;
+    let admin = r.proxy.admin;
+    let (status, v) = call(
+        admin,
+        "PUT",
+        "/api/v1/ramp/curve",
+        Some(SECRET),
+        json!({ "curve": "points", "points": [[0.0, 0.1], [0.5, 1.5]] }),
+    )
+    .await;
+    assert_eq!(
+        (status, v["field"].as_str()),
+        (400, Some("points[1]")),
+        "{v}"
+    );
+    let (status, v) = call(
+        admin,
+        "PUT",
+        "/api/v1/signals",
+        Some(SECRET),
+        json!({ "latency_p99": { "warn": "2s", "critical": "1s" } }),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["field"].as_str().unwrap().starts_with("latency_p99"),
+        "{v}"
+    );
+    let (status, v) = call(
+        admin,
+        "PUT",
+        "/api/v1/ramp/stages",
+        Some(SECRET),
+        json!({ "stages": { "critical": 0.0, "high": 0.3, "normal": 0.6, "low": 0.9 } }),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let (status, _) = call(admin, "POST", "/api/v1/reload", Some(SECRET), Value::Null).await;
+    assert_eq!(status, 200);
+    let (_, st) = call(admin, "GET", "/api/v1/status", None, Value::Null).await;
+    assert_eq!(
+        st["stages"]["low"]["stage"], 0.9,
+        "kept across the reload: {st}"
+    );
+    assert_eq!(st["overrides"]["stages"], json!([0.9, 0.6, 0.3, 0.0]));
     r.proxy.stop().await;
 }
 

@@ -34,6 +34,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/api/v1/ramp/progress"),
     ("PUT", "/api/v1/features/{name}"),
     ("PUT", "/api/v1/limit"),
+    ("PUT", "/api/v1/ramp/curve"),
+    ("PUT", "/api/v1/ramp/stages"),
+    ("PUT", "/api/v1/signals"),
     ("POST", "/api/v1/reload"),
 ];
 
@@ -229,6 +232,54 @@ impl Admin {
                 f.state.set(new);
                 (before, json!({ "state": new.as_str() }))
             }
+            ("PUT", "/api/v1/ramp/curve" | "/api/v1/ramp/stages" | "/api/v1/signals") => {
+                let table = if path.ends_with("signals") {
+                    "signals"
+                } else {
+                    "ramp"
+                };
+                let parsed = match validate_fragment(table, v) {
+                    Ok(p) => p,
+                    Err(a) => return a,
+                };
+                let ctl = &mut *ctl;
+                let (p, o) = (&mut ctl.params, &mut ctl.overrides);
+                match path {
+                    "/api/v1/ramp/curve" => {
+                        let before = json!({ "curve": p.curve.name() });
+                        p.curve = parsed.curve.clone();
+                        o.curve = Some(parsed.curve);
+                        (before, json!({ "curve": p.curve.name() }))
+                    }
+                    "/api/v1/ramp/stages" => {
+                        let show = |s: [f64; 4]| json!({ "critical": s[3], "high": s[2], "normal": s[1], "low": s[0] });
+                        let before = show(p.stages);
+                        p.stages = parsed.stages;
+                        o.stages = Some(parsed.stages);
+                        (before, show(p.stages))
+                    }
+                    _ => {
+                        let show =
+                            |l: &crate::admission::params::Thresholds,
+                             e: &crate::admission::params::Thresholds| {
+                                json!({
+                                    "latency_p99_ms": { "warn": l.warn, "critical": l.critical },
+                                    "error_rate": { "warn": e.warn, "critical": e.critical },
+                                })
+                            };
+                        let before = show(&p.latency_p99_ms, &p.error_rate);
+                        if v.get("latency_p99").is_some() {
+                            p.latency_p99_ms = parsed.latency_p99_ms;
+                            o.latency_p99_ms = Some(parsed.latency_p99_ms);
+                        }
+                        if v.get("error_rate").is_some() {
+                            p.error_rate = parsed.error_rate;
+                            o.error_rate = Some(parsed.error_rate);
+                        }
+                        (before, show(&p.latency_p99_ms, &p.error_rate))
+                    }
+                }
+            }
             _ => return error(StatusCode::NOT_FOUND, "no such write"),
         };
         ctl.version += 1;
@@ -270,9 +321,50 @@ impl Admin {
     }
 }
 
+/// Validates a write's settings exactly as the file would: the body's fields become a `[table]`
+/// of a minimal config, whose errors name the field.
+fn validate_fragment(table: &str, v: &Value) -> Result<crate::admission::ControlParams, Answer> {
+    let mut fields = v.clone();
+    if let Some(o) = fields.as_object_mut() {
+        o.remove("if_version");
+    }
+    let t: toml::Value = toml::Value::try_from(&fields).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("cannot use these values: {e}"),
+        )
+    })?;
+    let mut doc = toml::Table::new();
+    doc.insert(table.to_string(), t);
+    let mut upstream = toml::Table::new();
+    upstream.insert(
+        "endpoints".into(),
+        toml::Value::Array(vec![toml::Value::String("127.0.0.1:9".into())]),
+    );
+    doc.insert("upstream".into(), toml::Value::Table(upstream));
+    let text = toml::to_string(&doc).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("cannot use these values: {e}"),
+        )
+    })?;
+    crate::config::load_str("request", &text)
+        .map(|c| c.control)
+        .map_err(|errs| match errs.first() {
+            Some(e) => {
+                let field = e.key.strip_prefix(&format!("{table}.")).unwrap_or(&e.key);
+                field_error(field, e.message.clone())
+            }
+            None => error(StatusCode::BAD_REQUEST, "invalid"),
+        })
+}
+
 /// A field the write does not take: 400 naming it (a typo must not pass as "nothing to do").
 fn unknown_field(path: &str, v: &Value) -> Option<Answer> {
     let takes: &[&str] = match path {
+        "/api/v1/ramp/curve" => &["curve", "points", "if_version"],
+        "/api/v1/ramp/stages" => &["stages", "if_version"],
+        "/api/v1/signals" => &["latency_p99", "error_rate", "if_version"],
         "/api/v1/ramp/progress" | "/api/v1/limit" => &["value", "if_version"],
         p if p.starts_with("/api/v1/features/") => &["state", "if_version"],
         _ => &["if_version"],
