@@ -76,6 +76,15 @@ pub async fn run(
         }
         None => None,
     };
+    let watch = shared.snapshot.load().compiled.config.reload_watch;
+    let watcher = match (&config_path, watch) {
+        (Some(p), Some(debounce)) => Some(tokio::spawn(reload_on_change(
+            Arc::clone(&shared),
+            p.clone(),
+            debounce,
+        ))),
+        _ => None,
+    };
     let reloader = config_path.map(|p| tokio::spawn(reload_on_sighup(Arc::clone(&shared), p)));
     crate::proxy::serve(proxy, Arc::clone(&shared), shutdown).await;
     ticker.abort();
@@ -84,6 +93,9 @@ pub async fn run(
         t.abort();
     }
     if let Some(t) = reloader {
+        t.abort();
+    }
+    if let Some(t) = watcher {
         t.abort();
     }
     tracing::info!("stopped");
@@ -204,6 +216,43 @@ fn diff(a: &serde_json::Value, b: &serde_json::Value) -> Vec<String> {
     out
 }
 
+/// What identifies a version of the file: its modification time and length.
+fn stamp(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// `reload.watch`: looks at the file every 250 ms; a change that then stays put for `debounce`
+/// (an editor's several writes, a `cp` in progress) is reloaded once, like SIGHUP.
+async fn reload_on_change(shared: Arc<Shared>, path: PathBuf, debounce: std::time::Duration) {
+    let step = std::time::Duration::from_millis(250);
+    let mut seen = stamp(&path);
+    loop {
+        tokio::time::sleep(step).await;
+        let now = stamp(&path);
+        if now == seen || now.is_none() {
+            continue;
+        }
+        // Changed: wait until it stops changing.
+        let mut last = now;
+        loop {
+            tokio::time::sleep(debounce).await;
+            let again = stamp(&path);
+            if again == last {
+                break;
+            }
+            last = again;
+        }
+        seen = last;
+        tracing::info!(path = %path.display(), "config file changed; reloading");
+        if let Err(errs) = reload(&shared, &path) {
+            for e in errs {
+                tracing::error!("reload rejected, keeping the running config: {e}");
+            }
+        }
+    }
+}
+
 /// SIGHUP re-reads the config file; an invalid file keeps the running config and logs why.
 async fn reload_on_sighup(shared: Arc<Shared>, path: PathBuf) {
     #[cfg(unix)]
@@ -262,6 +311,14 @@ pub fn needs_restart(running: &Config, new: &Config) -> Vec<String> {
         out.push(format!(
             "server.max_connections ({} -> {})",
             running.server.max_connections, new.server.max_connections
+        ));
+    }
+    if running.reload_watch.is_some() != new.reload_watch.is_some() {
+        let show = |w: Option<std::time::Duration>| if w.is_some() { "on" } else { "off" };
+        out.push(format!(
+            "reload.watch ({} -> {})",
+            show(running.reload_watch),
+            show(new.reload_watch)
         ));
     }
     if running.client_table_size != new.client_table_size {

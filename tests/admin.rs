@@ -23,10 +23,14 @@ struct Running {
 }
 
 async fn start(upstream: &str) -> Running {
+    start_with(upstream, "").await
+}
+
+async fn start_with(upstream: &str, extra: &str) -> Running {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("tokens"), format!("{TOKEN}\n")).unwrap();
     let text = format!(
-        "listen = \"127.0.0.1:0\"\n[upstream]\nendpoints = [\"{upstream}\"]\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"tokens\"\naudit_log = \"audit.log\"\n[[feature]]\nname = \"login\"\npriority = \"critical\"\n[[feature]]\nname = \"recommend\"\npriority = \"low\"\n[[route]]\nfeature = \"recommend\"\npath_prefix = \"/api/recommend\"\n"
+        "listen = \"127.0.0.1:0\"\n[upstream]\nendpoints = [\"{upstream}\"]\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"tokens\"\naudit_log = \"audit.log\"\n[[feature]]\nname = \"login\"\npriority = \"critical\"\n[[feature]]\nname = \"recommend\"\npriority = \"low\"\n[[route]]\nfeature = \"recommend\"\npath_prefix = \"/api/recommend\"\n{extra}"
     );
     let path = dir.path().join("w.toml");
     std::fs::write(&path, &text).unwrap();
@@ -306,6 +310,38 @@ async fn curve_stages_and_signal_targets_are_validated_like_the_file_and_outlive
         "kept across the reload: {st}"
     );
     assert_eq!(st["overrides"]["stages"], json!([0.9, 0.6, 0.3, 0.0]));
+    r.proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_watched_file_is_reloaded_when_it_changes() {
+    let up = ok_upstream(Duration::ZERO).await;
+    let r = start_with(
+        &up.addr.to_string(),
+        "[reload]\nwatch = true\ndebounce = \"100ms\"\n",
+    )
+    .await;
+    assert_eq!(
+        get(&r.proxy.url("/api/recommend"), &[]).await.0.status(),
+        200
+    );
+    let path = r.dir.path().join("w.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    // Switch recommend off in the file.
+    let changed = text.replace(
+        "name = \"recommend\"\npriority = \"low\"\n",
+        "name = \"recommend\"\npriority = \"low\"\nstate = \"off\"\n",
+    );
+    assert_ne!(changed, text);
+    std::fs::write(&path, changed).unwrap();
+    let t = std::time::Instant::now();
+    while get(&r.proxy.url("/api/recommend"), &[]).await.0.status() != 503 {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the change was not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     r.proxy.stop().await;
 }
 

@@ -21,6 +21,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub log: FileLog,
     #[serde(default)]
+    pub reload: FileReload,
+    #[serde(default)]
     pub signals: FileSignals,
     #[serde(default)]
     pub ramp: FileRamp,
@@ -113,6 +115,15 @@ pub struct FileAdmin {
     pub token_env: Option<String>,
     /// Append every admin write as a JSON line to this file.
     pub audit_log: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileReload {
+    /// Reload when the file changes (besides SIGHUP and the admin API).
+    pub watch: Option<bool>,
+    /// How long the file must stay unchanged before a watched change is reloaded.
+    pub debounce: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

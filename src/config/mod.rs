@@ -43,6 +43,8 @@ pub struct Config {
     pub admin_token_env: Option<String>,
     /// The audit log file, if any.
     pub admin_audit_log: Option<std::path::PathBuf>,
+    /// Watch the config file and reload on a change that then stays put for this long.
+    pub reload_watch: Option<Duration>,
     /// TLS on the client listener (certificates read at load and at every reload).
     pub tls: Option<crate::tls::TlsServer>,
     pub log: LogConfig,

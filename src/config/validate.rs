@@ -141,6 +141,13 @@ pub fn validate(f: FileConfig, base: &std::path::Path) -> Result<Config, Vec<Key
         .listen
         .as_deref()
         .and_then(|a| e.take(listen_addr("admin.listen", a)));
+    let reload_watch = f.reload.watch.unwrap_or(false).then(|| {
+        e.positive(
+            "reload.debounce",
+            &f.reload.debounce,
+            Duration::from_millis(500),
+        )
+    });
     let admin_token_file = f.admin.token_file.as_ref().map(|p| base.join(p));
     let admin_token_env = f.admin.token_env.clone();
     let admin_audit_log = f.admin.audit_log.as_ref().map(|p| base.join(p));
@@ -548,6 +555,7 @@ pub fn validate(f: FileConfig, base: &std::path::Path) -> Result<Config, Vec<Key
             admin_token_file,
             admin_token_env,
             admin_audit_log,
+            reload_watch,
             tls,
             log,
             signals,
