@@ -321,6 +321,14 @@ pub fn needs_restart(running: &Config, new: &Config) -> Vec<String> {
             show(new.reload_watch)
         ));
     }
+    if running.log.access != new.log.access {
+        let show = |a: &Option<String>| a.clone().unwrap_or_else(|| "off".into());
+        out.push(format!(
+            "log.access ({} -> {})",
+            show(&running.log.access),
+            show(&new.log.access)
+        ));
+    }
     if running.client_table_size != new.client_table_size {
         out.push(format!(
             "retry.client_table_size ({} -> {})",

@@ -153,6 +153,8 @@ pub struct Shared {
     nonce: AtomicU64,
     /// Set once shutdown has begun: not ready for new traffic.
     pub draining: std::sync::atomic::AtomicBool,
+    /// The access log, when `log.access` is set (started with the process).
+    pub access: Option<crate::proxy::access::AccessLog>,
 }
 
 impl Compiled {
@@ -232,6 +234,13 @@ impl Shared {
     /// Builds the state for a first config.
     pub fn new(config: Config) -> anyhow::Result<Arc<Self>> {
         let metrics = Metrics::new()?;
+        let access = match &config.log.access {
+            Some(target) => Some(
+                crate::proxy::access::AccessLog::start(target)
+                    .map_err(|e| anyhow::anyhow!("log.access {target}: {e}"))?,
+            ),
+            None => None,
+        };
         let gate = Gate::leak(config.client_table_size, config.queue.max_len as usize);
         let params = config.control.clone();
         let controller = Controller::new(&params);
@@ -278,6 +287,7 @@ impl Shared {
             hasher,
             nonce: AtomicU64::new(0),
             draining: std::sync::atomic::AtomicBool::new(false),
+            access,
         }))
     }
 

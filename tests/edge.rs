@@ -647,3 +647,48 @@ async fn rapid_reset_is_cut_off_and_the_proxy_keeps_serving() {
     assert_eq!(resp.status(), 200);
     p.stop().await;
 }
+
+#[tokio::test]
+async fn the_access_log_has_a_line_per_request_and_499_for_a_client_that_left() {
+    let up = ok_upstream(Duration::from_millis(400)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let p = proxy(&open(
+        &up.addr.to_string(),
+        &format!("[log]\naccess = \"{}\"", log.display()),
+    ))
+    .await;
+    let (resp, _) = get(&p.url("/ok"), &[]).await;
+    assert_eq!(resp.status(), 200);
+    let got = exchange(p.addr, b"GET / HTTP/1.1\r\n\r\n", Duration::from_secs(2)).await;
+    assert!(got.starts_with("HTTP/1.1 400"));
+    // A client that gives up before the answer.
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(b"GET /gone HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    let by_path = |p: &str| lines.iter().find(|l| l["path"] == p).unwrap().clone();
+    let ok = by_path("/ok");
+    assert_eq!(
+        (ok["status"].as_u64(), ok["outcome"].as_str()),
+        (Some(200), Some("forwarded"))
+    );
+    assert!(ok["upstream_ms"].as_f64().unwrap() >= 350.0, "{ok}");
+    assert_eq!(ok["feature"], "default");
+    assert_eq!(by_path("/")["status"], 400);
+    let gone = by_path("/gone");
+    assert_eq!(
+        (gone["status"].as_u64(), gone["outcome"].as_str()),
+        (Some(499), Some("client_closed"))
+    );
+    p.stop().await;
+}

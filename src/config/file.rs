@@ -131,6 +131,8 @@ pub struct FileReload {
 pub struct FileLog {
     pub format: Option<String>,
     pub level: Option<String>,
+    /// `off` (default), `stderr`, or a file to append JSON lines to.
+    pub access: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -118,6 +118,8 @@ pub struct UpstreamConfig {
 pub struct LogConfig {
     pub json: bool,
     pub level: String,
+    /// The access log: `stderr` or a file path; `None` for off.
+    pub access: Option<String>,
 }
 
 /// Which response header carries the cache result.

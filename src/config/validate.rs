@@ -172,6 +172,15 @@ pub fn validate(f: FileConfig, base: &std::path::Path) -> Result<Config, Vec<Key
         e.take(crate::tls::server::load(&files, "tls.certificates"))
     });
     let log = LogConfig {
+        access: match f.log.access.as_deref() {
+            None | Some("off") => None,
+            Some("stderr") => Some("stderr".to_string()),
+            Some("") => {
+                e.push("log.access", "is empty: \"off\", \"stderr\" or a file path");
+                None
+            }
+            Some(path) => Some(base.join(path).display().to_string()),
+        },
         json: match f.log.format.as_deref().unwrap_or("text") {
             "text" => false,
             "json" => true,

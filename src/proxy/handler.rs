@@ -9,6 +9,7 @@ use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
+use super::access::{Note, Pending};
 use super::body::{Held, ProxyBody};
 use super::edge;
 use super::headers::{self, ConnHeaders};
@@ -34,11 +35,34 @@ pub struct ConnInfo {
     pub phase: Arc<Phase>,
 }
 
-/// Handles one request; never fails (every error becomes a response).
+/// Handles one request; never fails (every error becomes a response). With the access log on,
+/// the request's line is written when its answer is ready (or as 499 if the client left).
 pub async fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+    let Some(log) = shared.access.as_ref() else {
+        let mut note = Note::default();
+        return handle_inner(shared, conn, req, &mut note).await;
+    };
+    let mut pending = Pending::new(
+        log.clone(),
+        req.method().as_str(),
+        req.uri().path(),
+        conn.peer.ip(),
+    );
+    pending.note.on = true;
+    let resp = handle_inner(Arc::clone(&shared), conn, req, &mut pending.note).await?;
+    pending.finish(resp.status().as_u16());
+    Ok(resp)
+}
+
+async fn handle_inner(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+    note: &mut Note,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     let host = match edge::authority(req.method(), req.version(), req.uri(), req.headers()) {
         Ok(h) => h,
@@ -64,6 +88,11 @@ pub async fn handle(
         conn.peer.ip()
     };
     let client = c.classifier.client_hash(req.headers(), ip);
+    if note.on {
+        note.feature = Some(feature.name.clone());
+        note.priority = Some(feature.priority.as_str());
+        note.client = client;
+    }
     let ask = Ask {
         priority: feature.priority,
         state: feature.state.get(),
@@ -117,6 +146,7 @@ pub async fn handle(
                 retry_after_s: 1,
                 early: false,
             };
+            note.outcome = r.reason.as_str();
             return Ok(rejected(&shared, &snap, feature, r, false).await);
         }
         // Shadow mode: the decision is recorded, the request goes through (a ticket dropped
@@ -125,18 +155,35 @@ pub async fn handle(
             feature.counters.inc(Outcome::ShadowReject);
             shared.gate.admit_unchecked()
         }
-        Admission::Queued(ticket) => match wait(&shared, ticket, ask).await {
-            Ok(p) => p,
-            Err(r) => return Ok(rejected(&shared, &snap, feature, r, false).await),
-        },
-        Admission::Rejected(r) => return Ok(rejected(&shared, &snap, feature, r, true).await),
+        Admission::Queued(ticket) => {
+            let waited = Instant::now();
+            let r = wait(&shared, ticket, ask).await;
+            note.queue_wait = Some(waited.elapsed());
+            match r {
+                Ok(p) => p,
+                Err(r) => {
+                    note.outcome = r.reason.as_str();
+                    return Ok(rejected(&shared, &snap, feature, r, false).await);
+                }
+            }
+        }
+        Admission::Rejected(r) => {
+            note.outcome = r.reason.as_str();
+            return Ok(rejected(&shared, &snap, feature, r, true).await);
+        }
     };
     let held = Held {
         permit: Some(permit),
         endpoint: None,
         client: client_slot,
     };
-    Ok(forward(&shared, &snap, &conn, req, host, held, feature).await)
+    let sent = note.on.then(Instant::now);
+    let resp = forward(&shared, &snap, &conn, req, host, held, feature).await;
+    if let Some(t) = sent {
+        note.upstream = Some(t.elapsed());
+        note.outcome = "forwarded";
+    }
+    Ok(resp)
 }
 
 /// Waits in line until a slot is granted, the place is lost to a better request, or the

@@ -1,6 +1,7 @@
 //! The data path: listener, per-request handling, header hygiene, and the single place where
 //! errors and rejections become responses.
 
+pub mod access;
 pub mod body;
 pub mod edge;
 pub mod h2_guard;
