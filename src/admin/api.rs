@@ -119,6 +119,9 @@ impl Admin {
 
     fn apply(&self, method: &str, path: &str, v: &Value) -> Answer {
         if method == "POST" && path == "/api/v1/reload" {
+            if let Some(refused) = self.stale(v) {
+                return refused;
+            }
             return self.reload();
         }
         let Ok(mut ctl) = self.shared.control.lock() else {
@@ -287,6 +290,24 @@ impl Admin {
             StatusCode::OK,
             json!({ "ok": true, "version": ctl.version, "before": before, "after": after }),
         )
+    }
+
+    /// The 409 (or 400) for a write whose `if_version` is not the current version.
+    fn stale(&self, v: &Value) -> Option<Answer> {
+        let want = v.get("if_version")?;
+        let Some(want) = want.as_u64() else {
+            return Some(field_error(
+                "if_version",
+                "must be a whole number (the status's version)",
+            ));
+        };
+        let current = self.shared.control.lock().map(|c| c.version).unwrap_or(0);
+        (want != current).then(|| {
+            (
+                StatusCode::CONFLICT,
+                json!({ "error": "changed since that version: read the status again", "version": current }),
+            )
+        })
     }
 
     fn reload(&self) -> Answer {
