@@ -27,28 +27,11 @@ async fn start(upstream: &str) -> Running {
 }
 
 async fn start_with(upstream: &str, extra: &str) -> Running {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("tokens"), format!("{TOKEN}\n")).unwrap();
     let text = format!(
         "listen = \"127.0.0.1:0\"\n[upstream]\nendpoints = [\"{upstream}\"]\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"tokens\"\naudit_log = \"audit.log\"\n[[feature]]\nname = \"login\"\npriority = \"critical\"\n[[feature]]\nname = \"recommend\"\npriority = \"low\"\n[[route]]\nfeature = \"recommend\"\npath_prefix = \"/api/recommend\"\n{extra}"
     );
-    let path = dir.path().join("w.toml");
-    std::fs::write(&path, &text).unwrap();
-    let cfg = warmgate::config::load_file(&path).unwrap();
-    let listeners = warmgate::app::bind(&cfg).await.unwrap();
-    let addr = listeners.0.local_addr().unwrap();
-    let admin = listeners.1.as_ref().unwrap().local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let done = tokio::spawn(async move {
-        let _ = warmgate::app::run(cfg, listeners, Some(path), async move {
-            let _ = rx.await;
-        })
-        .await;
-    });
-    Running {
-        proxy: Proxy::new(addr, admin, tx, done),
-        dir,
-    }
+    let (proxy, dir) = proxy_from_file(&text, &[("tokens", &format!("{TOKEN}\n"))]).await;
+    Running { proxy, dir }
 }
 
 async fn call(

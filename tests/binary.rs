@@ -157,11 +157,7 @@ async fn real_nginx_upstream_serves_static_files() {
             .spawn()
             .unwrap(),
     );
-    let t = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", nport)).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(10), "nginx did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_port(nport, "nginx");
     let port = free_port();
     let (wg, _d) = spawn(&open(port, &format!("127.0.0.1:{nport}")), port);
     let (resp, body) = get(&format!("http://127.0.0.1:{port}/index.html"), &[]).await;
@@ -419,14 +415,7 @@ async fn run_takes_the_path_positionally_and_logs_plain_text_in_words() {
             .spawn()
             .unwrap(),
     );
-    let t = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "warmgate did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_port(port, "warmgate");
     assert_eq!(
         get(&format!("http://127.0.0.1:{port}/"), &[])
             .await

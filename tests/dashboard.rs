@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::process::Reaped;
+use common::process::{wait_for_port, Reaped};
 use common::*;
 use http::Request;
 use http_body_util::BodyExt;
@@ -46,26 +46,13 @@ async fn wd(base: &str, method: &str, path: &str, body: Value) -> Value {
 )]
 async fn the_dashboard_moves_and_its_feature_switch_round_trips() {
     let up = ok_upstream(Duration::from_millis(2)).await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("tokens"), format!("ops:{SECRET}\n")).unwrap();
     let text = format!(
         "listen = \"127.0.0.1:0\"\n[upstream]\nendpoints = [\"{}\"]\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"tokens\"\n[client_key]\nheader = \"x-user\"\n[[feature]]\nname = \"login\"\npriority = \"critical\"\n[[feature]]\nname = \"recommend\"\npriority = \"low\"\n[[route]]\nfeature = \"recommend\"\npath_prefix = \"/api/recommend\"\n[[route]]\nfeature = \"login\"\npath_prefix = \"/api/login\"\n",
         up.addr
     );
-    let path = dir.path().join("w.toml");
-    std::fs::write(&path, &text).unwrap();
-    let cfg = warmgate::config::load_file(&path).unwrap();
-    let listeners = warmgate::app::bind(&cfg).await.unwrap();
-    let addr = listeners.0.local_addr().unwrap();
-    let admin = listeners.1.as_ref().unwrap().local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let done = tokio::spawn(async move {
-        let _ = warmgate::app::run(cfg, listeners, Some(path), async move {
-            let _ = rx.await;
-        })
-        .await;
-    });
-    let p = Proxy::new(addr, admin, tx, done);
+    let tokens = format!("ops:{SECRET}\n");
+    let (p, _dir) = proxy_from_file(&text, &[("tokens", &tokens)]).await;
+    let admin = p.admin;
 
     // A little traffic, all along.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -95,14 +82,7 @@ async fn the_dashboard_moves_and_its_feature_switch_round_trips() {
             .spawn()
             .unwrap(),
     );
-    let t = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "chromedriver did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_port(port, "chromedriver");
     let base = format!("http://127.0.0.1:{port}");
     let profile = tempfile::tempdir().unwrap();
     let session = wd(

@@ -189,6 +189,30 @@ pub async fn proxy(config: &str) -> Proxy {
     }
 }
 
+/// Starts warmgate in-process from `config` written to `w.toml` in a new temporary directory,
+/// beside `files` (name, contents), so relative paths in it resolve there and the file can be
+/// reloaded. Returns the directory too (it lives as long as the caller keeps it).
+pub async fn proxy_from_file(config: &str, files: &[(&str, &str)]) -> (Proxy, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let path = dir.path().join("w.toml");
+    std::fs::write(&path, config).unwrap();
+    let cfg = warmgate::config::load_file(&path).unwrap_or_else(|e| panic!("{e:?}"));
+    let listeners = warmgate::app::bind(&cfg).await.unwrap();
+    let addr = listeners.0.local_addr().unwrap();
+    let admin = listeners.1.as_ref().unwrap().local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let done = tokio::spawn(async move {
+        let _ = warmgate::app::run(cfg, listeners, Some(path), async move {
+            let _ = rx.await;
+        })
+        .await;
+    });
+    (Proxy::new(addr, admin, tx, done), dir)
+}
+
 /// An h1 client with a pool.
 pub fn h1() -> Client<hyper_util::client::legacy::connect::HttpConnector, Body> {
     Client::builder(TokioExecutor::new()).build_http()

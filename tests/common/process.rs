@@ -44,15 +44,20 @@ pub fn spawn(config: &str, port: u16) -> (Reaped, tempfile::TempDir) {
         .spawn()
         .unwrap();
     let child = Reaped(child);
+    wait_for_port(port, "warmgate");
+    (child, dir)
+}
+
+/// Waits (up to 10 s) until something listens on loopback `port`.
+pub fn wait_for_port(port: u16, what: &str) {
     let t = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
             t.elapsed() < Duration::from_secs(10),
-            "warmgate did not start"
+            "{what} did not start"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    (child, dir)
 }
 
 /// Sends SIGHUP to the child (a reload).
