@@ -652,12 +652,16 @@ fn capitalise(s: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The time axis every chart shares: the longest run.
+fn x_max(runs: &[Run]) -> f64 {
+    runs.iter()
+        .map(|r| r.storm.config.duration_s)
+        .fold(1.0, f64::max)
+}
+
 /// The HTML page: the table, then each chart with the runs side by side.
 pub fn html(runs: &[Run]) -> anyhow::Result<String> {
-    let x_max = runs
-        .iter()
-        .map(|r| r.storm.config.duration_s)
-        .fold(1.0, f64::max);
+    let x_max = x_max(runs);
     let per_run = draw_all(runs, x_max)?;
     let mut body = String::new();
     body.push_str("<h1>warmgate drill</h1>\n");
@@ -717,10 +721,7 @@ td, th {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }} th:fi
 /// `<without|with>-<n>.svg`.
 pub fn write_charts(runs: &[Run], dir: &std::path::Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let x_max = runs
-        .iter()
-        .map(|r| r.storm.config.duration_s)
-        .fold(1.0, f64::max);
+    let x_max = x_max(runs);
     let drawn = draw_all(runs, x_max)?;
     for (k, r) in runs.iter().enumerate() {
         let prefix = if r.with_warmgate {

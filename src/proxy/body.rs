@@ -1,7 +1,6 @@
 //! The response body: the upstream's stream (holding the admission permit and the endpoint
 //! slot until it ends or the client goes away) or a small local body.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -10,8 +9,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use tokio::time::{Instant, Sleep};
 
+use super::idle::IdleTimer;
 use crate::admission::per_client::ClientSlot;
 use crate::admission::Permit;
 use crate::upstream::EndpointGuard;
@@ -33,9 +32,7 @@ pub struct Held {
 pub struct UpstreamBody {
     body: Incoming,
     held: Held,
-    idle: Duration,
-    /// Armed (allocated) the first time the upstream makes us wait.
-    timer: Option<Pin<Box<Sleep>>>,
+    idle: IdleTimer,
 }
 
 /// A response body.
@@ -55,8 +52,7 @@ impl ProxyBody {
         ProxyBody::Upstream(UpstreamBody {
             body,
             held,
-            idle,
-            timer: None,
+            idle: IdleTimer::new(idle),
         })
     }
 }
@@ -86,24 +82,18 @@ impl Body for ProxyBody {
                     if matches!(r, None | Some(Err(_))) {
                         // The stream is over: release the slot now, not when hyper drops the body.
                         u.held = Held::default();
-                    } else if let Some(t) = u.timer.as_mut() {
-                        t.as_mut().reset(Instant::now() + u.idle);
+                    } else {
+                        u.idle.progress();
                     }
                     Poll::Ready(r.map(|x| x.map_err(BoxError::from)))
                 }
-                Poll::Pending => {
-                    let idle = u.idle;
-                    let t = u
-                        .timer
-                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                    match t.as_mut().poll(cx) {
-                        Poll::Ready(()) => {
-                            u.held = Held::default();
-                            Poll::Ready(Some(Err(Box::new(UpstreamIdle(idle)))))
-                        }
-                        Poll::Pending => Poll::Pending,
+                Poll::Pending => match u.idle.poll_expired(cx) {
+                    Poll::Ready(()) => {
+                        u.held = Held::default();
+                        Poll::Ready(Some(Err(Box::new(UpstreamIdle(u.idle.after())))))
                     }
-                }
+                    Poll::Pending => Poll::Pending,
+                },
             },
             ProxyBody::Local(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
         }

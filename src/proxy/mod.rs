@@ -7,6 +7,7 @@ pub mod edge;
 pub mod h2_guard;
 pub mod handler;
 pub mod headers;
+pub mod idle;
 pub mod phases;
 pub mod request_body;
 pub mod respond;

@@ -3,7 +3,6 @@
 //! the forwarder when it has been sent in full, so the upstream's response-head timer starts
 //! then and not while a slow client is still uploading.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,9 +12,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use super::body::BoxError;
+use super::idle::IdleTimer;
 
 /// When a request body was sent in full, in microseconds after the request started (0: not
 /// yet). Shared between the body and the forwarder.
@@ -52,9 +52,7 @@ impl std::error::Error for ClientBodyTimeout {}
 /// A client's request body, as forwarded.
 pub struct ClientBody {
     body: Incoming,
-    idle: Duration,
-    /// Armed (allocated) the first time the client makes us wait.
-    timer: Option<Pin<Box<Sleep>>>,
+    idle: IdleTimer,
     /// `None` for a body that is empty from the start (nothing to wait for).
     sent: Option<(Instant, Arc<SentAt>)>,
 }
@@ -65,8 +63,7 @@ impl ClientBody {
         let sent = (!body.is_end_stream()).then(|| Arc::new(SentAt::default()));
         let me = Self {
             body,
-            idle,
-            timer: None,
+            idle: IdleTimer::new(idle),
             sent: sent.as_ref().map(|s| (start, Arc::clone(s))),
         };
         (me, sent)
@@ -96,24 +93,18 @@ impl Body for ClientBody {
                         if this.body.is_end_stream() {
                             this.finished();
                         }
-                        if let Some(t) = this.timer.as_mut() {
-                            t.as_mut().reset(Instant::now() + this.idle);
-                        }
+                        this.idle.progress();
                     }
                     Some(Err(_)) => {}
                 }
                 Poll::Ready(r.map(|x| x.map_err(BoxError::from)))
             }
-            Poll::Pending => {
-                let idle = this.idle;
-                let t = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                match t.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(ClientBodyTimeout(idle))))),
-                    Poll::Pending => Poll::Pending,
+            Poll::Pending => match this.idle.poll_expired(cx) {
+                Poll::Ready(()) => {
+                    Poll::Ready(Some(Err(Box::new(ClientBodyTimeout(this.idle.after())))))
                 }
-            }
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 

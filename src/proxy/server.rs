@@ -227,6 +227,21 @@ fn spawn_connection(
     });
 }
 
+/// Drives a hyper connection until it ends, or asks it to finish its requests and close once
+/// shutdown begins (the two connection types share no trait for that).
+macro_rules! until_stopped {
+    ($c:ident, $conn:ident) => {{
+        tokio::pin!($c);
+        tokio::select! {
+            r = $c.as_mut() => r.map_err(Into::into),
+            () = $conn.stopping() => {
+                $c.as_mut().graceful_shutdown();
+                $c.await.map_err(Into::into)
+            }
+        }
+    }};
+}
+
 /// Serves one accepted connection (cleartext or TLS) as `proto` until it closes.
 async fn serve_io<I>(
     io: I,
@@ -261,14 +276,7 @@ where
                 .keep_alive(true)
                 .serve_connection(phased(io, phase, true, server_cfg), svc)
                 .with_upgrades();
-            tokio::pin!(c);
-            tokio::select! {
-                r = c.as_mut() => r.map_err(Into::into),
-                () = conn.stopping() => {
-                    c.as_mut().graceful_shutdown();
-                    c.await.map_err(Into::into)
-                }
-            }
+            until_stopped!(c, conn)
         }
         Proto::H2 => {
             let c = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -279,14 +287,7 @@ where
                 .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
                 .keep_alive_interval(Some(Duration::from_secs(30)))
                 .serve_connection(phased(H2Guard::new(io), phase, false, server_cfg), svc);
-            tokio::pin!(c);
-            tokio::select! {
-                r = c.as_mut() => r.map_err(Into::into),
-                () = conn.stopping() => {
-                    c.as_mut().graceful_shutdown();
-                    c.await.map_err(Into::into)
-                }
-            }
+            until_stopped!(c, conn)
         }
     }
 }
