@@ -692,3 +692,42 @@ async fn the_access_log_has_a_line_per_request_and_499_for_a_client_that_left() 
     );
     p.stop().await;
 }
+
+#[tokio::test]
+async fn an_idle_h2_connection_is_closed_with_a_goaway() {
+    let up = ok_upstream(Duration::ZERO).await;
+    let p = proxy(&open(
+        &up.addr.to_string(),
+        "[server]\nkeepalive_timeout = \"500ms\"",
+    ))
+    .await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(0x4, 0, 0, &[]));
+    s.write_all(&out).await.unwrap();
+    // Read frames until a GOAWAY (hyper then pings and closes once the client answers).
+    let t = Instant::now();
+    let mut got = Vec::new();
+    let code = loop {
+        let mut buf = [0u8; 4096];
+        match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break None,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        if let Some((_, p)) = h2_frames(&got).iter().find(|(t, _)| *t == 0x7) {
+            break Some(u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "no GOAWAY after the keep-alive timeout"
+        );
+    };
+    assert_eq!(code, Some(0), "GOAWAY NO_ERROR: {:?}", h2_frames(&got));
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "not before the keep-alive timeout"
+    );
+    drop(s);
+    p.stop().await;
+}

@@ -28,6 +28,10 @@ pub struct Phase {
     /// The connection's reader, woken when the last request ends (hyper may have polled the
     /// socket while the connection was busy, and would not look again until bytes arrive).
     reader: AtomicWaker,
+    /// Told when the connection has been idle for the keep-alive timeout: its server then
+    /// closes it gracefully (on HTTP/2 with a GOAWAY, so the client opens no stream into a
+    /// closing connection).
+    pub idle: tokio::sync::Notify,
     /// Requests started on the connection (a head timer belongs to one of them).
     started: AtomicU32,
 }
@@ -114,6 +118,8 @@ enum Wait {
     Next,
     /// The rest of a request head (`408` at the deadline).
     Head,
+    /// Idle past the keep-alive timeout: the server is closing the connection.
+    Closing,
 }
 
 /// `S`, with the idle and head timers of its connection.
@@ -179,6 +185,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Phases<S> {
             this.epoch = epoch;
             this.arm(Wait::Next);
         }
+        if this.wait == Wait::Closing {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         match r {
@@ -196,15 +205,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Phases<S> {
                 if t.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
-                if this.wait == Wait::Head {
-                    // Best effort: one write of a few bytes into an idle socket.
-                    let _ = Pin::new(&mut this.inner).poll_write(cx, TIMEOUT_408);
-                    let _ = Pin::new(&mut this.inner).poll_flush(cx);
-                    tracing::debug!(
-                        timeout_s = this.head.as_secs_f64(),
-                        "request head timed out (408)"
-                    );
+                if this.wait == Wait::Next {
+                    // Idle: the server shuts the connection down gracefully; reads go on
+                    // meanwhile (an HTTP/2 client's answer to the GOAWAY).
+                    this.phase.idle.notify_one();
+                    this.wait = Wait::Closing;
+                    return Poll::Pending;
                 }
+                // Best effort: one write of a few bytes into an idle socket.
+                let _ = Pin::new(&mut this.inner).poll_write(cx, TIMEOUT_408);
+                let _ = Pin::new(&mut this.inner).poll_flush(cx);
+                tracing::debug!(
+                    timeout_s = this.head.as_secs_f64(),
+                    "request head timed out (408)"
+                );
                 // End of stream: hyper closes the connection.
                 this.wait = Wait::None;
                 Poll::Ready(Ok(()))
@@ -269,12 +283,20 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_idle_connection_closes_quietly_after_the_keepalive_timeout() {
-        let (mut p, mut client, _phase) = conn(true);
+    async fn an_idle_connection_is_handed_to_a_graceful_close_after_the_keepalive_timeout() {
+        let (mut p, mut client, phase) = conn(true);
         let start = Instant::now();
-        let mut buf = [0u8; 64];
-        assert_eq!(p.read(&mut buf).await.unwrap(), 0);
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            let n = p.read(&mut buf).await.unwrap();
+            (n, p)
+        });
+        phase.idle.notified().await;
         assert!(start.elapsed() >= Duration::from_secs(75));
+        assert!(!reader.is_finished(), "reads go on while the server closes");
+        client.write_all(b"x").await.unwrap();
+        let (n, p) = reader.await.unwrap();
+        assert_eq!(n, 1);
         drop(p);
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).await.unwrap();

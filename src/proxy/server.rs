@@ -230,11 +230,17 @@ fn spawn_connection(
 /// Drives a hyper connection until it ends, or asks it to finish its requests and close once
 /// shutdown begins (the two connection types share no trait for that).
 macro_rules! until_stopped {
-    ($c:ident, $conn:ident) => {{
+    ($c:ident, $conn:ident, $phase:ident) => {{
         tokio::pin!($c);
+        let closing = async {
+            tokio::select! {
+                () = $conn.stopping() => {}
+                () = $phase.idle.notified() => {}
+            }
+        };
         tokio::select! {
             r = $c.as_mut() => r.map_err(Into::into),
-            () = $conn.stopping() => {
+            () = closing => {
                 $c.as_mut().graceful_shutdown();
                 $c.await.map_err(Into::into)
             }
@@ -255,6 +261,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let phase = Arc::clone(&info.phase);
+    let idle = Arc::clone(&phase);
     let svc = service_fn(move |req| {
         // Busy from here until the response body ends: no idle timer meanwhile.
         let active = info.phase.enter();
@@ -276,7 +283,7 @@ where
                 .keep_alive(true)
                 .serve_connection(phased(io, phase, true, server_cfg), svc)
                 .with_upgrades();
-            until_stopped!(c, conn)
+            until_stopped!(c, conn, idle)
         }
         Proto::H2 => {
             let c = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -287,7 +294,7 @@ where
                 .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
                 .keep_alive_interval(Some(Duration::from_secs(30)))
                 .serve_connection(phased(H2Guard::new(io), phase, false, server_cfg), svc);
-            until_stopped!(c, conn)
+            until_stopped!(c, conn, idle)
         }
     }
 }
