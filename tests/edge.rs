@@ -731,3 +731,98 @@ async fn an_idle_h2_connection_is_closed_with_a_goaway() {
     drop(s);
     p.stop().await;
 }
+
+/// HPACK: a header as a literal without indexing, new name (RFC 7541 §6.2.2), short strings.
+fn hpack_literal(name: &str, value: &str) -> Vec<u8> {
+    let mut out = vec![0x00, name.len() as u8];
+    out.extend_from_slice(name.as_bytes());
+    out.push(value.len() as u8);
+    out.extend_from_slice(value.as_bytes());
+    out
+}
+
+/// Sends `frames` after the preface and SETTINGS; returns the frames read within `wait`.
+async fn h2_exchange(
+    addr: std::net::SocketAddr,
+    frames: &[Vec<u8>],
+    wait: Duration,
+) -> Vec<(u8, Vec<u8>)> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(0x4, 0, 0, &[]));
+    for f in frames {
+        out.extend_from_slice(f);
+    }
+    let _ = s.write_all(&out).await;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(wait, s.read_to_end(&mut got)).await;
+    h2_frames(&got)
+}
+
+#[tokio::test]
+async fn h2_protocol_violations_never_reach_the_upstream() {
+    let (up, log) = path_log().await;
+    let p = proxy(&open(&up.addr.to_string(), "")).await;
+    // :method POST, :scheme http, :path /, :authority x (static indices + one literal).
+    let post = |extra: &[(&str, &str)]| {
+        let mut h = vec![0x83, 0x86, 0x84, 0x41, 0x01, b'x'];
+        for (n, v) in extra {
+            h.extend(hpack_literal(n, v));
+        }
+        h
+    };
+    let wait = Duration::from_millis(700);
+    // H2.TE: a connection-specific header is malformed in HTTP/2.
+    let f = h2_exchange(
+        p.addr,
+        &[
+            h2_frame(0x1, 0x4, 1, &post(&[("transfer-encoding", "chunked")])),
+            h2_frame(0x0, 0x1, 1, b"0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n"),
+        ],
+        wait,
+    )
+    .await;
+    assert!(
+        f.iter().any(|(t, _)| *t == 0x3 || *t == 0x7),
+        "reset or GOAWAY: {f:?}"
+    );
+    // H2.CL: a content-length that disagrees with the DATA sent.
+    let f = h2_exchange(
+        p.addr,
+        &[
+            h2_frame(0x1, 0x4, 1, &post(&[("content-length", "0")])),
+            h2_frame(0x0, 0x1, 1, b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"),
+        ],
+        wait,
+    )
+    .await;
+    let answered_400 = f.iter().any(|(t, p)| *t == 0x1 && p.first() == Some(&0x8c));
+    assert!(
+        answered_400 || f.iter().any(|(t, _)| *t == 0x3 || *t == 0x7),
+        "a 400, a reset or a GOAWAY: {f:?}"
+    );
+    // An upper-case header name is malformed in HTTP/2.
+    let f = h2_exchange(
+        p.addr,
+        &[h2_frame(0x1, 0x5, 1, &post(&[("X-Upper", "1")]))],
+        wait,
+    )
+    .await;
+    assert!(
+        f.iter().any(|(t, _)| *t == 0x3 || *t == 0x7),
+        "reset or GOAWAY: {f:?}"
+    );
+    // DATA on stream 0 is a connection error.
+    let f = h2_exchange(p.addr, &[h2_frame(0x0, 0x0, 0, b"x")], wait).await;
+    assert!(f.iter().any(|(t, _)| *t == 0x7), "GOAWAY: {f:?}");
+    // A bad preface is not served.
+    let got = exchange(p.addr, b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n", wait).await;
+    assert!(!got.contains("200"), "{got}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let seen = log.lock().unwrap().clone();
+    assert!(!seen.iter().any(|p| p == "/smuggled"), "{seen:?}");
+    // The proxy still serves HTTP/2.
+    let (resp, _) = send(&h2(), "GET", &p.url("/"), &[], full(Bytes::new())).await;
+    assert_eq!(resp.status(), 200);
+    p.stop().await;
+}
