@@ -56,11 +56,7 @@ pub async fn run(
     let admin_task = match admin {
         Some(l) => {
             let c = &shared.snapshot.load().compiled.config;
-            let tokens = crate::admin::api::load_tokens(
-                c.admin_token_file.as_deref(),
-                c.admin_token_env.as_deref(),
-            )
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let tokens = &c.admin_tokens.0;
             let reads_need_token = bound.admin.is_some_and(|a| !a.ip().is_loopback());
             if reads_need_token && tokens.is_empty() {
                 anyhow::bail!("admin.listen is off loopback and no admin token is configured");
@@ -68,7 +64,6 @@ pub async fn run(
             let admin = Arc::new(crate::admin::api::Admin {
                 shared: Arc::clone(&shared),
                 config_path: config_path.clone(),
-                tokens,
                 reads_need_token,
                 audit: crate::admin::audit::Audit::new(c.admin_audit_log.clone()),
             });

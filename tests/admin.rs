@@ -297,6 +297,36 @@ async fn curve_stages_and_signal_targets_are_validated_like_the_file_and_outlive
 }
 
 #[tokio::test]
+async fn a_reload_reads_the_tokens_again() {
+    let up = ok_upstream(Duration::ZERO).await;
+    let r = start(&up.addr.to_string()).await;
+    let admin = r.proxy.admin;
+    let rotated = "fedcba9876543210fedcba";
+    std::fs::write(r.dir.path().join("tokens"), format!("ops2:{rotated}\n")).unwrap();
+    let (status, v) = call(admin, "POST", "/api/v1/reload", Some(SECRET), Value::Null).await;
+    assert_eq!(status, 200, "{v}");
+    let (status, _) = call(
+        admin,
+        "POST",
+        "/api/v1/ramp/pause",
+        Some(SECRET),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 401, "the old token is gone");
+    let (status, _) = call(
+        admin,
+        "POST",
+        "/api/v1/ramp/pause",
+        Some(rotated),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 200);
+    r.proxy.stop().await;
+}
+
+#[tokio::test]
 async fn a_watched_file_is_reloaded_when_it_changes() {
     let up = ok_upstream(Duration::ZERO).await;
     let r = start_with(

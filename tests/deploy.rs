@@ -34,6 +34,9 @@ async fn the_kit_parses_and_uses_only_exported_metrics() {
     let k8s = YamlLoader::load_from_str(&read("deploy/kubernetes/sidecar.yaml")).unwrap();
     assert_eq!(k8s.len(), 3, "ConfigMap, Secret, Deployment");
     let toml = k8s[0]["data"]["warmgate.toml"].as_str().unwrap();
+    // The Secret's token, as the pod's environment would carry it (this test is alone in its
+    // binary, so the variable reaches nothing else).
+    std::env::set_var("WARMGATE_ADMIN_TOKEN", "a-token-of-sixteen-or-more");
     warmgate::config::load_str("sidecar.toml", toml).unwrap_or_else(|e| panic!("{e:?}"));
     let containers = k8s[2]["spec"]["template"]["spec"]["containers"]
         .as_vec()

@@ -48,8 +48,6 @@ pub struct Admin {
     pub shared: Arc<Shared>,
     /// The config file, for `POST /api/v1/reload`.
     pub config_path: Option<PathBuf>,
-    /// (name, secret) pairs; a write needs one of them as `Authorization: Bearer <secret>`.
-    pub tokens: Vec<(String, String)>,
     /// Reads need a token too (the admin listener is not on loopback).
     pub reads_need_token: bool,
     pub audit: Audit,
@@ -73,7 +71,12 @@ impl Admin {
     /// The token name for a bearer secret, if it is one of ours. Compared in constant time.
     pub fn caller(&self, authorization: Option<&str>) -> Option<String> {
         let secret = authorization?.strip_prefix("Bearer ")?.trim();
-        self.tokens
+        // The running config's tokens: a reload re-reads them.
+        let snap = self.shared.snapshot.load();
+        snap.compiled
+            .config
+            .admin_tokens
+            .0
             .iter()
             .find(|(_, s)| constant_time_eq(s.as_bytes(), secret.as_bytes()))
             .map(|(n, _)| n.clone())
@@ -409,44 +412,44 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Reads the tokens a config names: a file of `name:secret` (or bare `secret`) lines, and/or an
-/// environment variable holding one secret (named after the variable).
+/// environment variable holding one secret (named after the variable). An error names its key.
 pub fn load_tokens(
     file: Option<&std::path::Path>,
     env: Option<&str>,
-) -> Result<Vec<(String, String)>, String> {
+) -> Result<Vec<(String, String)>, (&'static str, String)> {
     let mut out = Vec::new();
     if let Some(path) = file {
+        let key = "admin.token_file";
         let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("admin.token_file {}: {e}", path.display()))?;
+            .map_err(|e| (key, format!("cannot read {}: {e}", path.display())))?;
         for (i, line) in text
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty() && !l.starts_with('#'))
             .enumerate()
         {
-            let (name, secret) = line
-                .split_once(':')
-                .map_or((format!("token{}", i + 1), line), |(n, s)| {
-                    (n.trim().to_string(), s.trim())
-                });
+            let (name, secret) = line.split_once(':').map_or_else(
+                || (format!("token{}", i + 1), line),
+                |(n, s)| (n.trim().to_string(), s.trim()),
+            );
             if secret.len() < 16 {
-                return Err(format!(
-                    "admin.token_file {}: the token {name:?} is shorter than 16 characters",
-                    path.display()
+                return Err((
+                    key,
+                    format!(
+                        "{}: the token {name:?} is shorter than 16 characters",
+                        path.display()
+                    ),
                 ));
             }
             out.push((name, secret.to_string()));
         }
     }
     if let Some(var) = env {
+        let key = "admin.token_env";
         match std::env::var(var) {
             Ok(s) if s.trim().len() >= 16 => out.push((var.to_string(), s.trim().to_string())),
-            Ok(_) => {
-                return Err(format!(
-                    "admin.token_env: ${var} is shorter than 16 characters"
-                ))
-            }
-            Err(_) => return Err(format!("admin.token_env: ${var} is not set")),
+            Ok(_) => return Err((key, format!("${var} is shorter than 16 characters"))),
+            Err(_) => return Err((key, format!("${var} is not set"))),
         }
     }
     Ok(out)

@@ -29,6 +29,17 @@ pub enum Balance {
     RoundRobin,
 }
 
+/// Admin bearer tokens as (name, secret); never printed.
+#[derive(Clone, Default)]
+pub struct Tokens(pub Vec<(String, String)>);
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.0.iter().map(|(n, _)| n.as_str()).collect();
+        write!(f, "Tokens({names:?}, secrets redacted)")
+    }
+}
+
 /// The validated configuration.
 #[derive(Debug)]
 pub struct Config {
@@ -38,9 +49,11 @@ pub struct Config {
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
     pub admin_listen: Option<SocketAddr>,
-    /// Bearer tokens for the admin API: a file and/or an environment variable (read at start).
+    /// Bearer tokens for the admin API: a file and/or an environment variable, read at load
+    /// and at every reload.
     pub admin_token_file: Option<std::path::PathBuf>,
     pub admin_token_env: Option<String>,
+    pub admin_tokens: Tokens,
     /// The audit log file, if any.
     pub admin_audit_log: Option<std::path::PathBuf>,
     /// Watch the config file and reload on a change that then stays put for this long.

@@ -151,6 +151,13 @@ pub fn validate(f: FileConfig, base: &std::path::Path) -> Result<Config, Vec<Key
     let admin_token_file = f.admin.token_file.as_ref().map(|p| base.join(p));
     let admin_token_env = f.admin.token_env.clone();
     let admin_audit_log = f.admin.audit_log.as_ref().map(|p| base.join(p));
+    let admin_tokens = Tokens(
+        e.take(
+            crate::admin::api::load_tokens(admin_token_file.as_deref(), admin_token_env.as_deref())
+                .map_err(|(key, msg)| bad(key, msg)),
+        )
+        .unwrap_or_default(),
+    );
     if admin_listen.is_some_and(|a| !a.ip().is_loopback())
         && admin_token_file.is_none()
         && admin_token_env.is_none()
@@ -563,6 +570,7 @@ pub fn validate(f: FileConfig, base: &std::path::Path) -> Result<Config, Vec<Key
             admin_listen,
             admin_token_file,
             admin_token_env,
+            admin_tokens,
             admin_audit_log,
             reload_watch,
             tls,
