@@ -14,24 +14,8 @@ PACED_CONNS=${PACED_CONNS:-20}
 PACE_MS=${PACE_MS:-10}   # per-connection delay between requests: ~PACED_CONNS*1000/PACE_MS req/s
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-
-cargo build --release --quiet
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-
-mkdir -p "$work/www" "$work/tmp"
-head -c 512 /dev/zero | tr '\0' 'x' > "$work/www/index.html"
-common="daemon off; master_process off; worker_processes 1; error_log $work/error.log; pid $work/nginx-\$port.pid;"
-http_common="access_log off; client_body_temp_path $work/tmp; proxy_temp_path $work/tmp; fastcgi_temp_path $work/tmp; uwsgi_temp_path $work/tmp; scgi_temp_path $work/tmp;"
-
-cat > "$work/upstream.conf" <<CONF
-daemon off; master_process off; worker_processes 1; error_log $work/up.log; pid $work/up.pid;
-events { worker_connections 4096; }
-http { $http_common keepalive_requests 100000; server { listen 127.0.0.1:18081; root $work/www; } }
-CONF
+. "$(dirname "$0")/lib.sh"
+static_upstream 18081
 cat > "$work/nginx-proxy.conf" <<CONF
 daemon off; master_process off; worker_processes 1; error_log $work/px.log; pid $work/px.pid;
 events { worker_connections 4096; }
@@ -72,9 +56,7 @@ taskset -c "$LOAD_CPU" "$NGINX" -c "$work/upstream.conf" -p "$work" & pids+=($!)
 taskset -c "$PROXY_CPU" "$NGINX" -c "$work/nginx-proxy.conf" -p "$work" & NGINX_PID=$!; pids+=($NGINX_PID)
 taskset -c "$PROXY_CPU" ./target/release/warmgate run --config "$work/warmgate.toml" & WG_PID=$!; pids+=($WG_PID)
 taskset -c "$PROXY_CPU" ./target/release/warmgate run --config "$work/warmgate-reject.toml" & WR_PID=$!; pids+=($WR_PID)
-for port in 18081 18082 18083 18084; do
-  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
-done
+wait_port 18081 18082 18083 18084
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)

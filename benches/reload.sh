@@ -11,22 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${DUR:-20}
 RELOADS=${RELOADS:-100}
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-
-cargo build --release --quiet
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-
-mkdir -p "$work/www" "$work/tmp"
-head -c 512 /dev/zero | tr '\0' 'x' > "$work/www/index.html"
-cat > "$work/upstream.conf" <<CONF
-daemon off; master_process off; worker_processes 1; error_log $work/up.log; pid $work/up.pid;
-events { worker_connections 4096; }
-http { access_log off; client_body_temp_path $work/tmp; proxy_temp_path $work/tmp; fastcgi_temp_path $work/tmp; uwsgi_temp_path $work/tmp; scgi_temp_path $work/tmp;
-  keepalive_requests 100000; server { listen 127.0.0.1:18191; root $work/www; } }
-CONF
+. "$(dirname "$0")/lib.sh"
+static_upstream 18191
 base='listen = "127.0.0.1:18193"
 [upstream]
 endpoints = ["127.0.0.1:18191"]
@@ -44,9 +30,7 @@ cp "$work/a.toml" "$work/warmgate.toml"
 
 "$NGINX" -c "$work/upstream.conf" -p "$work" & pids+=($!)
 ./target/release/warmgate run "$work/warmgate.toml" 2>"$work/wg.log" & WG=$!; pids+=($WG)
-for port in 18191 18193; do
-  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
-done
+wait_port 18191 18193
 
 load() { wrk -t1 -c32 -d"${DUR}s" --latency "http://127.0.0.1:18193/"; }
 summary() { # label wrk-output

@@ -8,7 +8,6 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::*;
 use http::Request;
 use http_body_util::BodyExt;
@@ -366,7 +365,6 @@ fn an_admin_listener_off_loopback_needs_a_token() {
     )
     .unwrap_err();
     assert!(e[0].to_string().contains("admin.listen: an admin listener off loopback needs admin.token_file or admin.token_env"), "{e:?}");
-    let _ = Bytes::new();
 }
 
 #[tokio::test]

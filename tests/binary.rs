@@ -100,12 +100,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
     let url = format!("http://127.0.0.1:{port}/slow");
     let req = tokio::spawn(async move { get(&url, &[]).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    signal(&child, "TERM");
     let (resp, body) = req.await.unwrap();
     assert_eq!(resp.status(), 200, "the in-flight request completed");
     assert_eq!(body, "ok");
@@ -200,14 +195,6 @@ async fn sighup_reloads_and_a_bad_file_keeps_the_running_config() {
     let path = dir.path().join("w.toml");
     let url = format!("http://127.0.0.1:{port}/x");
     assert_eq!(get(&url, &[]).await.0.status(), 200);
-    let hup = |child: &Reaped| {
-        let pid = child.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success());
-    };
     // Switch the default feature off: after the reload, requests are shed.
     std::fs::write(
         &path,

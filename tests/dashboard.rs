@@ -39,6 +39,17 @@ async fn wd(base: &str, method: &str, path: &str, body: Value) -> Value {
     serde_json::from_slice::<Value>(&bytes).unwrap()["value"].clone()
 }
 
+/// Runs `js` in the page (`args` as `arguments`), returning its value.
+async fn exec(base: &str, session: &str, js: &str, args: Value) -> Value {
+    wd(
+        base,
+        "POST",
+        &format!("{session}/execute/sync"),
+        json!({ "script": js, "args": args }),
+    )
+    .await
+}
+
 #[tokio::test]
 #[cfg_attr(
     not(chromium_available),
@@ -110,46 +121,28 @@ async fn the_dashboard_moves_and_its_feature_switch_round_trips() {
         json!({ "url": format!("http://{admin}/") }),
     )
     .await;
-    let script = |js: &str| json!({ "script": js, "args": [] });
-
     // The numbers move: samples accumulate and admissions are counted per second.
-    let seen = |v: &Value| v.as_u64().unwrap_or(0);
+    let samples = || exec(&base, &s, "return t.length", json!([]));
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let first = seen(
-        &wd(
-            &base,
-            "POST",
-            &format!("{s}/execute/sync"),
-            script("return t.length"),
-        )
-        .await,
-    );
+    let first = samples().await.as_u64().unwrap_or(0);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let later = seen(
-        &wd(
-            &base,
-            "POST",
-            &format!("{s}/execute/sync"),
-            script("return t.length"),
-        )
-        .await,
-    );
+    let later = samples().await.as_u64().unwrap_or(0);
     assert!(first >= 2 && later > first, "samples {first} then {later}");
-    let admitted = wd(
+    let admitted = exec(
         &base,
-        "POST",
-        &format!("{s}/execute/sync"),
-        script("return (series['admitted:critical'] || []).some(v => v > 0)"),
+        &s,
+        "return (series['admitted:critical'] || []).some(v => v > 0)",
+        json!([]),
     )
     .await;
     assert_eq!(admitted, json!(true), "admissions per second drawn");
 
     // A feature switched off on the page reaches warmgate and comes back on the page.
-    wd(
+    exec(
         &base,
-        "POST",
-        &format!("{s}/execute/sync"),
-        json!({ "script": "document.getElementById('token').value = arguments[0]; document.querySelector('tr[data-feature=\"recommend\"] button[data-state=\"off\"]').click(); return true", "args": [SECRET] }),
+        &s,
+        "document.getElementById('token').value = arguments[0]; document.querySelector('tr[data-feature=\"recommend\"] button[data-state=\"off\"]').click(); return true",
+        json!([SECRET]),
     )
     .await;
     let t = Instant::now();
@@ -167,11 +160,11 @@ async fn the_dashboard_moves_and_its_feature_switch_round_trips() {
     }
     let t = Instant::now();
     loop {
-        let shown = wd(
+        let shown = exec(
             &base,
-            "POST",
-            &format!("{s}/execute/sync"),
-            script("return document.querySelector('tr[data-feature=\"recommend\"] .state').textContent"),
+            &s,
+            "return document.querySelector('tr[data-feature=\"recommend\"] .state').textContent",
+            json!([]),
         )
         .await;
         if shown == json!("off (override)") {

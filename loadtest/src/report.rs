@@ -372,6 +372,17 @@ fn fmt_opt(v: Option<f64>) -> String {
     v.map_or("never".into(), |v| format!("{v:.1} s"))
 }
 
+/// Database queries in progress, averaged over the seconds it was busy.
+fn mean_busy_db(run: &Run) -> f64 {
+    let busy: Vec<f64> = run
+        .samples
+        .iter()
+        .filter(|x| x.db_active > 0)
+        .map(|x| x.db_active as f64)
+        .collect();
+    busy.iter().sum::<f64>() / busy.len().max(1) as f64
+}
+
 fn median_p99(run: &Run) -> f64 {
     let mut v: Vec<f64> = run
         .samples
@@ -467,15 +478,7 @@ pub fn table(runs: &[Run]) -> String {
     rows.push((
         "mean database queries in progress (busy seconds)".into(),
         runs.iter()
-            .map(|r| {
-                let busy: Vec<f64> = r
-                    .samples
-                    .iter()
-                    .filter(|x| x.db_active > 0)
-                    .map(|x| x.db_active as f64)
-                    .collect();
-                format!("{:.1}", busy.iter().sum::<f64>() / busy.len().max(1) as f64)
-            })
+            .map(|r| format!("{:.1}", mean_busy_db(r)))
             .collect(),
     ));
     rows.push((
@@ -552,13 +555,7 @@ pub fn summary(runs: &[Run]) -> Vec<String> {
             ),
             _ => String::new(),
         };
-        let busy: Vec<f64> = r
-            .samples
-            .iter()
-            .filter(|x| x.db_active > 0)
-            .map(|x| x.db_active as f64)
-            .collect();
-        let mean = busy.iter().sum::<f64>() / busy.len().max(1) as f64;
+        let mean = mean_busy_db(r);
         let peak = r.samples.iter().map(|x| x.db_active).max().unwrap_or(0);
         let slow = r
             .samples

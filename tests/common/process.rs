@@ -60,12 +60,17 @@ pub fn wait_for_port(port: u16, what: &str) {
     }
 }
 
-/// Sends SIGHUP to the child (a reload).
-pub fn hup(child: &Reaped) {
+/// Sends `signal` (`HUP`, `TERM`) to the child.
+pub fn signal(child: &Reaped, signal: &str) {
     let pid = child.id().to_string();
     assert!(Command::new("kill")
-        .args(["-HUP", &pid])
+        .args([format!("-{signal}").as_str(), &pid])
         .status()
         .unwrap()
         .success());
+}
+
+/// Sends SIGHUP to the child (a reload).
+pub fn hup(child: &Reaped) {
+    signal(child, "HUP");
 }

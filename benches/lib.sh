@@ -1,0 +1,32 @@
+# Shared setup for the bench scripts (sourced, not run): a release build, a scratch directory
+# and the processes started, all removed/stopped on exit, and a static nginx upstream.
+#   . "$(dirname "$0")/lib.sh"
+#   static_upstream PORT        # nginx serving a 512-byte index.html on 127.0.0.1:PORT
+#   wait_port PORT...           # until each port accepts connections
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+cargo build --release --quiet
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+mkdir -p "$work/www" "$work/tmp"
+head -c 512 /dev/zero | tr '\0' 'x' > "$work/www/index.html"
+http_common="access_log off; client_body_temp_path $work/tmp; proxy_temp_path $work/tmp; fastcgi_temp_path $work/tmp; uwsgi_temp_path $work/tmp; scgi_temp_path $work/tmp;"
+
+# Writes the static upstream's config for PORT to $work/upstream.conf (the caller starts it,
+# pinned wherever it wants).
+static_upstream() {
+  cat > "$work/upstream.conf" <<CONF
+daemon off; master_process off; worker_processes 1; error_log $work/up.log; pid $work/up.pid;
+events { worker_connections 4096; }
+http { $http_common keepalive_requests 100000; server { listen 127.0.0.1:$1; root $work/www; } }
+CONF
+}
+
+wait_port() {
+  for port in "$@"; do
+    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.05; done
+  done
+}
