@@ -1,34 +1,73 @@
 #!/usr/bin/env bash
-# Load recipe: warmgate vs nginx as reverse proxies on the same machine, in the same run, each
-# with one worker thread pinned to one CPU, in front of the same static nginx upstream.
+# Proxy efficiency: warmgate against nginx and HAProxy as reverse proxies, all in one run, each
+# with one worker pinned to one CPU, in front of the same static nginx upstream.
 #
-#   benches/load.sh            # needs nginx and wrk (apt-get install -y nginx wrk)
+#   benches/load.sh            # needs nginx, haproxy, wrk, h2load and python3
+#                              # (apt-get install -y nginx haproxy wrk nghttp2-client)
 #
-# Reports requests per proxy CPU-second (saturating load) and p99 at a fixed paced rate, and the
-# ratios warmgate / nginx. Everything listens on 127.0.0.1 and is stopped (by PID) at the end.
+# Figures (each a median of ROUNDS alternating runs unless said):
+#   requests per proxy CPU-second, empty / 4 KiB / 64 KiB bodies (wrk -c64), HTTP/1.1
+#   requests per proxy CPU-second over h2c (h2load -c16 -m10)
+#   a reject (503 + Retry-After from the gate) against a forward, per CPU-second
+#   RSS per idle keep-alive connection (IDLE of them), throughput with them open against
+#   without, and how many are still open after that load
+#   added p50 and p99 at a paced ~5,000 req/s (50 connections, 10 ms between requests)
+#   warmgate with server.workers = 2 against 1 (both CPUs; the load shares CPU 1)
+# Everything listens on 127.0.0.1 and is stopped (by PID) at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${DUR:-10}
+ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-64}
-PACED_CONNS=${PACED_CONNS:-20}
-PACE_MS=${PACE_MS:-10}   # per-connection delay between requests: ~PACED_CONNS*1000/PACE_MS req/s
+IDLE=${IDLE:-8000}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
+ulimit -n "$(ulimit -Hn)"
 . "$(dirname "$0")/lib.sh"
+HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+for t in wrk h2load python3 "$HAPROXY"; do
+  command -v "$t" >/dev/null || { echo "load.sh needs $t" >&2; exit 1; }
+done
+
 static_upstream 18081
+: > "$work/www/empty"
+head -c 4096 /dev/zero | tr '\0' 'x' > "$work/www/4k"
+head -c 65536 /dev/zero | tr '\0' 'x' > "$work/www/64k"
+
 cat > "$work/nginx-proxy.conf" <<CONF
 daemon off; master_process off; worker_processes 1; error_log $work/px.log; pid $work/px.pid;
-events { worker_connections 4096; }
-http { $http_common keepalive_requests 100000;
+worker_rlimit_nofile 20000;
+events { worker_connections 19000; }
+http { $http_common keepalive_requests 1000000; keepalive_timeout 75s;
   upstream backend { server 127.0.0.1:18081; keepalive 128; }
-  server { listen 127.0.0.1:18082;
+  server { listen 127.0.0.1:18082; listen 127.0.0.1:18092 http2;
     location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; proxy_buffering on; } } }
 CONF
-cat > "$work/warmgate.toml" <<CONF
-listen = "127.0.0.1:18083"
+cat > "$work/haproxy.cfg" <<CONF
+global
+  nbthread 1
+  maxconn 9500
+defaults
+  mode http
+  option forwardfor
+  http-reuse always
+  timeout connect 5s
+  timeout client 75s
+  timeout server 30s
+  timeout http-keep-alive 75s
+frontend f
+  bind 127.0.0.1:18085
+  bind 127.0.0.1:18095 proto h2
+  default_backend b
+backend b
+  server s1 127.0.0.1:18081
+CONF
+wg_config() { # port workers
+  cat <<CONF
+listen = "127.0.0.1:$1"
 [server]
-workers = 1
+workers = $2
 [upstream]
 endpoints = ["127.0.0.1:18081"]
 [log]
@@ -40,67 +79,144 @@ full_capacity = 100000
 stages = { critical = 0.0, high = 0.0, normal = 0.0, low = 0.0 }
 start_fraction = 1.0
 CONF
-# The same proxy with every request rejected (feature switched off): the cost of a reject.
-sed -e 's/18083/18084/' "$work/warmgate.toml" > "$work/warmgate-reject.toml"
+}
+wg_config 18083 1 > "$work/warmgate.toml"
+wg_config 18086 2 > "$work/warmgate-2.toml"
+# The same proxy with every request refused by the gate (feature switched off): a reject.
+wg_config 18084 1 > "$work/warmgate-reject.toml"
 cat >> "$work/warmgate-reject.toml" <<CONF
 [[feature]]
 name = "default"
 priority = "normal"
 state = "off"
 CONF
-cat > "$work/pace.lua" <<LUA
-function delay() return $PACE_MS end
-LUA
+echo 'function delay() return 10 end' > "$work/pace.lua"
 
 taskset -c "$LOAD_CPU" "$NGINX" -c "$work/upstream.conf" -p "$work" & pids+=($!)
 taskset -c "$PROXY_CPU" "$NGINX" -c "$work/nginx-proxy.conf" -p "$work" & NGINX_PID=$!; pids+=($NGINX_PID)
-taskset -c "$PROXY_CPU" ./target/release/warmgate run --config "$work/warmgate.toml" & WG_PID=$!; pids+=($WG_PID)
-taskset -c "$PROXY_CPU" ./target/release/warmgate run --config "$work/warmgate-reject.toml" & WR_PID=$!; pids+=($WR_PID)
-wait_port 18081 18082 18083 18084
+taskset -c "$PROXY_CPU" "$HAPROXY" -db -f "$work/haproxy.cfg" & HAPROXY_PID=$!; pids+=($HAPROXY_PID)
+taskset -c "$PROXY_CPU" ./target/release/warmgate run "$work/warmgate.toml" & WG_PID=$!; pids+=($WG_PID)
+taskset -c "$PROXY_CPU" ./target/release/warmgate run "$work/warmgate-reject.toml" & WR_PID=$!; pids+=($WR_PID)
+taskset -c "$PROXY_CPU,$LOAD_CPU" ./target/release/warmgate run "$work/warmgate-2.toml" & W2_PID=$!; pids+=($W2_PID)
+wait_port 18081 18082 18083 18084 18085 18086 18092 18095
+
+declare -A PORT=([nginx]=18082 [haproxy]=18085 [warmgate]=18083 [reject]=18084 [warmgate-2]=18086)
+declare -A H2PORT=([nginx]=18092 [haproxy]=18095 [warmgate]=18083)
+declare -A PID=([nginx]=$NGINX_PID [haproxy]=$HAPROXY_PID [warmgate]=$WG_PID [reject]=$WR_PID [warmgate-2]=$W2_PID)
+PEERS=(nginx haproxy warmgate)
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 hz=$(getconf CLK_TCK)
-
-saturate() { # name port pid
-  local before after reqs
-  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$2/" >/dev/null   # warm the pools
-  before=$(cpu_ticks "$3")
-  reqs=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DUR}s" "http://127.0.0.1:$2/" | awk '/requests in/ {print $1}')
-  after=$(cpu_ticks "$3")
-  awk -v n="$1" -v r="$reqs" -v t=$((after - before)) -v hz="$hz" -v d="$DUR" \
-    'BEGIN { cpu = t / hz; printf "%-9s %10d req  %6.2f CPU-s  %9.0f req/CPU-s  %8.0f req/s\n", n, r, cpu, r / cpu, r / d }'
-}
-
-paced_p99() { # port -> p99 in ms (median of three runs)
-  local a b c; a=$(paced_once "$1"); b=$(paced_once "$1"); c=$(paced_once "$1")
-  printf "%s\n%s\n%s\n" "$a" "$b" "$c" | sort -g | sed -n 2p
-}
-paced_once() {
-  taskset -c "$LOAD_CPU" wrk -t1 -c"$PACED_CONNS" -d"${DUR}s" --latency -s "$work/pace.lua" "http://127.0.0.1:$1/" \
-    | awk '/^ +99%/ { v = $2; if (v ~ /us$/) { sub("us", "", v); v /= 1000 } else if (v ~ /ms$/) { sub("ms", "", v) } else if (v ~ /s$/) { sub("s", "", v); v *= 1000 } print v }'
-}
-
-echo "== saturating load: wrk -c$CONNS for ${DUR}s, proxy pinned to CPU $PROXY_CPU, upstream + wrk on CPU $LOAD_CPU"
-# Alternate the two, ROUNDS times each, and take the median efficiency of each.
-ROUNDS=${ROUNDS:-3}
-n_effs=(); w_effs=()
-for _ in $(seq "$ROUNDS"); do
-  n_line=$(saturate nginx 18082 "$NGINX_PID"); echo "$n_line"; n_effs+=("$(echo "$n_line" | awk '{print $6}')")
-  w_line=$(saturate warmgate 18083 "$WG_PID"); echo "$w_line"; w_effs+=("$(echo "$w_line" | awk '{print $6}')")
-done
 median() { printf "%s\n" "$@" | sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
-n_eff=$(median "${n_effs[@]}"); w_eff=$(median "${w_effs[@]}")
-echo "median req/CPU-s: nginx $n_eff, warmgate $w_eff"
+per_cpu_s() { awk -v r="$1" -v t="$2" -v hz="$hz" 'BEGIN { printf "%.0f", r / (t / hz) }'; }
 
-echo "== paced load: $PACED_CONNS connections, ${PACE_MS} ms between requests on each, ${DUR}s"
-d99=$(paced_p99 18081); n99=$(paced_p99 18082); w99=$(paced_p99 18083)
-echo "p99 direct ${d99} ms   via nginx ${n99} ms   via warmgate ${w99} ms"
-awk -v ne="$n_eff" -v we="$w_eff" -v d="$d99" -v n="$n99" -v w="$w99" 'BEGIN {
-  na = n - d; wa = w - d; if (na < 0.001) na = 0.001; if (wa < 0.001) wa = 0.001;
-  printf "efficiency ratio (warmgate/nginx req per CPU-s): %.2f\n", we / ne;
-  printf "added p99: nginx %.3f ms, warmgate %.3f ms, ratio nginx/warmgate %.2f (>= 1 means warmgate adds less)\n", na, wa, na / wa }'
+# Requests per proxy CPU-second under wrk -c$CONNS for $DUR s on PATH (after a 2 s warm-up).
+h1_eff() { # name path
+  local port=${PORT[$1]} pid=${PID[$1]} before after reqs
+  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$port$2" >/dev/null
+  before=$(cpu_ticks "$pid")
+  reqs=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DUR}s" "http://127.0.0.1:$port$2" |
+    awk '/requests in/ {print $1}')
+  after=$(cpu_ticks "$pid")
+  per_cpu_s "$reqs" $((after - before))
+}
+# The same over h2c prior knowledge: 16 connections, 10 streams each.
+h2_eff() { # name
+  local port=${H2PORT[$1]} pid=${PID[$1]} before after reqs
+  taskset -c "$LOAD_CPU" h2load -c16 -m10 -D 2 "http://127.0.0.1:$port/empty" >/dev/null
+  before=$(cpu_ticks "$pid")
+  reqs=$(taskset -c "$LOAD_CPU" h2load -c16 -m10 -D "$DUR" "http://127.0.0.1:$port/empty" |
+    awk '/^requests:/ {print $8}')
+  after=$(cpu_ticks "$pid")
+  per_cpu_s "$reqs" $((after - before))
+}
+# p50 and p99 (ms) of a paced load: 50 connections, 10 ms between requests on each.
+paced() { # port -> "p50 p99 req/s"
+  taskset -c "$LOAD_CPU" wrk -t1 -c50 -d"${DUR}s" --latency -s "$work/pace.lua" "http://127.0.0.1:$1/empty" |
+    awk 'function ms(v) { if (v ~ /us$/) { sub("us", "", v); return v / 1000 } if (v ~ /ms$/) { sub("ms", "", v); return v } sub("s", "", v); return v * 1000 }
+         /^ +50%/ { p50 = ms($2) } /^ +99%/ { p99 = ms($2) } /^Requests\/sec/ { r = $2 } END { print p50, p99, r }'
+}
 
-echo "== reject vs forward: the same warmgate, all requests rejected (503 + Retry-After) vs all forwarded"
-r_line=$(saturate rejects 18084 "$WR_PID"); echo "$r_line"
-r_eff=$(echo "$r_line" | awk '{print $6}')
-awk -v r="$r_eff" -v f="$w_eff" 'BEGIN { printf "a reject costs %.2fx less CPU than a forward (req/CPU-s %.0f vs %.0f)\n", r / f, r, f }'
+declare -A R
+row() { # key -> median of ROUNDS runs of the command after it
+  local key=$1; shift
+  local vals=() v
+  for _ in $(seq "$ROUNDS"); do v=$("$@"); vals+=("$v"); done
+  R[$key]=$(median "${vals[@]}")
+  echo "  $key: ${vals[*]} -> ${R[$key]}" >&2
+}
+
+echo "== requests per proxy CPU-second: wrk -t1 -c$CONNS, ${DUR}s, proxies on CPU $PROXY_CPU, upstream + load on CPU $LOAD_CPU" >&2
+for body in empty 4k 64k; do
+  for _ in $(seq "$ROUNDS"); do
+    for p in "${PEERS[@]}"; do v=$(h1_eff "$p" "/$body"); eval "h1_${p}_$body+=($v)"; done
+  done
+  for p in "${PEERS[@]}"; do
+    eval "vals=(\"\${h1_${p}_$body[@]}\")"
+    R[$p.$body]=$(median "${vals[@]}"); echo "  $p /$body: ${vals[*]} -> ${R[$p.$body]}" >&2
+  done
+done
+
+echo "== h2c: h2load -c16 -m10, ${DUR}s" >&2
+for p in "${PEERS[@]}"; do row "$p.h2c" h2_eff "$p"; done
+
+echo "== reject vs forward (warmgate, empty body)" >&2
+row reject.empty h1_eff reject /empty
+
+echo "== server.workers = 2 on CPUs $PROXY_CPU,$LOAD_CPU (the load shares CPU $LOAD_CPU)" >&2
+row warmgate-2.empty h1_eff warmgate-2 /empty
+
+echo "== paced: 50 connections, 10 ms apart, ${DUR}s: p50 p99 (ms) req/s" >&2
+for _ in $(seq "$ROUNDS"); do
+  for name in direct "${PEERS[@]}"; do
+    port=${PORT[$name]:-18081}
+    read -r a b c < <(paced "$port"); echo "  $name: $a $b ($c req/s)" >&2
+    eval "p50_${name}+=($a); p99_${name}+=($b)"
+  done
+done
+for name in direct "${PEERS[@]}"; do
+  eval "R[$name.p50]=\$(median \"\${p50_${name}[@]}\"); R[$name.p99]=\$(median \"\${p99_${name}[@]}\")"
+done
+
+echo "== $IDLE idle keep-alive connections (one request each, then quiet)" >&2
+for p in "${PEERS[@]}"; do
+  without=$(h1_eff "$p" /empty)
+  rss0=$(rss_kb "${PID[$p]}")
+  coproc HOLD { python3 benches/idle_conns.py "${PORT[$p]}" "$IDLE" /empty; }
+  read -r _ opened <&"${HOLD[0]}"
+  sleep 1
+  rss1=$(rss_kb "${PID[$p]}")
+  with=$(h1_eff "$p" /empty)
+  echo check >&"${HOLD[1]}"
+  read -r _ still <&"${HOLD[0]}"
+  fd=${HOLD[1]}; exec {fd}>&-
+  wait "$HOLD_PID" 2>/dev/null || true
+  R[$p.idle_b]=$(( (rss1 - rss0) * 1024 / opened ))
+  R[$p.idle_mib]=$(awk -v k="$rss1" 'BEGIN { printf "%.1f", k / 1024 }')
+  R[$p.idle_tp]=$(awk -v a="$with" -v b="$without" 'BEGIN { printf "%.2f", a / b }')
+  R[$p.idle_left]=$still
+  echo "  $p: RSS ${rss0} -> ${rss1} kB with $opened open; req/CPU-s $without without, $with with; $still still open after" >&2
+  sleep 1
+done
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
+cell() { echo "${R[$1.$2]} ($(ratio "${R[$1.$2]}" "${R[nginx.$2]}"))"; }
+added() { awk -v v="${R[$1.$2]}" -v d="${R[direct.$2]}" 'BEGIN { printf "%.3f ms", v - d }'; }
+cat <<TABLE
+
+| figure | nginx | HAProxy | warmgate (ratio to nginx) |
+|---|---|---|---|
+| requests per proxy CPU-second, empty body | ${R[nginx.empty]} | $(cell haproxy empty) | $(cell warmgate empty) |
+| requests per proxy CPU-second, 4 KiB body | ${R[nginx.4k]} | $(cell haproxy 4k) | $(cell warmgate 4k) |
+| requests per proxy CPU-second, 64 KiB body | ${R[nginx.64k]} | $(cell haproxy 64k) | $(cell warmgate 64k) |
+| h2c requests per proxy CPU-second | ${R[nginx.h2c]} | $(cell haproxy h2c) | $(cell warmgate h2c) |
+| RSS per idle keep-alive connection ($IDLE open) | ${R[nginx.idle_b]} B | ${R[haproxy.idle_b]} B | ${R[warmgate.idle_b]} B |
+| RSS holding them | ${R[nginx.idle_mib]} MiB | ${R[haproxy.idle_mib]} MiB | ${R[warmgate.idle_mib]} MiB |
+| throughput with them open / without | ${R[nginx.idle_tp]} | ${R[haproxy.idle_tp]} | ${R[warmgate.idle_tp]} |
+| idle connections still open after that load | ${R[nginx.idle_left]} | ${R[haproxy.idle_left]} | ${R[warmgate.idle_left]} |
+| added p50 / p99 at ~5,000 req/s (direct ${R[direct.p50]} / ${R[direct.p99]} ms) | $(added nginx p50) / $(added nginx p99) | $(added haproxy p50) / $(added haproxy p99) | $(added warmgate p50) / $(added warmgate p99) |
+
+warmgate reject: ${R[reject.empty]} req/CPU-s, $(ratio "${R[reject.empty]}" "${R[warmgate.empty]}") cheaper than a forward.
+warmgate with server.workers = 2: ${R[warmgate-2.empty]} req/CPU-s, $(ratio "${R[warmgate-2.empty]}" "${R[warmgate.empty]}") of one worker.
+TABLE

@@ -201,7 +201,13 @@ impl Compiled {
         let endpoints = EndpointSet::new(endpoints, config.upstream.balance, ejection);
         let client = match previous {
             Some(p) if same_client(&p.config.upstream, &config.upstream) => p.client.clone(),
-            _ => build_client(&config.upstream),
+            _ => {
+                // Connections made under other settings (TLS, timeouts) are not reused.
+                for e in &endpoints.endpoints {
+                    e.pool.clear();
+                }
+                build_client(&config.upstream)
+            }
         };
         let classifier = Classifier::new(
             config.routes.clone(),
@@ -306,6 +312,10 @@ impl Shared {
         let cur = self.snapshot.load_full();
         let now = self.clock.now_ms();
         let window_s = cur.compiled.config.signals.window.as_secs().max(1);
+        let idle_ms = crate::upstream::pool::millis(cur.compiled.config.upstream.pool_idle_timeout);
+        for e in &cur.compiled.endpoints.endpoints {
+            e.pool.sweep(now, idle_ms);
+        }
         self.window.rotate(now);
         let mut signals = self.window.snapshot(now, window_s);
         let (class_n, class_us, dropped) = self.completions.take();

@@ -333,3 +333,50 @@ async fn upstream_bytes_counted_once() {
     );
     p.stop().await;
 }
+
+/// Sequential requests reuse one pooled upstream connection whatever the response body is:
+/// empty (hyper never polls it), fixed length, or chunked. An upstream that closes its side
+/// after every answer costs a new connection per request, never a failed request.
+#[tokio::test]
+async fn upstream_connections_are_reused_for_every_kind_of_body() {
+    let up = upstream(Arc::new(|req| {
+        Box::pin(async move {
+            let b = Response::builder();
+            match req.uri().path() {
+                "/empty" => b.body(full(Bytes::new())).unwrap(),
+                "/chunked" => b.body(chunks(Bytes::from_static(b"abcd"), 64)).unwrap(),
+                "/close" => b.header("connection", "close").body(full("bye")).unwrap(),
+                _ => b.body(full("fixed")).unwrap(),
+            }
+        })
+    }))
+    .await;
+    let p = proxy(&open_config(&format!("\"{}\"", up.addr), "")).await;
+    let mut before = 0;
+    for i in 0..30 {
+        let path = ["/empty", "/fixed", "/chunked"][i % 3];
+        let (resp, body) = get(&p.url(path), &[]).await;
+        assert_eq!(resp.status(), 200, "{path}");
+        let want = match path {
+            "/empty" => 0,
+            "/fixed" => 5,
+            _ => 64,
+        };
+        assert_eq!(body.len(), want, "{path}");
+        if i == 0 {
+            // (The startup probe may have opened one too.)
+            before = up.conns.load(Ordering::SeqCst);
+        }
+    }
+    assert_eq!(
+        up.conns.load(Ordering::SeqCst),
+        before,
+        "one upstream connection for 30 requests"
+    );
+    for _ in 0..5 {
+        let (resp, body) = get(&p.url("/close"), &[]).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(&body[..], b"bye");
+    }
+    assert_eq!(up.hits(), 35);
+}

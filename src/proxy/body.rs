@@ -13,6 +13,8 @@ use hyper::body::Incoming;
 use super::idle::IdleTimer;
 use crate::admission::per_client::ClientSlot;
 use crate::admission::Permit;
+use crate::clock::Clock;
+use crate::upstream::pool::Lease;
 use crate::upstream::EndpointGuard;
 
 /// Any error a body can end with.
@@ -33,6 +35,33 @@ pub struct UpstreamBody {
     body: Incoming,
     held: Held,
     idle: IdleTimer,
+    /// The connection it came on, back to its endpoint's pool once the body has ended.
+    back: Option<Back>,
+}
+
+/// A pooled connection to give back, and what the pool needs to know.
+pub struct Back {
+    pub lease: Lease,
+    pub clock: Clock,
+    pub max_idle: usize,
+}
+
+impl UpstreamBody {
+    /// The body has ended: its connection is free for the next request.
+    fn give_back(&mut self) {
+        if let (Some(b), Some(ep)) = (self.back.take(), self.held.endpoint.as_ref()) {
+            ep.endpoint.pool.put(b.lease, b.clock.now_ms(), b.max_idle);
+        }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // hyper drops a body that is empty from the start without polling it.
+        if self.body.is_end_stream() {
+            self.give_back();
+        }
+    }
 }
 
 /// A response body.
@@ -48,11 +77,12 @@ impl ProxyBody {
     }
 
     /// The upstream's body, holding `held` until it ends.
-    pub fn upstream(body: Incoming, held: Held, idle: Duration) -> Self {
+    pub fn upstream(body: Incoming, held: Held, idle: Duration, back: Option<Back>) -> Self {
         ProxyBody::Upstream(UpstreamBody {
             body,
             held,
             idle: IdleTimer::new(idle),
+            back,
         })
     }
 }
@@ -79,8 +109,12 @@ impl Body for ProxyBody {
         match self.get_mut() {
             ProxyBody::Upstream(u) => match Pin::new(&mut u.body).poll_frame(cx) {
                 Poll::Ready(r) => {
+                    if r.is_none() {
+                        u.give_back();
+                    }
                     if matches!(r, None | Some(Err(_))) {
                         // The stream is over: release the slot now, not when hyper drops the body.
+                        u.back = None;
                         u.held = Held::default();
                     } else {
                         u.idle.progress();
@@ -89,6 +123,7 @@ impl Body for ProxyBody {
                 }
                 Poll::Pending => match u.idle.poll_expired(cx) {
                     Poll::Ready(()) => {
+                        u.back = None;
                         u.held = Held::default();
                         Poll::Ready(Some(Err(Box::new(UpstreamIdle(u.idle.after())))))
                     }

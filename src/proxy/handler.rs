@@ -10,7 +10,7 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
 use super::access::{Note, Pending};
-use super::body::{Held, ProxyBody};
+use super::body::{Back, Held, ProxyBody};
 use super::edge;
 use super::headers::{self, ConnHeaders};
 use super::phases::Phase;
@@ -23,6 +23,7 @@ use crate::admission::{Admission, Ask, Permit, Reject, RejectReason, Ticket};
 use crate::metrics::Outcome;
 use crate::runtime::{FeatureRt, Shared, Snapshot};
 use crate::signals::Cache;
+use crate::upstream::pool::{millis, SendError};
 
 static UPGRADE_TOKEN: HeaderValue = HeaderValue::from_static("upgrade");
 
@@ -287,31 +288,56 @@ async fn forward(
         parts.headers.insert(CONNECTION, UPGRADE_TOKEN.clone());
         parts.headers.insert(UPGRADE, u.clone());
     }
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(ep.endpoint.authority.clone());
-    uri.path_and_query = Some(
-        parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    );
-    parts.uri = match Uri::from_parts(uri) {
-        Ok(u) => u,
-        Err(_) => return respond::error(ProxyError::BadRequest("unforwardable request target")),
-    };
-    parts.version = if cfg.h2c {
-        Version::HTTP_2
+    let h2c = c.client.h2c.as_ref();
+    if h2c.is_some() {
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(ep.endpoint.authority.clone());
+        uri.path_and_query = Some(path_and_query(&parts.uri));
+        parts.uri = match Uri::from_parts(uri) {
+            Ok(u) => u,
+            Err(_) => {
+                return respond::error(ProxyError::BadRequest("unforwardable request target"))
+            }
+        };
+        parts.version = Version::HTTP_2;
     } else {
-        Version::HTTP_11
-    };
+        // HTTP/1.1 upstreams get the origin form (an absolute-form request is rewritten).
+        if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+            parts.uri = Uri::from(path_and_query(&parts.uri));
+        }
+        parts.version = Version::HTTP_11;
+    }
 
     let start = tokio::time::Instant::now();
     let server = &c.config.server;
     let (body, body_sent) = ClientBody::new(body, server.client_body_timeout, start);
+    let req = Request::from_parts(parts, body);
+    let exchange = async {
+        match h2c {
+            Some(client) => client.request(req).await.map(|r| (r, None)).map_err(|e| {
+                if e.is_connect() {
+                    SendError::Connect(Box::new(e))
+                } else {
+                    SendError::Other(Box::new(e))
+                }
+            }),
+            None => ep
+                .endpoint
+                .pool
+                .send(
+                    &c.client.connector,
+                    &ep.endpoint.uri,
+                    req,
+                    now_ms,
+                    millis(cfg.pool_idle_timeout),
+                )
+                .await
+                .map(|(r, lease)| (r, Some(lease))),
+        }
+    };
     let sent = response_head(
-        c.client.request(Request::from_parts(parts, body)),
+        exchange,
         start,
         body_sent.as_deref(),
         cfg.response_header_timeout,
@@ -324,7 +350,7 @@ async fn forward(
     let now_ms = now_ms + total.as_millis() as u64;
     let ej = c.endpoints.ejection;
     match sent {
-        Ok(Ok(mut resp)) => {
+        Ok(Ok((mut resp, lease))) => {
             ep.success();
             let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
             let tunnel = match (switched, client_upgrade) {
@@ -377,7 +403,16 @@ async fn forward(
             held.endpoint = Some(ep);
             Response::from_parts(
                 parts,
-                ProxyBody::upstream(body, held, cfg.body_idle_timeout),
+                ProxyBody::upstream(
+                    body,
+                    held,
+                    cfg.body_idle_timeout,
+                    lease.map(|lease| Back {
+                        lease,
+                        clock: shared.clock,
+                        max_idle: cfg.pool_max_idle_per_endpoint,
+                    }),
+                ),
             )
         }
         // The client's own request body failed (a malformed chunk, a hang-up mid-upload): a
@@ -418,6 +453,12 @@ async fn forward(
             respond::error(ProxyError::UpstreamTimeout)
         }
     }
+}
+
+fn path_and_query(uri: &Uri) -> PathAndQuery {
+    uri.path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"))
 }
 
 fn micros(d: Duration) -> u64 {

@@ -28,6 +28,9 @@ const H2_MAX_PENDING_RESETS: usize = 20;
 /// Streams we may reset for protocol errors before the connection is closed.
 const H2_MAX_LOCAL_RESETS: usize = 256;
 
+/// hyper's limit on request header lines when none is set.
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
 /// Which protocol a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Proto {
@@ -273,14 +276,19 @@ where
     });
     match proto {
         Proto::H1 => {
-            let c = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(TokioTimer::new())
                 // The head and idle timers are `Phases`' (hyper's would also run while idle,
                 // and close without a 408).
                 .header_read_timeout(None)
                 .max_buf_size(server_cfg.max_header_bytes)
-                .max_headers(server_cfg.max_headers)
-                .keep_alive(true)
+                .keep_alive(true);
+            // hyper parses into an array on the stack for its default of 100, and into a
+            // vector allocated per request for any other figure set here.
+            if server_cfg.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+                b.max_headers(server_cfg.max_headers);
+            }
+            let c = b
                 .serve_connection(phased(io, phase, true, server_cfg), svc)
                 .with_upgrades();
             until_stopped!(c, conn, idle)

@@ -14,6 +14,10 @@ pub struct Endpoint {
     pub authority: Authority,
     /// The authority as a `Host` value, built once.
     pub host_header: http::HeaderValue,
+    /// Where new connections go (`http://authority`).
+    pub uri: http::Uri,
+    /// Its idle keep-alive connections (HTTP/1.1 upstreams).
+    pub pool: super::pool::IdlePool,
     inflight: AtomicU32,
     failures: AtomicU32,
     ejected_until_ms: AtomicU64,
@@ -25,8 +29,16 @@ impl Endpoint {
     pub fn new(authority: Authority) -> Self {
         let host_header = http::HeaderValue::from_str(authority.as_str())
             .unwrap_or(http::HeaderValue::from_static("localhost"));
+        let uri = http::Uri::builder()
+            .scheme("http")
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .unwrap_or_default();
         Self {
             host_header,
+            uri,
+            pool: super::pool::IdlePool::default(),
             authority,
             inflight: AtomicU32::new(0),
             failures: AtomicU32::new(0),

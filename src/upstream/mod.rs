@@ -3,6 +3,7 @@
 pub mod client;
 pub mod connector;
 pub mod endpoints;
+pub mod pool;
 
 pub use client::{build as build_client, UpstreamClient};
 pub use endpoints::{Ejection, Endpoint, EndpointGuard, EndpointSet};
