@@ -88,6 +88,8 @@ pub struct Metrics {
     pub connections: IntGauge,
     /// Times the listener stopped accepting because `server.max_connections` were open.
     pub connections_capped: IntCounter,
+    /// Idle HTTP/1 connections parked (holding no session buffers).
+    pub connections_parked: IntGauge,
     /// Open WebSocket tunnels (they hold no admission slot).
     pub tunnels: IntGauge,
     /// Endpoints ejected by passive health right now.
@@ -196,6 +198,13 @@ impl Metrics {
             connections: reg(
                 &r,
                 IntGauge::new("warmgate_client_connections", "Open client connections")?,
+            ),
+            connections_parked: reg(
+                &r,
+                IntGauge::new(
+                    "warmgate_client_connections_parked",
+                    "Idle HTTP/1 client connections parked without session buffers",
+                )?,
             ),
             connections_capped: reg(
                 &r,

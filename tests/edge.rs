@@ -826,3 +826,72 @@ async fn h2_protocol_violations_never_reach_the_upstream() {
     assert_eq!(resp.status(), 200);
     p.stop().await;
 }
+
+/// An HTTP/1 connection idle for a second is parked (its session buffers freed): it still
+/// answers its next requests, a slow head on it still gets a 408, and the keep-alive timeout
+/// counts from its last answer, not from the park.
+#[tokio::test]
+async fn an_idle_connection_is_parked_and_still_serves_and_times_out() {
+    let up = ok_upstream(Duration::ZERO).await;
+    let p = proxy(&open(
+        &up.addr.to_string(),
+        "[server]\nclient_header_timeout = \"500ms\"\nkeepalive_timeout = \"2500ms\"",
+    ))
+    .await;
+    let parked = || async {
+        let (_, m) = get(&format!("http://{}/metrics", p.admin), &[]).await;
+        let m = String::from_utf8_lossy(&m).to_string();
+        m.lines()
+            .find_map(|l| l.strip_prefix("warmgate_client_connections_parked "))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    let req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut buf = [0u8; 4096];
+    for round in 0..3 {
+        s.write_all(req).await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "round {round}");
+        assert_eq!(parked().await, "0", "busy a moment ago: not parked");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(parked().await, "1", "idle for 1.5 s: parked");
+    }
+    // A head sent in two parts to the parked connection: the first part unparks it, the
+    // second never comes, and the head timeout answers.
+    s.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+    let t = Instant::now();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut got)).await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 408"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(t.elapsed() < Duration::from_millis(1500));
+
+    // Parked, then closed quietly at the keep-alive timeout counted from the last answer.
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(req).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let t = Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(6), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed without a response");
+    let waited = t.elapsed();
+    assert!(
+        waited > Duration::from_millis(2000) && waited < Duration::from_millis(3500),
+        "{waited:?}"
+    );
+    assert_eq!(parked().await, "0");
+    p.stop().await;
+}

@@ -130,38 +130,108 @@ pub struct Phases<S> {
     h1: bool,
     keepalive: Duration,
     head: Duration,
+    /// HTTP/1: how long a connection stays idle before it is parked (see [`Phases::parked`]).
+    park_after: Option<Duration>,
     wait: Wait,
     /// `Phase::started` when the timer was armed: a request since then ends that wait.
     epoch: u32,
+    /// When the connection last went idle.
+    idle_since: Instant,
+    /// When the current wait ends. The timer may be set earlier (it is only moved forward
+    /// when it fires, so a busy connection does not touch the timer wheel per request).
+    deadline: Instant,
     timer: Option<Pin<Box<Sleep>>>,
+    /// Every byte handed to a write has been flushed.
+    flushed: bool,
+    parked: bool,
 }
 
 impl<S> Phases<S> {
-    pub fn new(inner: S, phase: Arc<Phase>, h1: bool, keepalive: Duration, head: Duration) -> Self {
+    pub fn new(
+        inner: S,
+        phase: Arc<Phase>,
+        h1: bool,
+        keepalive: Duration,
+        head: Duration,
+        park_after: Option<Duration>,
+    ) -> Self {
+        let now = Instant::now();
         Self {
             inner,
             phase,
             h1,
             keepalive,
             head,
+            park_after,
             wait: Wait::None,
             epoch: 0,
+            idle_since: now,
+            deadline: now,
             timer: None,
+            flushed: true,
+            parked: false,
         }
     }
 
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Whether the connection ended its HTTP/1 session to be parked: it was idle for
+    /// `park_after` with everything flushed, so its server was told the stream ended (and
+    /// the socket stays open). The server drops the session's buffers, waits for the socket to
+    /// become readable (or the rest of the keep-alive timeout), and starts a new session on
+    /// the same stream. The next read unparks it.
+    pub fn parked(&self) -> bool {
+        self.parked
+    }
+
+    /// When the keep-alive timeout of the current idle period ends.
+    pub fn idle_deadline(&self) -> Instant {
+        self.idle_since + self.keepalive
+    }
+
     fn arm(&mut self, wait: Wait) {
-        let after = if wait == Wait::Head {
-            self.head
-        } else {
-            self.keepalive
+        let now = Instant::now();
+        let deadline = match wait {
+            Wait::Head => now + self.head,
+            _ => {
+                self.idle_since = now;
+                match self.park_after {
+                    Some(p) if p < self.keepalive => now + p,
+                    _ => now + self.keepalive,
+                }
+            }
         };
-        let deadline = Instant::now() + after;
+        self.set_deadline(deadline);
+        self.wait = wait;
+    }
+
+    fn set_deadline(&mut self, deadline: Instant) {
+        self.deadline = deadline;
         match self.timer.as_mut() {
+            // Fires early: moved forward then.
+            Some(t) if t.deadline() <= deadline => {}
             Some(t) => t.as_mut().reset(deadline),
             None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
         }
-        self.wait = wait;
+    }
+
+    /// Whether the current wait's deadline has passed (registering for it otherwise).
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(t) = self.timer.as_mut() else {
+            return false;
+        };
+        loop {
+            if t.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            if t.deadline() >= self.deadline {
+                return true;
+            }
+            t.as_mut().reset(self.deadline);
+        }
     }
 }
 
@@ -172,6 +242,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Phases<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.parked {
+            // A new session on the parked stream.
+            this.parked = false;
+            this.wait = Wait::None;
+        }
         if this.phase.busy() {
             this.wait = Wait::None;
             this.phase.reader.register(cx.waker());
@@ -199,13 +274,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Phases<S> {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                let Some(t) = this.timer.as_mut() else {
-                    return Poll::Pending;
-                };
-                if t.as_mut().poll(cx).is_pending() {
+                if !this.expired(cx) {
                     return Poll::Pending;
                 }
                 if this.wait == Wait::Next {
+                    let now = Instant::now();
+                    if now < this.idle_deadline() {
+                        if this.park_after.is_some() && this.flushed {
+                            // End of stream for this session; the socket stays open.
+                            this.parked = true;
+                            this.wait = Wait::None;
+                            return Poll::Ready(Ok(()));
+                        }
+                        // Not parkable now: wait out the keep-alive timeout.
+                        this.park_after = None;
+                        let d = this.idle_deadline();
+                        this.set_deadline(d);
+                        if !this.expired(cx) {
+                            return Poll::Pending;
+                        }
+                    }
                     // Idle: the server shuts the connection down gracefully; reads go on
                     // meanwhile (an HTTP/2 client's answer to the GOAWAY).
                     this.phase.idle.notify_one();
@@ -233,7 +321,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Phases<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        this.flushed = false;
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -241,7 +331,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Phases<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        this.flushed = false;
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -249,11 +341,21 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Phases<S> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_flush(cx);
+        if matches!(r, Poll::Ready(Ok(()))) {
+            this.flushed = true;
+        }
+        r
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        if this.parked {
+            // The session ends, the connection does not.
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }
 
@@ -278,6 +380,7 @@ mod tests {
             h1,
             Duration::from_secs(75),
             Duration::from_secs(10),
+            None,
         );
         (p, b, phase)
     }

@@ -28,6 +28,28 @@ const H2_MAX_PENDING_RESETS: usize = 20;
 /// Streams we may reset for protocol errors before the connection is closed.
 const H2_MAX_LOCAL_RESETS: usize = 256;
 
+/// How long an HTTP/1 connection is idle before its session (hyper's read and write buffers,
+/// the parser's state) is dropped, leaving the bare socket waiting for readability. A busy
+/// connection is never idle that long; a mobile client's keep-alive connection mostly is.
+const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// What a parked connection waits on: its socket becoming readable.
+trait Readable {
+    fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send + '_;
+}
+
+impl Readable for TcpStream {
+    fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send + '_ {
+        TcpStream::readable(self)
+    }
+}
+
+impl Readable for tokio_rustls::server::TlsStream<TcpStream> {
+    fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send + '_ {
+        self.get_ref().0.readable()
+    }
+}
+
 /// hyper's limit on request header lines when none is set.
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 
@@ -119,6 +141,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
                     _live: live_tx.clone(),
                     _slot: slot,
                     gauge: shared.metrics.connections.clone(),
+                    parked: shared.metrics.connections_parked.clone(),
                 };
                 spawn_connection(stream, peer, &shared, conn);
             }
@@ -148,6 +171,23 @@ struct Conn {
     _live: mpsc::Sender<()>,
     _slot: OwnedSemaphorePermit,
     gauge: prometheus::IntGauge,
+    parked: prometheus::IntGauge,
+}
+
+/// Counts a parked connection while it lives.
+struct Parked(prometheus::IntGauge);
+
+impl Parked {
+    fn new(g: &prometheus::IntGauge) -> Self {
+        g.inc();
+        Self(g.clone())
+    }
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Conn {
@@ -206,22 +246,18 @@ fn spawn_connection(
                 serve_io(stream, proto, &server_cfg, shared, info, conn).await
             }
             Some(acceptor) => {
-                let tls = match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
-                let proto = match tls.get_ref().1.alpn_protocol() {
-                    Some(b"h2") => Proto::H2,
-                    _ => Proto::H1,
-                };
-                serve_io(tls, proto, &server_cfg, shared, info, conn).await
+                // Boxed: a TLS session is large, and the connection task is as large as its
+                // largest state (a parked cleartext connection's included).
+                Box::pin(serve_tls(
+                    stream,
+                    acceptor,
+                    handshake,
+                    &server_cfg,
+                    shared,
+                    info,
+                    conn,
+                ))
+                .await
             }
         };
         if let Err(e) = result {
@@ -230,25 +266,33 @@ fn spawn_connection(
     });
 }
 
-/// Drives a hyper connection until it ends, or asks it to finish its requests and close once
-/// shutdown begins (the two connection types share no trait for that).
-macro_rules! until_stopped {
-    ($c:ident, $conn:ident, $phase:ident) => {{
-        tokio::pin!($c);
-        let closing = async {
-            tokio::select! {
-                () = $conn.stopping() => {}
-                () = $phase.idle.notified() => {}
-            }
-        };
-        tokio::select! {
-            r = $c.as_mut() => r.map_err(Into::into),
-            () = closing => {
-                $c.as_mut().graceful_shutdown();
-                $c.await.map_err(Into::into)
-            }
+/// Serves a TLS connection: the handshake (within `handshake`), then ALPN's protocol.
+async fn serve_tls(
+    stream: TcpStream,
+    acceptor: TlsAcceptor,
+    handshake: Duration,
+    server_cfg: &ServerConfig,
+    shared: Arc<Shared>,
+    info: Arc<ConnInfo>,
+    conn: Conn,
+) -> Result<(), BoxError> {
+    let peer = info.peer;
+    let tls = match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return Ok(());
         }
-    }};
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return Ok(());
+        }
+    };
+    let proto = match tls.get_ref().1.alpn_protocol() {
+        Some(b"h2") => Proto::H2,
+        _ => Proto::H1,
+    };
+    serve_io(tls, proto, server_cfg, shared, info, conn).await
 }
 
 /// Serves one accepted connection (cleartext or TLS) as `proto` until it closes.
@@ -261,7 +305,7 @@ async fn serve_io<I>(
     mut conn: Conn,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + Readable + Unpin + Send + Sync + 'static,
 {
     let phase = Arc::clone(&info.phase);
     let idle = Arc::clone(&phase);
@@ -276,22 +320,23 @@ where
     });
     match proto {
         Proto::H1 => {
-            let mut b = hyper::server::conn::http1::Builder::new();
-            b.timer(TokioTimer::new())
-                // The head and idle timers are `Phases`' (hyper's would also run while idle,
-                // and close without a 408).
-                .header_read_timeout(None)
-                .max_buf_size(server_cfg.max_header_bytes)
-                .keep_alive(true);
-            // hyper parses into an array on the stack for its default of 100, and into a
-            // vector allocated per request for any other figure set here.
-            if server_cfg.max_headers != HYPER_DEFAULT_MAX_HEADERS {
-                b.max_headers(server_cfg.max_headers);
+            let mut io = phased(io, phase, true, server_cfg, Some(PARK_AFTER));
+            loop {
+                // Boxed: while parked, the task holds none of a session's state.
+                let session = h1_session(io, server_cfg, svc.clone(), &idle, &mut conn);
+                let Some(parked) = Box::pin(session).await? else {
+                    return Ok(());
+                };
+                io = parked;
+                let phases = io.inner().get_ref();
+                let deadline = phases.idle_deadline();
+                let _parked = Parked::new(&conn.parked);
+                tokio::select! {
+                    r = phases.get_ref().readable() => r?,
+                    () = tokio::time::sleep_until(deadline) => return Ok(()),
+                    () = conn.stopping() => return Ok(()),
+                }
             }
-            let c = b
-                .serve_connection(phased(io, phase, true, server_cfg), svc)
-                .with_upgrades();
-            until_stopped!(c, conn, idle)
         }
         Proto::H2 => {
             let c = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -301,11 +346,94 @@ where
                 .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
                 .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
                 .keep_alive_interval(Some(Duration::from_secs(30)))
-                .serve_connection(phased(H2Guard::new(io), phase, false, server_cfg), svc);
-            until_stopped!(c, conn, idle)
+                .serve_connection(
+                    phased(H2Guard::new(io), phase, false, server_cfg, None),
+                    svc,
+                );
+            // Boxed: an HTTP/2 session is large, and the connection task is as large as its
+            // largest state (a parked HTTP/1 connection's included).
+            let mut c = Box::pin(c);
+            let closing = async {
+                tokio::select! {
+                    () = conn.stopping() => {}
+                    () = idle.idle.notified() => {}
+                }
+            };
+            tokio::select! {
+                r = c.as_mut() => r.map_err(Into::into),
+                () = closing => {
+                    c.as_mut().graceful_shutdown();
+                    c.await.map_err(Into::into)
+                }
+            }
         }
     }
 }
+
+/// One HTTP/1 session on `io`: requests until the client closes, shutdown or the keep-alive
+/// timeout ends it (`None`), or until it is parked (the stream back, the session's buffers
+/// freed).
+async fn h1_session<I, S, B>(
+    io: H1Io<I>,
+    server_cfg: &ServerConfig,
+    svc: S,
+    phase: &Phase,
+    conn: &mut Conn,
+) -> Result<Option<H1Io<I>>, BoxError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B> + Unpin,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(TokioTimer::new())
+        // The head and idle timers are `Phases`' (hyper's would also run while idle, and
+        // close without a 408).
+        .header_read_timeout(None)
+        .max_buf_size(server_cfg.max_header_bytes)
+        .keep_alive(true);
+    // hyper parses into an array on the stack for its default of 100, and into a vector
+    // allocated per request for any other figure set here.
+    if server_cfg.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+        b.max_headers(server_cfg.max_headers);
+    }
+    let mut c = b.serve_connection(io, svc).with_upgrades();
+    let closing = async {
+        tokio::select! {
+            () = conn.stopping() => {}
+            () = phase.idle.notified() => {}
+        }
+    };
+    tokio::select! {
+        r = &mut c => r?,
+        () = closing => {
+            Pin::new(&mut c).graceful_shutdown();
+            c.await?;
+            return Ok(None);
+        }
+    }
+    // Upgraded (the tunnel has the stream), or closed by the client.
+    let Some(parts) = c.into_parts() else {
+        return Ok(None);
+    };
+    if !parts.io.inner().get_ref().parked() {
+        return Ok(None);
+    }
+    if !parts.read_buf.is_empty() {
+        // Cannot happen: a session is parked only with nothing read since its last answer.
+        // Closing is the safe answer if it ever does.
+        tracing::debug!("parked with unparsed bytes; closing");
+        return Ok(None);
+    }
+    Ok(Some(parts.io))
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type H1Io<I> = TokioIo<SendTimeout<Phases<I>>>;
 
 /// The connection's timers around `io`: idle and head ([`Phases`]), then stalled writes.
 fn phased<I>(
@@ -313,6 +441,7 @@ fn phased<I>(
     phase: Arc<Phase>,
     h1: bool,
     cfg: &ServerConfig,
+    park_after: Option<Duration>,
 ) -> TokioIo<SendTimeout<Phases<I>>> {
     let io = Phases::new(
         io,
@@ -320,6 +449,7 @@ fn phased<I>(
         h1,
         cfg.keepalive_timeout,
         cfg.client_header_timeout,
+        park_after,
     );
     TokioIo::new(SendTimeout::new(io, cfg.send_timeout))
 }
