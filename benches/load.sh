@@ -70,6 +70,8 @@ listen = "127.0.0.1:$1"
 workers = $2
 [upstream]
 endpoints = ["127.0.0.1:18081"]
+# As nginx's upstream keepalive 128 below: idle connections to the upstream kept at most.
+pool_max_idle_per_endpoint = 128
 [log]
 level = "warn"
 [limit]
@@ -185,7 +187,7 @@ for p in "${PEERS[@]}"; do
   rss0=$(rss_kb "${PID[$p]}")
   coproc HOLD { python3 benches/idle_conns.py "${PORT[$p]}" "$IDLE" /empty; }
   read -r _ opened <&"${HOLD[0]}"
-  sleep 1
+  sleep 3   # warmgate parks a connection idle for 1 s
   rss1=$(rss_kb "${PID[$p]}")
   with=$(h1_eff "$p" /empty)
   echo check >&"${HOLD[1]}"

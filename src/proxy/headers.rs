@@ -10,28 +10,20 @@ static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-const HOP_BY_HOP: [&HeaderName; 7] = [
-    &header::CONNECTION,
-    &header::TE,
-    &header::TRAILER,
-    &header::TRANSFER_ENCODING,
-    &header::UPGRADE,
-    &header::PROXY_AUTHENTICATE,
-    &header::PROXY_AUTHORIZATION,
-];
-
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(&name) || name == KEEP_ALIVE || name == PROXY_CONNECTION
-}
-
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the few names a message has is cheaper than nine hashed removals, and
-    // most messages carry none of them.
-    if !headers.keys().any(is_hop_by_hop) {
+    // One pass over the few names a message has, noting which hop-by-hop names are there:
+    // only those are removed (a removal hashes and probes, present or not).
+    let mut present = 0u16;
+    for k in headers.keys() {
+        if let Some(i) = ALL_HOP_BY_HOP.iter().position(|h| *h == k) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
-    if headers.contains_key(header::CONNECTION) {
+    if present & 1 != 0 {
         // Rarely more than one Connection line; four covers real clients without allocating.
         let mut listed: [Option<HeaderValue>; 4] = Default::default();
         for (slot, v) in listed.iter_mut().zip(headers.get_all(header::CONNECTION)) {
@@ -47,19 +39,36 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             if let Ok(s) = v.to_str() {
                 for token in s.split(',') {
                     let token = token.trim();
-                    if !token.is_empty() {
+                    // `keep-alive` is on the list below; `close` names no header.
+                    if !token.is_empty()
+                        && !token.eq_ignore_ascii_case("keep-alive")
+                        && !token.eq_ignore_ascii_case("close")
+                    {
                         headers.remove(token);
                     }
                 }
             }
         }
     }
-    for h in HOP_BY_HOP {
-        headers.remove(h);
+    for (i, h) in ALL_HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(*h);
+        }
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
 }
+
+/// Every hop-by-hop name, `Connection` first.
+static ALL_HOP_BY_HOP: [&HeaderName; 9] = [
+    &header::CONNECTION,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+    &header::PROXY_AUTHENTICATE,
+    &header::PROXY_AUTHORIZATION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+];
 
 /// Per-connection values computed once at accept.
 #[derive(Debug, Clone)]
