@@ -190,15 +190,18 @@ for p in "${PEERS[@]}"; do
   sleep 3   # warmgate parks a connection idle for 1 s
   rss1=$(rss_kb "${PID[$p]}")
   with=$(h1_eff "$p" /empty)
+  sleep 2
+  rss2=$(rss_kb "${PID[$p]}")
   echo check >&"${HOLD[1]}"
   read -r _ still <&"${HOLD[0]}"
   fd=${HOLD[1]}; exec {fd}>&-
   wait "$HOLD_PID" 2>/dev/null || true
   R[$p.idle_b]=$(( (rss1 - rss0) * 1024 / opened ))
+  R[$p.idle_b2]=$(( (rss2 - rss0) * 1024 / opened ))
   R[$p.idle_mib]=$(awk -v k="$rss1" 'BEGIN { printf "%.1f", k / 1024 }')
   R[$p.idle_tp]=$(awk -v a="$with" -v b="$without" 'BEGIN { printf "%.2f", a / b }')
   R[$p.idle_left]=$still
-  echo "  $p: RSS ${rss0} -> ${rss1} kB with $opened open; req/CPU-s $without without, $with with; $still still open after" >&2
+  echo "  $p: RSS ${rss0} -> ${rss1} kB with $opened open (${rss2} kB after the load); req/CPU-s $without without, $with with; $still still open after" >&2
   sleep 1
 done
 
@@ -213,7 +216,8 @@ cat <<TABLE
 | requests per proxy CPU-second, 4 KiB body | ${R[nginx.4k]} | $(cell haproxy 4k) | $(cell warmgate 4k) |
 | requests per proxy CPU-second, 64 KiB body | ${R[nginx.64k]} | $(cell haproxy 64k) | $(cell warmgate 64k) |
 | h2c requests per proxy CPU-second | ${R[nginx.h2c]} | $(cell haproxy h2c) | $(cell warmgate h2c) |
-| RSS per idle keep-alive connection ($IDLE open) | ${R[nginx.idle_b]} B | ${R[haproxy.idle_b]} B | ${R[warmgate.idle_b]} B |
+| RSS per idle keep-alive connection ($IDLE open), at rest | ${R[nginx.idle_b]} B | ${R[haproxy.idle_b]} B | ${R[warmgate.idle_b]} B |
+| the same after the load that follows (still open) | ${R[nginx.idle_b2]} B | ${R[haproxy.idle_b2]} B | ${R[warmgate.idle_b2]} B |
 | RSS holding them | ${R[nginx.idle_mib]} MiB | ${R[haproxy.idle_mib]} MiB | ${R[warmgate.idle_mib]} MiB |
 | throughput with them open / without | ${R[nginx.idle_tp]} | ${R[haproxy.idle_tp]} | ${R[warmgate.idle_tp]} |
 | idle connections still open after that load | ${R[nginx.idle_left]} | ${R[haproxy.idle_left]} | ${R[warmgate.idle_left]} |
