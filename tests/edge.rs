@@ -151,15 +151,9 @@ async fn an_idle_keepalive_connection_outlives_the_head_timeout_and_a_slow_head_
     ))
     .await;
     let mut s = TcpStream::connect(p.addr).await.unwrap();
-    let req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
     let mut buf = [0u8; 4096];
     for _ in 0..2 {
-        s.write_all(req).await.unwrap();
-        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        assert!(get_on(&mut s).await.starts_with(b"HTTP/1.1 200"));
         // Idle for longer than the head timeout: still open.
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
@@ -847,15 +841,12 @@ async fn an_idle_connection_is_parked_and_still_serves_and_times_out() {
             .unwrap_or_default()
     };
     let mut s = TcpStream::connect(p.addr).await.unwrap();
-    let req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
     let mut buf = [0u8; 4096];
     for round in 0..3 {
-        s.write_all(req).await.unwrap();
-        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "round {round}");
+        assert!(
+            get_on(&mut s).await.starts_with(b"HTTP/1.1 200"),
+            "round {round}"
+        );
         assert_eq!(parked().await, "0", "busy a moment ago: not parked");
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert_eq!(parked().await, "1", "idle for 1.5 s: parked");
@@ -875,12 +866,7 @@ async fn an_idle_connection_is_parked_and_still_serves_and_times_out() {
 
     // Parked, then closed quietly at the keep-alive timeout counted from the last answer.
     let mut s = TcpStream::connect(p.addr).await.unwrap();
-    s.write_all(req).await.unwrap();
-    let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    assert!(get_on(&mut s).await.starts_with(b"HTTP/1.1 200"));
     let t = Instant::now();
     let n = tokio::time::timeout(Duration::from_secs(6), s.read(&mut buf))
         .await
@@ -894,4 +880,17 @@ async fn an_idle_connection_is_parked_and_still_serves_and_times_out() {
     );
     assert_eq!(parked().await, "0");
     p.stop().await;
+}
+
+/// One `GET /` on a kept-alive raw connection: the first read of its answer.
+async fn get_on(s: &mut TcpStream) -> Vec<u8> {
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    buf[..n].to_vec()
 }

@@ -200,6 +200,15 @@ impl Conn {
     async fn stopping(&mut self) {
         let _ = self.stop.wait_for(|s| *s).await;
     }
+
+    /// Resolves once shutdown has begun or the connection has been idle for the keep-alive
+    /// timeout: either way its session is asked to finish and close.
+    async fn closing(&mut self, phase: &Phase) {
+        tokio::select! {
+            () = self.stopping() => {}
+            () = phase.idle.notified() => {}
+        }
+    }
 }
 
 impl Drop for Conn {
@@ -353,12 +362,7 @@ where
             // Boxed: an HTTP/2 session is large, and the connection task is as large as its
             // largest state (a parked HTTP/1 connection's included).
             let mut c = Box::pin(c);
-            let closing = async {
-                tokio::select! {
-                    () = conn.stopping() => {}
-                    () = idle.idle.notified() => {}
-                }
-            };
+            let closing = conn.closing(&idle);
             tokio::select! {
                 r = c.as_mut() => r.map_err(Into::into),
                 () = closing => {
@@ -402,12 +406,7 @@ where
         b.max_headers(server_cfg.max_headers);
     }
     let mut c = b.serve_connection(io, svc).with_upgrades();
-    let closing = async {
-        tokio::select! {
-            () = conn.stopping() => {}
-            () = phase.idle.notified() => {}
-        }
-    };
+    let closing = conn.closing(phase);
     tokio::select! {
         r = &mut c => r?,
         () = closing => {
