@@ -880,6 +880,25 @@ async fn an_idle_connection_is_parked_and_still_serves_and_times_out() {
     );
     assert_eq!(parked().await, "0");
     p.stop().await;
+
+    // Shutdown closes a parked connection at once: the drain does not wait for its keep-alive
+    // timeout.
+    let p = proxy(&open(
+        &up.addr.to_string(),
+        "[server]\nkeepalive_timeout = \"60s\"",
+    ))
+    .await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    assert!(get_on(&mut s).await.starts_with(b"HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let t = Instant::now();
+    p.stop().await;
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed on shutdown");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
 }
 
 /// One `GET /` on a kept-alive raw connection: the first read of its answer.

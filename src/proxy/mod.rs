@@ -8,6 +8,7 @@ pub mod h2_guard;
 pub mod handler;
 pub mod headers;
 pub mod idle;
+pub mod lot;
 pub mod phases;
 pub mod request_body;
 pub mod respond;

@@ -178,6 +178,11 @@ impl<S> Phases<S> {
         &self.inner
     }
 
+    /// The wrapped stream, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
     /// Whether the connection ended its HTTP/1 session to be parked: it was idle for
     /// `park_after` with everything flushed, so its server was told the stream ended (and
     /// the socket stays open). The server drops the session's buffers, waits for the socket to

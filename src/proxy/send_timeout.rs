@@ -37,6 +37,11 @@ impl<S> SendTimeout<S> {
         &self.inner
     }
 
+    /// The wrapped stream, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
     fn stalled(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         let timeout = self.timeout;
         let timer = self

@@ -17,6 +17,7 @@ use tokio_rustls::TlsAcceptor;
 use super::h2_guard::H2Guard;
 use super::handler::{handle, ConnInfo};
 use super::headers::ConnHeaders;
+use super::lot::Lot;
 use super::phases::{Phase, Phases, Tracked};
 use super::send_timeout::SendTimeout;
 use crate::config::ServerConfig;
@@ -33,21 +34,63 @@ const H2_MAX_LOCAL_RESETS: usize = 256;
 /// connection is never idle that long; a mobile client's keep-alive connection mostly is.
 const PARK_AFTER: Duration = Duration::from_secs(1);
 
-/// What a parked connection waits on: its socket becoming readable.
-trait Readable {
+/// What a parked connection waits on: its socket becoming readable. A cleartext socket is
+/// handed to the [`Lot`] instead (a TLS session's state cannot be dropped while idle).
+trait Parkable: Sized {
+    /// The stream is the socket alone: it can wait in the lot.
+    const BARE: bool;
     fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send + '_;
+    /// The bare socket, for the lot; `None` when there is more to the stream than the socket.
+    fn into_tcp(self) -> Option<TcpStream>;
 }
 
-impl Readable for TcpStream {
+impl Parkable for TcpStream {
+    const BARE: bool = true;
+
     fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send + '_ {
         TcpStream::readable(self)
     }
+
+    fn into_tcp(self) -> Option<TcpStream> {
+        Some(self)
+    }
 }
 
-impl Readable for tokio_rustls::server::TlsStream<TcpStream> {
+impl Parkable for tokio_rustls::server::TlsStream<TcpStream> {
+    const BARE: bool = false;
+
     fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send + '_ {
         self.get_ref().0.readable()
     }
+
+    fn into_tcp(self) -> Option<TcpStream> {
+        None
+    }
+}
+
+/// Idle cleartext connections; each keeps what its server needs to resume it.
+type ParkingLot = Lot<Resume>;
+
+/// What a parked connection keeps to be served again: no allocation of its own (it lives in
+/// the lot's slot), so a parked connection leaves nothing behind on the heap.
+struct Resume {
+    peer: std::net::SocketAddr,
+    trusted: bool,
+    conn: Conn,
+}
+
+/// What the handler is told about a connection.
+fn conn_info(peer: std::net::SocketAddr, tls: bool, trusted: bool) -> Arc<ConnInfo> {
+    Arc::new(ConnInfo {
+        peer,
+        headers: ConnHeaders {
+            client_ip: HeaderValue::from_str(&peer.ip().to_canonical().to_string())
+                .unwrap_or(HeaderValue::from_static("unknown")),
+            proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
+            trusted,
+        },
+        phase: Arc::new(Phase::default()),
+    })
 }
 
 /// hyper's limit on request header lines when none is set.
@@ -105,6 +148,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
         .server
         .max_connections;
     let slots = Arc::new(Semaphore::new(cap));
+    let lot = parking_lot(&shared);
     tokio::pin!(shutdown);
     loop {
         let slot = match Arc::clone(&slots).try_acquire_owned() {
@@ -143,7 +187,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
                     gauge: shared.metrics.connections.clone(),
                     parked: shared.metrics.connections_parked.clone(),
                 };
-                spawn_connection(stream, peer, &shared, conn);
+                spawn_connection(stream, peer, &shared, conn, lot.as_ref().map(|l| &l.0));
             }
             () = &mut shutdown => break,
         }
@@ -159,8 +203,72 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
         "stopped accepting; draining in-flight requests"
     );
     let _ = stop_tx.send(true);
+    // Parked connections are idle: closed at once.
+    drop(lot);
     if tokio::time::timeout(drain, live_rx.recv()).await.is_err() {
         tracing::warn!("drain deadline passed; closing remaining connections");
+    }
+}
+
+/// Starts the thread that watches parked connections; `None` if the system refuses it (an
+/// epoll set or a thread), and idle connections then wait on their own tasks. The lot is
+/// closed when the returned guard drops.
+fn parking_lot(shared: &Arc<Shared>) -> Option<LotGuard> {
+    let started = Lot::new(shared.metrics.connections_parked.clone()).and_then(|(lot, watch)| {
+        let (watcher, shared) = (Arc::clone(&lot), Arc::clone(shared));
+        let rt = tokio::runtime::Handle::current();
+        std::thread::Builder::new()
+            .name("warmgate-parked".into())
+            .spawn(move || {
+                let resumer = Arc::clone(&watcher);
+                watcher.watch(watch, |stream, parked| {
+                    let (shared, lot) = (Arc::clone(&shared), Arc::clone(&resumer));
+                    rt.spawn(resume(stream, parked, shared, lot));
+                });
+            })?;
+        Ok(lot)
+    });
+    match started {
+        Ok(lot) => Some(LotGuard(lot)),
+        Err(e) => {
+            tracing::warn!(error = %e, "idle connections wait on their own tasks");
+            None
+        }
+    }
+}
+
+/// Closes the parking lot (its connections and its thread) when the listener stops.
+struct LotGuard(Arc<ParkingLot>);
+
+impl Drop for LotGuard {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// Serves a parked connection again: its next request has arrived (or the client closed).
+async fn resume(
+    stream: std::net::TcpStream,
+    parked: Resume,
+    shared: Arc<Shared>,
+    lot: Arc<ParkingLot>,
+) {
+    let Resume {
+        peer,
+        trusted,
+        conn,
+    } = parked;
+    let info = conn_info(peer, false, trusted);
+    let stream = match TcpStream::from_std(stream) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "resuming a parked connection failed");
+            return;
+        }
+    };
+    let cfg = shared.snapshot.load().compiled.config.server.clone();
+    if let Err(e) = serve_io(stream, Proto::H1, &cfg, shared, info, conn, Some(lot)).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 
@@ -222,6 +330,7 @@ fn spawn_connection(
     peer: std::net::SocketAddr,
     shared: &Arc<Shared>,
     conn: Conn,
+    lot: Option<&Arc<ParkingLot>>,
 ) {
     let snap = shared.snapshot.load();
     let server_cfg = snap.compiled.config.server.clone();
@@ -233,17 +342,10 @@ fn spawn_connection(
         .as_ref()
         .map(|t| TlsAcceptor::from(Arc::clone(&t.config)));
     let ip = peer.ip().to_canonical();
-    let info = Arc::new(ConnInfo {
-        peer,
-        headers: ConnHeaders {
-            client_ip: HeaderValue::from_str(&ip.to_string())
-                .unwrap_or(HeaderValue::from_static("unknown")),
-            proto: HeaderValue::from_static(if tls.is_some() { "https" } else { "http" }),
-            trusted: server_cfg.trusted_proxies.iter().any(|n| n.contains(&ip)),
-        },
-        phase: Arc::new(Phase::default()),
-    });
+    let trusted = server_cfg.trusted_proxies.iter().any(|n| n.contains(&ip));
+    let info = conn_info(peer, tls.is_some(), trusted);
     let shared = Arc::clone(shared);
+    let lot = lot.cloned();
     let conn = conn.open();
     tokio::spawn(async move {
         let handshake = server_cfg.client_header_timeout;
@@ -252,7 +354,7 @@ fn spawn_connection(
                 let Some(proto) = detect(&stream, handshake).await else {
                     return;
                 };
-                serve_io(stream, proto, &server_cfg, shared, info, conn).await
+                serve_io(stream, proto, &server_cfg, shared, info, conn, lot).await
             }
             Some(acceptor) => {
                 // Boxed: a TLS session is large, and the connection task is as large as its
@@ -301,10 +403,11 @@ async fn serve_tls(
         Some(b"h2") => Proto::H2,
         _ => Proto::H1,
     };
-    serve_io(tls, proto, server_cfg, shared, info, conn).await
+    serve_io(tls, proto, server_cfg, shared, info, conn, None).await
 }
 
-/// Serves one accepted connection (cleartext or TLS) as `proto` until it closes.
+/// Serves one accepted connection (cleartext or TLS) as `proto` until it closes or is parked
+/// in `lot`.
 async fn serve_io<I>(
     io: I,
     proto: Proto,
@@ -312,11 +415,13 @@ async fn serve_io<I>(
     shared: Arc<Shared>,
     info: Arc<ConnInfo>,
     mut conn: Conn,
+    lot: Option<Arc<ParkingLot>>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
-    I: AsyncRead + AsyncWrite + Readable + Unpin + Send + Sync + 'static,
+    I: AsyncRead + AsyncWrite + Parkable + Unpin + Send + Sync + 'static,
 {
     let phase = Arc::clone(&info.phase);
+    let (peer, trusted) = (info.peer, info.headers.trusted);
     let idle = Arc::clone(&phase);
     let svc = service_fn(move |req| {
         // Busy from here until the response body ends: no idle timer meanwhile.
@@ -330,12 +435,29 @@ where
     match proto {
         Proto::H1 => {
             let mut io = phased(io, phase, true, server_cfg, Some(PARK_AFTER));
+            let lot = lot.filter(|_| I::BARE);
             loop {
                 // Boxed: while parked, the task holds none of a session's state.
                 let session = h1_session(io, server_cfg, svc.clone(), &idle, &mut conn);
                 let Some(parked) = Box::pin(session).await? else {
                     return Ok(());
                 };
+                if let Some(lot) = lot {
+                    let phases = parked.into_inner().into_inner();
+                    let deadline = phases.idle_deadline();
+                    let tcp = phases.into_inner().into_tcp().map(TcpStream::into_std);
+                    if let Some(Ok(tcp)) = tcp {
+                        // The task ends here (its connection's state with it); the lot holds the
+                        // socket and resumes it on a new one.
+                        let parked = Resume {
+                            peer,
+                            trusted,
+                            conn,
+                        };
+                        lot.park(tcp, deadline.into_std(), parked);
+                    }
+                    return Ok(());
+                }
                 io = parked;
                 let phases = io.inner().get_ref();
                 let deadline = phases.idle_deadline();
