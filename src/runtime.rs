@@ -10,7 +10,7 @@ use crate::admission::classify::Classifier;
 use crate::admission::limit::CLASSES;
 use crate::admission::narrate::Level;
 use crate::admission::{
-    ControlParams, Controller, Decision, FeatureState, Gate, Priority, SignalSnapshot,
+    ControlParams, Controller, Decision, FeatureState, Gate, Priority, RejectReason, SignalSnapshot,
 };
 use crate::clock::Clock;
 use crate::config::Config;
@@ -31,6 +31,36 @@ pub struct FeatureRt {
     /// per request; an override is a store, not a rebuild).
     pub state: FeatureSwitch,
     pub counters: FeatureCounters,
+    /// The start of its reject bodies, per reason (only the `Retry-After` figure varies).
+    pub reject_bodies: RejectBodies,
+}
+
+/// The reject bodies of one feature, per reason, up to the `Retry-After` figure.
+#[derive(Debug)]
+pub struct RejectBodies([bytes::Bytes; 6]);
+
+impl RejectBodies {
+    fn new(name: &str, priority: Priority) -> Self {
+        Self(RejectReason::ALL.map(|r| {
+            bytes::Bytes::from(format!(
+                "{{\"reason\":\"{}\",\"feature\":\"{name}\",\"priority\":\"{}\",\"retry_after_s\":",
+                r.as_str(),
+                priority.as_str()
+            ))
+        }))
+    }
+
+    /// The body for `reason` with `retry_after_s`: one allocation, no formatting.
+    pub fn body(&self, reason: RejectReason, retry_after_s: u32) -> Vec<u8> {
+        let head = &self.0[reason.index()];
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(retry_after_s).as_bytes();
+        let mut b = Vec::with_capacity(head.len() + digits.len() + 2);
+        b.extend_from_slice(head);
+        b.extend_from_slice(digits);
+        b.extend_from_slice(b"}\n");
+        b
+    }
 }
 
 /// A feature state that an operator can switch live.
@@ -176,6 +206,7 @@ impl Compiled {
                 configured: f.state,
                 state: FeatureSwitch::new(f.state),
                 counters: metrics.feature(&f.name, f.priority),
+                reject_bodies: RejectBodies::new(&f.name, f.priority),
             })
             .collect();
         let endpoints = config
@@ -478,6 +509,24 @@ impl Control {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_reject_body_is_the_json_of_its_reason_feature_priority_and_retry() {
+        let bodies = RejectBodies::new("search-v2", Priority::Low);
+        for (i, r) in RejectReason::ALL.into_iter().enumerate() {
+            assert_eq!(r.index(), i);
+            for retry in [0, 7, 4_000_000_000] {
+                let b = bodies.body(r, retry);
+                assert!(b.ends_with(b"}\n"));
+                let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+                assert_eq!(v["reason"], r.as_str());
+                assert_eq!(v["feature"], "search-v2");
+                assert_eq!(v["priority"], "low");
+                assert_eq!(v["retry_after_s"], retry);
+                assert_eq!(v.as_object().unwrap().len(), 4);
+            }
+        }
+    }
 
     fn config(workers: &str) -> Config {
         let text =

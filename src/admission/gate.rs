@@ -71,6 +71,21 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
+    /// Every reason, in [`RejectReason::index`] order.
+    pub const ALL: [RejectReason; 6] = [
+        RejectReason::Stage,
+        RejectReason::FeatureOff,
+        RejectReason::QueueFull,
+        RejectReason::QueueTimeout,
+        RejectReason::Rate,
+        RejectReason::ClientLimit,
+    ];
+
+    /// Its place in [`RejectReason::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// Label for bodies, logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -1,6 +1,8 @@
 //! The one place where a rejection or an error becomes an HTTP response.
 
-use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use std::sync::LazyLock;
+
+use http::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
 
 use super::body::ProxyBody;
@@ -32,10 +34,29 @@ static JSON: HeaderValue = HeaderValue::from_static("application/json");
 static NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 static RETRY_SOON: HeaderValue = HeaderValue::from_static("2");
 static CLOSE: HeaderValue = HeaderValue::from_static("close");
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// `Retry-After` values up to this are made once and shared (a clone copies a pointer).
+const SHARED_SECONDS: usize = 600;
+
+/// `n` as a header value, without an allocation for the common figures.
+fn seconds(n: u32) -> HeaderValue {
+    static COMMON: LazyLock<Vec<HeaderValue>> = LazyLock::new(|| {
+        (0..=SHARED_SECONDS)
+            .map(|n| HeaderValue::from_static(String::leak(n.to_string())))
+            .collect()
+    });
+    COMMON
+        .get(n as usize)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from(n))
+}
+
 static ALLOWED: HeaderValue =
     HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS");
 
-fn json(status: StatusCode, body: String) -> Response<ProxyBody> {
+fn json(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<ProxyBody> {
     let mut r = Response::new(ProxyBody::local(body));
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, JSON.clone());
@@ -96,23 +117,37 @@ pub fn reject(
     } else {
         cfg.shed_status
     };
-    let body = format!(
-        "{{\"reason\":\"{}\",\"feature\":\"{}\",\"priority\":\"{}\",\"retry_after_s\":{}}}\n",
-        r.reason.as_str(),
-        feature.name,
-        feature.priority.as_str(),
-        r.retry_after_s
-    );
+    let body = feature.reject_bodies.body(r.reason, r.retry_after_s);
     let mut resp = json(status, body);
     let h = resp.headers_mut();
-    h.insert(RETRY_AFTER, HeaderValue::from(r.retry_after_s));
+    h.insert(RETRY_AFTER, seconds(r.retry_after_s));
     if cfg.ratelimit_headers {
         if let Ok(v) = HeaderValue::from_str(&format!("\"warmup\";q={limit}")) {
-            h.insert("ratelimit-policy", v);
+            h.insert(&RATELIMIT_POLICY, v);
         }
         if let Ok(v) = HeaderValue::from_str(&format!("\"warmup\";r=0;t={}", r.retry_after_s)) {
-            h.insert("ratelimit", v);
+            h.insert(&RATELIMIT, v);
         }
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn retry_after_is_the_figure_whether_shared_or_made() {
+        for n in [
+            0,
+            1,
+            59,
+            SHARED_SECONDS as u32,
+            SHARED_SECONDS as u32 + 1,
+            u32::MAX,
+        ] {
+            assert_eq!(seconds(n).to_str().unwrap(), n.to_string());
+        }
+    }
 }
