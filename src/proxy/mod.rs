@@ -15,5 +15,6 @@ pub mod respond;
 pub mod send_timeout;
 pub mod server;
 pub mod tunnel;
+pub mod until;
 
 pub use server::serve;

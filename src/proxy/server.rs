@@ -3,6 +3,7 @@
 //! drain gracefully on shutdown.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use super::headers::ConnHeaders;
 use super::lot::Lot;
 use super::phases::{Phase, Phases, Tracked};
 use super::send_timeout::SendTimeout;
+use super::until::{Done, Until};
 use crate::config::ServerConfig;
 use crate::runtime::Shared;
 
@@ -484,10 +486,10 @@ where
             // Boxed: an HTTP/2 session is large, and the connection task is as large as its
             // largest state (a parked HTTP/1 connection's included).
             let mut c = Box::pin(c);
-            let closing = conn.closing(&idle);
-            tokio::select! {
-                r = c.as_mut() => r.map_err(Into::into),
-                () = closing => {
+            let closing = std::pin::pin!(conn.closing(&idle));
+            match Until::new(c.as_mut(), closing).await {
+                Done::Main(r) => r.map_err(Into::into),
+                Done::Signal(()) => {
                     c.as_mut().graceful_shutdown();
                     c.await.map_err(Into::into)
                 }
@@ -528,10 +530,10 @@ where
         b.max_headers(server_cfg.max_headers);
     }
     let mut c = b.serve_connection(io, svc).with_upgrades();
-    let closing = conn.closing(phase);
-    tokio::select! {
-        r = &mut c => r?,
-        () = closing => {
+    let closing = std::pin::pin!(conn.closing(phase));
+    match Until::new(&mut c, closing).await {
+        Done::Main(r) => r?,
+        Done::Signal(()) => {
             Pin::new(&mut c).graceful_shutdown();
             c.await?;
             return Ok(None);
