@@ -425,7 +425,7 @@ where
     let phase = Arc::clone(&info.phase);
     let (peer, trusted) = (info.peer, info.headers.trusted);
     let idle = Arc::clone(&phase);
-    let svc = service_fn(move |req| {
+    let answer = move |req| {
         // Busy from here until the response body ends: no idle timer meanwhile.
         let active = info.phase.enter();
         let answer = handle(Arc::clone(&shared), Arc::clone(&info), req);
@@ -433,14 +433,16 @@ where
             let resp = answer.await?;
             Ok::<_, std::convert::Infallible>(resp.map(|b| Tracked::new(b, active)))
         }
-    });
+    };
     match proto {
         Proto::H1 => {
             let mut io = phased(io, phase, true, server_cfg, Some(PARK_AFTER));
             let lot = lot.filter(|_| I::BARE);
             loop {
                 // Boxed: while parked, the task holds none of a session's state.
-                let session = h1_session(io, server_cfg, svc.clone(), &idle, &mut conn);
+                // hyper's HTTP/1 server boxes the request's future itself.
+                let svc = service_fn(answer.clone());
+                let session = h1_session(io, server_cfg, svc, &idle, &mut conn);
                 let Some(parked) = Box::pin(session).await? else {
                     return Ok(());
                 };
@@ -481,7 +483,10 @@ where
                 .keep_alive_interval(Some(Duration::from_secs(30)))
                 .serve_connection(
                     phased(H2Guard::new(io), phase, false, server_cfg, None),
-                    svc,
+                    // Boxed: a request's future is large (about 6 KB), and each stream's is
+                    // spawned as a task, moved whole by value several times on the way; a box
+                    // is one pointer to move.
+                    service_fn(move |req| Box::pin(answer(req))),
                 );
             // Boxed: an HTTP/2 session is large, and the connection task is as large as its
             // largest state (a parked HTTP/1 connection's included).
