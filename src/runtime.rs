@@ -37,7 +37,7 @@ pub struct FeatureRt {
 
 /// The reject bodies of one feature, per reason, up to the `Retry-After` figure.
 #[derive(Debug)]
-pub struct RejectBodies([bytes::Bytes; 6]);
+pub struct RejectBodies([bytes::Bytes; RejectReason::ALL.len()]);
 
 impl RejectBodies {
     fn new(name: &str, priority: Priority) -> Self {
