@@ -125,12 +125,14 @@ fn print(text: &str) -> ExitCode {
     }
 }
 
-/// mimalloc: size-segregated pages that go back to the system once empty. With the C
-/// library's allocator, the buffers of thousands of parked connections stay resident after they
-/// are freed (interleaved with the small allocations that remain), and the per-request
-/// allocations cost more.
+/// jemalloc, with the options in `.cargo/config.toml`: a background thread gives freed pages back
+/// within about a second. The buffers of thousands of connections that park at once are freed
+/// together; with the C library's allocator they stay resident among the small allocations that
+/// remain, and with mimalloc they stay until the process allocates again (RSS per idle connection
+/// at rest ~0.6 KB here against 12-24 KB). The per-request cost is the same as mimalloc's
+/// (callgrind: 35.5k instructions per forwarded request with either).
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -253,5 +255,26 @@ fn init_logging(cfg: &warmgate::config::LogConfig) {
         b.json().init();
     } else {
         b.init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The allocator is built with the options that give idle memory back (`.cargo/config.toml`);
+    /// a build without them would keep the buffers of parked connections resident.
+    #[test]
+    fn the_allocator_purges_in_the_background() {
+        let conf = tikv_jemalloc_ctl::config::malloc_conf::read().unwrap_or_default();
+        for opt in [
+            "background_thread:true",
+            "dirty_decay_ms:1000",
+            "muzzy_decay_ms:0",
+        ] {
+            assert!(conf.contains(opt), "jemalloc built without {opt}: {conf:?}");
+        }
+        assert_eq!(
+            tikv_jemalloc_ctl::opt::background_thread::read().ok(),
+            Some(true)
+        );
     }
 }
