@@ -26,7 +26,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if present == 0 {
         return;
     }
-    if present & 1 != 0 {
+    // Most `Connection` values are a bare `keep-alive` or `close`: nothing more to remove, and
+    // no need to copy the values out of the map to remove what they name.
+    if present & 1 != 0
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(names_other_headers)
+    {
         // Rarely more than one Connection line; four covers real clients without allocating.
         let mut listed: [Option<HeaderValue>; 4] = Default::default();
         for (slot, v) in listed.iter_mut().zip(headers.get_all(header::CONNECTION)) {
@@ -40,15 +47,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .collect();
         for v in listed.iter().flatten().chain(extra.iter()) {
             if let Ok(s) = v.to_str() {
-                for token in s.split(',') {
-                    let token = token.trim();
-                    // `keep-alive` is on the list below; `close` names no header.
-                    if !token.is_empty()
-                        && !token.eq_ignore_ascii_case("keep-alive")
-                        && !token.eq_ignore_ascii_case("close")
-                    {
-                        headers.remove(token);
-                    }
+                for token in s.split(',').map(str::trim).filter(|t| names_a_header(t)) {
+                    headers.remove(token);
                 }
             }
         }
@@ -58,6 +58,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(h);
         }
     }
+}
+
+/// Whether a `Connection` value lists a header to remove with it.
+fn names_other_headers(v: &HeaderValue) -> bool {
+    v.to_str()
+        .is_ok_and(|s| s.split(',').map(str::trim).any(names_a_header))
+}
+
+/// A `Connection` token that names a header: `keep-alive` is on the list below anyway, and
+/// `close` names none.
+fn names_a_header(token: &str) -> bool {
+    !token.is_empty()
+        && !token.eq_ignore_ascii_case("keep-alive")
+        && !token.eq_ignore_ascii_case("close")
 }
 
 /// Every hop-by-hop name, `Connection` first.
@@ -217,6 +231,22 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h.get("x-keep").map(|v| v.as_bytes()), Some(&b"yes"[..]));
+
+        // A header named on a later Connection line, after a bare `keep-alive`, goes too.
+        let mut h = HeaderMap::new();
+        h.append("connection", HeaderValue::from_static("Keep-Alive"));
+        h.append("connection", HeaderValue::from_static(" , x-late"));
+        h.insert("x-late", HeaderValue::from_static("1"));
+        h.insert("x-keep", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["x-keep"]);
+
+        // Only `close`: nothing else removed.
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("close"));
+        h.insert("x-keep", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["x-keep"]);
     }
 
     #[test]
