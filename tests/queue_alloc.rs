@@ -8,7 +8,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use warmgate::admission::{
-    Admission, Ask, Decision, FeatureState, Gate, GatePolicy, Permit, Priority, Ticket,
+    Admission, Ask, Decision, FeatureState, Gate, GatePolicy, Permit, Priority,
 };
 
 #[global_allocator]
@@ -29,20 +29,6 @@ fn ask(i: usize) -> Ask {
         feature: priority.index() as u32,
         client: i as u64 + 1,
         now_ms: 1_000 + i as u64,
-    }
-}
-
-/// The handler's wait: take the slot if granted, else sleep on the ticket until the deadline.
-async fn wait(ticket: &Ticket, deadline: tokio::time::Instant) -> Option<Permit> {
-    loop {
-        match ticket.take() {
-            Ok(permit) => return Some(permit),
-            Err(true) => return None,
-            Err(false) => {}
-        }
-        tokio::time::timeout_at(deadline, ticket.notified())
-            .await
-            .ok()?;
     }
 }
 
@@ -92,7 +78,7 @@ fn a_queued_request_costs_only_its_queue_entry() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut waits: Vec<Pin<Box<dyn Future<Output = Option<Permit>> + '_>>> = tickets
         .iter()
-        .map(|t| Box::pin(wait(t, deadline)) as Pin<Box<dyn Future<Output = _>>>)
+        .map(|t| Box::pin(t.granted_by(deadline)) as Pin<Box<dyn Future<Output = _>>>)
         .collect();
     let mut done = vec![false; N];
     let mut served = 0;

@@ -255,6 +255,22 @@ impl Ticket {
             Err(s) => Err(s == EVICTED),
         }
     }
+
+    /// Waits until the slot is granted (`Some`), the place is lost to a better request or
+    /// `deadline` passes (`None`). Allocates nothing: the timer and the wake-up are held in this
+    /// future, inside the request's own.
+    pub async fn granted_by(&self, deadline: tokio::time::Instant) -> Option<Permit> {
+        loop {
+            match self.take() {
+                Ok(permit) => return Some(permit),
+                Err(true) => return None,
+                Err(false) => {}
+            }
+            tokio::time::timeout_at(deadline, self.notified())
+                .await
+                .ok()?;
+        }
+    }
 }
 
 impl Drop for Ticket {

@@ -195,19 +195,7 @@ async fn wait(shared: &Arc<Shared>, ticket: Ticket, ask: Ask) -> Result<Permit, 
     let max_wait = shared.snapshot.load().compiled.config.gate.max_wait_ms[p];
     let start = Instant::now();
     let deadline = tokio::time::Instant::now() + Duration::from_millis(max_wait);
-    let granted = loop {
-        match ticket.take() {
-            Ok(permit) => break Some(permit),
-            Err(true) => break None,
-            Err(false) => {}
-        }
-        if tokio::time::timeout_at(deadline, ticket.notified())
-            .await
-            .is_err()
-        {
-            break None;
-        }
-    };
+    let granted = ticket.granted_by(deadline).await;
     shared.metrics.queue_wait[p].observe(start.elapsed().as_secs_f64());
     let snap = shared.snapshot.load();
     let policy = &snap.compiled.config.gate;
