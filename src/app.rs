@@ -46,10 +46,16 @@ pub async fn run(
     };
     tracing::info!("{}", startup_line(&config, bound, config_path.as_deref()));
     tracing::info!("admission: {}", crate::config::plan(&config));
-    tokio::spawn(probe_upstream(
-        config.upstream.endpoints.clone(),
-        config.upstream.connect_timeout,
-    ));
+    for w in &config.warnings {
+        tracing::warn!("config: {w}");
+    }
+    for c in &config.clusters {
+        tokio::spawn(probe_upstream(
+            c.name.clone(),
+            c.upstream.endpoints.clone(),
+            c.upstream.connect_timeout,
+        ));
+    }
     let shared = Shared::new(config)?;
     let ticker = tokio::spawn(controller_loop(Arc::clone(&shared)));
     let scraper = tokio::spawn(crate::signals::scrape::run(Arc::clone(&shared)));
@@ -107,32 +113,53 @@ fn startup_line(c: &Config, bound: Bound, path: Option<&std::path::Path>) -> Str
         ),
         None => "HTTP/1.1 and HTTP/2 (prior knowledge)".to_string(),
     };
-    let eps: Vec<&str> = c.upstream.endpoints.iter().map(|e| e.as_str()).collect();
+    let clusters: Vec<String> = c
+        .clusters
+        .iter()
+        .map(|cc| {
+            let eps: Vec<&str> = cc.upstream.endpoints.iter().map(|e| e.as_str()).collect();
+            format!(
+                "{}{} ({}{})",
+                if c.clusters.len() > 1 {
+                    format!("{}: ", cc.name)
+                } else {
+                    String::new()
+                },
+                eps.join(", "),
+                if cc.upstream.h2c { "h2c" } else { "http/1.1" },
+                if cc.upstream.tls.is_some() {
+                    " over TLS"
+                } else {
+                    ""
+                },
+            )
+        })
+        .collect();
     format!(
-        "warmgate serving {listener} on {}; admin {}; upstream {} ({}{}); config {}",
+        "warmgate serving {listener} on {}; admin {}; upstream {}; config {}",
         bound.proxy,
         bound.admin.map_or("off".to_string(), |a| format!("on {a}")),
-        eps.join(", "),
-        if c.upstream.h2c { "h2c" } else { "http/1.1" },
-        if c.upstream.tls.is_some() {
-            " over TLS"
-        } else {
-            ""
-        },
+        clusters.join("; "),
         path.map_or("built in".to_string(), |p| p.display().to_string()),
     )
 }
 
 /// One connect per endpoint at start: a warning now beats a 502 later.
-async fn probe_upstream(endpoints: Vec<http::uri::Authority>, timeout: std::time::Duration) {
+async fn probe_upstream(
+    cluster: String,
+    endpoints: Vec<http::uri::Authority>,
+    timeout: std::time::Duration,
+) {
     for ep in endpoints {
         let addr = ep.as_str().to_string();
         match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addr)).await {
-            Ok(Ok(_)) => tracing::debug!(endpoint = %addr, "upstream reachable"),
+            Ok(Ok(_)) => tracing::debug!(%cluster, endpoint = %addr, "upstream reachable"),
             Ok(Err(e)) => tracing::warn!(
+                %cluster,
                 "upstream {addr} is not reachable ({e}); requests routed to it will get 502 until it is"
             ),
             Err(_) => tracing::warn!(
+                %cluster,
                 "upstream {addr} did not accept a connection within {timeout:?}; requests routed to it will get 502 until it does"
             ),
         }
@@ -164,9 +191,12 @@ pub fn reload(shared: &Shared, path: &std::path::Path) -> Result<Reloaded, Vec<S
     let running = &shared.snapshot.load().compiled.config;
     let restart_only = needs_restart(running, &cfg);
     let changed = diff(
-        &crate::config::summary_json(running, path),
-        &crate::config::summary_json(&cfg, path),
+        &crate::config::settings_json(running),
+        &crate::config::settings_json(&cfg),
     );
+    for w in &cfg.warnings {
+        tracing::warn!(path = %path.display(), "config: {w}");
+    }
     shared.reload(cfg);
     for k in &restart_only {
         tracing::warn!(path = %path.display(), "{k}: changed in the file, takes effect on restart; the running value is kept");

@@ -69,12 +69,49 @@ impl FeatureCounters {
     }
 }
 
-/// All metrics of the process.
+/// All metrics of the process. Per-cluster series carry a `cluster` label; their children are
+/// resolved once per cluster ([`Metrics::cluster`]).
 pub struct Metrics {
     pub registry: Registry,
     requests: IntCounterVec,
     pub attempts_first: IntCounter,
     pub attempts_retry: IntCounter,
+    /// Open client connections.
+    pub connections: IntGauge,
+    /// Times the listener stopped accepting because `server.max_connections` were open.
+    pub connections_capped: IntCounter,
+    /// Idle HTTP/1 connections parked (holding no session buffers).
+    pub connections_parked: IntGauge,
+    /// Open WebSocket tunnels (they hold no admission slot).
+    pub tunnels: IntGauge,
+    /// Share of requests that are retries, over the last tick.
+    pub retry_share: Gauge,
+    families: ClusterFamilies,
+}
+
+/// The per-cluster metric families.
+struct ClusterFamilies {
+    upstream_latency: HistogramVec,
+    queue_wait: HistogramVec,
+    queue_timeouts: IntCounterVec,
+    queue_len: IntGaugeVec,
+    held: IntGaugeVec,
+    endpoints_ejected: IntGaugeVec,
+    engaged: IntGaugeVec,
+    stage_eta: GaugeVec,
+    inflation: GaugeVec,
+    limit: IntGaugeVec,
+    inflight: IntGaugeVec,
+    progress: GaugeVec,
+    hit_ratio: GaugeVec,
+    p99: GaugeVec,
+    lowest_admitted_priority: IntGaugeVec,
+    state: IntGaugeVec,
+}
+
+/// One cluster's series, resolved once when the cluster is first configured.
+#[derive(Clone)]
+pub struct ClusterMetrics {
     pub upstream_latency: Histogram,
     /// Time spent in the wait line, by priority (index = `Priority::index`).
     pub queue_wait: [Histogram; 4],
@@ -84,14 +121,6 @@ pub struct Metrics {
     pub queue_len: [IntGauge; 4],
     /// Early returners held before their reject.
     pub held: IntGauge,
-    /// Open client connections.
-    pub connections: IntGauge,
-    /// Times the listener stopped accepting because `server.max_connections` were open.
-    pub connections_capped: IntCounter,
-    /// Idle HTTP/1 connections parked (holding no session buffers).
-    pub connections_parked: IntGauge,
-    /// Open WebSocket tunnels (they hold no admission slot).
-    pub tunnels: IntGauge,
     /// Endpoints ejected by passive health right now.
     pub endpoints_ejected: IntGauge,
     pub engaged: IntGauge,
@@ -102,10 +131,18 @@ pub struct Metrics {
     pub inflight: IntGauge,
     pub progress: Gauge,
     pub hit_ratio: Gauge,
-    pub retry_share: Gauge,
     pub p99: Gauge,
     pub lowest_admitted_priority: IntGauge,
-    state: IntGaugeVec,
+    state: [IntGauge; CtlState::ALL.len()],
+}
+
+impl ClusterMetrics {
+    /// Marks the controller's state.
+    pub fn set_state(&self, s: CtlState) {
+        for (st, g) in CtlState::ALL.iter().zip(&self.state) {
+            g.set(i64::from(*st == s));
+        }
+    }
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -128,73 +165,119 @@ impl Metrics {
                 &["attempt"],
             )?,
         );
-        Ok::<_, prometheus::Error>(Self {
-            requests: reg(
-                &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "warmgate_requests_total",
-                        "Requests by feature, priority and outcome",
-                    ),
-                    &["feature", "priority", "outcome"],
-                )?,
-            ),
-            attempts_first: attempts.with_label_values(&["first"]),
-            attempts_retry: attempts.with_label_values(&["retry"]),
+        let c = &["cluster"];
+        let cp = &["cluster", "priority"];
+        let gauge = |name: &str, help: &str| -> prometheus::Result<GaugeVec> {
+            Ok(reg(&r, GaugeVec::new(Opts::new(name, help), c)?))
+        };
+        let int_gauge = |name: &str, help: &str| -> prometheus::Result<IntGaugeVec> {
+            Ok(reg(&r, IntGaugeVec::new(Opts::new(name, help), c)?))
+        };
+        let families = ClusterFamilies {
             upstream_latency: reg(
                 &r,
-                Histogram::with_opts(
+                HistogramVec::new(
                     HistogramOpts::new(
                         "warmgate_upstream_latency_seconds",
                         "Upstream response-header latency",
                     )
                     .buckets(buckets.clone()),
+                    c,
                 )?,
             ),
-            queue_wait: {
-                let v = reg(
-                    &r,
-                    HistogramVec::new(
-                        HistogramOpts::new(
-                            "warmgate_queue_wait_seconds",
-                            "Time requests waited in line, admitted or not",
-                        )
-                        .buckets(buckets),
-                        &["priority"],
-                    )?,
-                );
-                Priority::ALL.map(|p| v.with_label_values(&[p.as_str()]))
-            },
-            queue_timeouts: {
-                let v = reg(
-                    &r,
-                    IntCounterVec::new(
-                        Opts::new(
-                            "warmgate_queue_timeouts_total",
-                            "Waits that reached the priority's longest wait without a slot",
-                        ),
-                        &["priority"],
-                    )?,
-                );
-                Priority::ALL.map(|p| v.with_label_values(&[p.as_str()]))
-            },
-            queue_len: {
-                let v = reg(
-                    &r,
-                    IntGaugeVec::new(
-                        Opts::new("warmgate_queue_length", "Requests waiting in line"),
-                        &["priority"],
-                    )?,
-                );
-                Priority::ALL.map(|p| v.with_label_values(&[p.as_str()]))
-            },
-            held: reg(
+            queue_wait: reg(
                 &r,
-                IntGauge::new(
-                    "warmgate_held_early_returners",
-                    "Clients that came back before their Retry-After, held before the answer",
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "warmgate_queue_wait_seconds",
+                        "Time requests waited in line, admitted or not",
+                    )
+                    .buckets(buckets),
+                    cp,
                 )?,
             ),
+            queue_timeouts: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "warmgate_queue_timeouts_total",
+                        "Waits that reached the priority's longest wait without a slot",
+                    ),
+                    cp,
+                )?,
+            ),
+            queue_len: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("warmgate_queue_length", "Requests waiting in line"),
+                    cp,
+                )?,
+            ),
+            held: int_gauge(
+                "warmgate_held_early_returners",
+                "Clients that came back before their Retry-After, held before the answer",
+            )?,
+            endpoints_ejected: int_gauge(
+                "warmgate_endpoints_ejected",
+                "Upstream endpoints ejected by passive health right now (set on the tick)",
+            )?,
+            engaged: int_gauge(
+                "warmgate_ramp_engaged",
+                "1 while the warm-up ramp is engaged",
+            )?,
+            stage_eta: reg(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "warmgate_stage_eta_seconds",
+                        "Expected seconds until the priority is admitted by the engaged ramp (0: admitted)",
+                    ),
+                    cp,
+                )?,
+            ),
+            inflation: gauge(
+                "warmgate_latency_inflation_ratio",
+                "Upstream latency over its no-load latency for the same mix, last tick",
+            )?,
+            limit: int_gauge("warmgate_admission_limit", "Max requests in flight now")?,
+            inflight: int_gauge("warmgate_inflight", "Admitted requests in flight")?,
+            progress: gauge("warmgate_ramp_progress_ratio", "Ramp progress, 0 to 1")?,
+            hit_ratio: gauge(
+                "warmgate_cache_hit_ratio",
+                "Upstream cache hit ratio over the window (NaN: unknown)",
+            )?,
+            p99: gauge(
+                "warmgate_upstream_p99_seconds",
+                "Upstream p99 latency over the window",
+            )?,
+            lowest_admitted_priority: int_gauge(
+                "warmgate_stage",
+                "Lowest priority admitted: 3 critical, 2 high, 1 normal, 0 low, -1 none",
+            )?,
+            state: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "warmgate_controller_state",
+                        "1 for the controller's current state",
+                    ),
+                    &["cluster", "state"],
+                )?,
+            ),
+        };
+        Ok(Self {
+            requests: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "warmgate_requests_total",
+                        "Requests by cluster, feature, priority and outcome",
+                    ),
+                    &["cluster", "feature", "priority", "outcome"],
+                )?,
+            ),
+            attempts_first: attempts.with_label_values(&["first"]),
+            attempts_retry: attempts.with_label_values(&["retry"]),
             connections: reg(
                 &r,
                 IntGauge::new("warmgate_client_connections", "Open client connections")?,
@@ -220,59 +303,6 @@ impl Metrics {
                     "Open WebSocket tunnels (upgraded connections; they hold no admission slot)",
                 )?,
             ),
-            endpoints_ejected: reg(
-                &r,
-                IntGauge::new(
-                    "warmgate_endpoints_ejected",
-                    "Upstream endpoints ejected by passive health right now (set on the tick)",
-                )?,
-            ),
-            engaged: reg(
-                &r,
-                IntGauge::new(
-                    "warmgate_ramp_engaged",
-                    "1 while the warm-up ramp is engaged",
-                )?,
-            ),
-            stage_eta: {
-                let v = reg(
-                    &r,
-                    GaugeVec::new(
-                        Opts::new(
-                            "warmgate_stage_eta_seconds",
-                            "Expected seconds until the priority is admitted by the engaged ramp (0: admitted)",
-                        ),
-                        &["priority"],
-                    )?,
-                );
-                Priority::ALL.map(|p| v.with_label_values(&[p.as_str()]))
-            },
-            inflation: reg(
-                &r,
-                Gauge::new(
-                    "warmgate_latency_inflation_ratio",
-                    "Upstream latency over its no-load latency for the same mix, last tick",
-                )?,
-            ),
-            limit: reg(
-                &r,
-                IntGauge::new("warmgate_admission_limit", "Max requests in flight now")?,
-            ),
-            inflight: reg(
-                &r,
-                IntGauge::new("warmgate_inflight", "Admitted requests in flight")?,
-            ),
-            progress: reg(
-                &r,
-                Gauge::new("warmgate_ramp_progress_ratio", "Ramp progress, 0 to 1")?,
-            ),
-            hit_ratio: reg(
-                &r,
-                Gauge::new(
-                    "warmgate_cache_hit_ratio",
-                    "Upstream cache hit ratio over the window (NaN: unknown)",
-                )?,
-            ),
             retry_share: reg(
                 &r,
                 Gauge::new(
@@ -280,51 +310,75 @@ impl Metrics {
                     "Share of requests that are retries, over the last tick",
                 )?,
             ),
-            p99: reg(
-                &r,
-                Gauge::new(
-                    "warmgate_upstream_p99_seconds",
-                    "Upstream p99 latency over the window",
-                )?,
-            ),
-            lowest_admitted_priority: reg(
-                &r,
-                IntGauge::new(
-                    "warmgate_stage",
-                    "Lowest priority admitted: 3 critical, 2 high, 1 normal, 0 low, -1 none",
-                )?,
-            ),
-            state: reg(
-                &r,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "warmgate_controller_state",
-                        "1 for the controller's current state",
-                    ),
-                    &["state"],
-                )?,
-            ),
+            families,
             registry: r,
         })
-        // Every state is exported from the start (a dashboard's query has data at once).
-        .inspect(|m| m.set_state(CtlState::default()))
     }
 
-    /// Resolves the counters of one feature (at load, never per request).
-    pub fn feature(&self, name: &str, p: Priority) -> FeatureCounters {
+    /// Resolves the series of one cluster (when it is first configured, never per request).
+    /// Every state is exported from the start (a dashboard's query has data at once).
+    pub fn cluster(&self, name: &str) -> ClusterMetrics {
+        let f = &self.families;
+        let per_p =
+            |v: &IntGaugeVec| Priority::ALL.map(|p| v.with_label_values(&[name, p.as_str()]));
+        let m = ClusterMetrics {
+            upstream_latency: f.upstream_latency.with_label_values(&[name]),
+            queue_wait: Priority::ALL.map(|p| f.queue_wait.with_label_values(&[name, p.as_str()])),
+            queue_timeouts: Priority::ALL
+                .map(|p| f.queue_timeouts.with_label_values(&[name, p.as_str()])),
+            queue_len: per_p(&f.queue_len),
+            held: f.held.with_label_values(&[name]),
+            endpoints_ejected: f.endpoints_ejected.with_label_values(&[name]),
+            engaged: f.engaged.with_label_values(&[name]),
+            stage_eta: Priority::ALL.map(|p| f.stage_eta.with_label_values(&[name, p.as_str()])),
+            inflation: f.inflation.with_label_values(&[name]),
+            limit: f.limit.with_label_values(&[name]),
+            inflight: f.inflight.with_label_values(&[name]),
+            progress: f.progress.with_label_values(&[name]),
+            hit_ratio: f.hit_ratio.with_label_values(&[name]),
+            p99: f.p99.with_label_values(&[name]),
+            lowest_admitted_priority: f.lowest_admitted_priority.with_label_values(&[name]),
+            state: CtlState::ALL.map(|s| f.state.with_label_values(&[name, s.as_str()])),
+        };
+        m.set_state(CtlState::default());
+        m
+    }
+
+    /// Removes a cluster's series (it left the config on a reload).
+    pub fn forget_cluster(&self, name: &str) {
+        let f = &self.families;
+        let _ = f.upstream_latency.remove_label_values(&[name]);
+        for g in [
+            &f.held,
+            &f.endpoints_ejected,
+            &f.engaged,
+            &f.limit,
+            &f.inflight,
+            &f.lowest_admitted_priority,
+        ] {
+            let _ = g.remove_label_values(&[name]);
+        }
+        for g in [&f.inflation, &f.progress, &f.hit_ratio, &f.p99] {
+            let _ = g.remove_label_values(&[name]);
+        }
+        for p in Priority::ALL {
+            let l = [name, p.as_str()];
+            let _ = f.queue_wait.remove_label_values(&l);
+            let _ = f.queue_timeouts.remove_label_values(&l);
+            let _ = f.queue_len.remove_label_values(&l);
+            let _ = f.stage_eta.remove_label_values(&l);
+        }
+        for s in CtlState::ALL {
+            let _ = f.state.remove_label_values(&[name, s.as_str()]);
+        }
+    }
+
+    /// Resolves the counters of one feature of `cluster` (at load, never per request).
+    pub fn feature(&self, cluster: &str, name: &str, p: Priority) -> FeatureCounters {
         FeatureCounters(Outcome::ALL.map(|o| {
             self.requests
-                .with_label_values(&[name, p.as_str(), o.as_str()])
+                .with_label_values(&[cluster, name, p.as_str(), o.as_str()])
         }))
-    }
-
-    /// Marks the controller's state.
-    pub fn set_state(&self, s: CtlState) {
-        for st in CtlState::ALL {
-            self.state
-                .with_label_values(&[st.as_str()])
-                .set(i64::from(st == s));
-        }
     }
 
     /// The Prometheus text exposition.

@@ -86,8 +86,10 @@ async fn every_route_is_documented_and_every_documented_route_answers() {
     let r = start(&up.addr.to_string()).await;
     let admin = r.proxy.admin;
     for (m, p) in &served {
-        let path = p.replace("{name}", "recommend");
-        let body = match path.as_str() {
+        let path = p
+            .replace("{name}", "recommend")
+            .replace("{cluster}", "default");
+        let body = match path.replace("/clusters/default", "").as_str() {
             "/api/v1/ramp/progress" => json!({ "value": 0.5 }),
             "/api/v1/limit" => json!({ "value": "auto" }),
             "/api/v1/features/recommend" => json!({ "state": "auto" }),

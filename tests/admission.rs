@@ -129,7 +129,10 @@ async fn a_fresh_warmgate_in_front_of_a_warm_backend_admits_everything_from_the_
     thousand_ok(&p).await;
     let m = metrics(&p).await;
     assert!(!m.contains("outcome=\"shed\"} 1"), "{m}");
-    assert!(m.contains("warmgate_ramp_engaged 0"), "{m}");
+    assert!(
+        m.contains("warmgate_ramp_engaged{cluster=\"default\"} 0"),
+        "{m}"
+    );
     p.stop().await;
     assert_eq!(up.hits(), 2000);
 }
@@ -253,7 +256,7 @@ async fn a_freed_slot_goes_to_the_highest_priority_and_a_wait_that_runs_out_gets
     assert_eq!(holder.await.unwrap(), 200);
     let m = metrics(&p).await;
     assert!(
-        m.contains("warmgate_queue_timeouts_total{priority=\"low\"} 1"),
+        m.contains("warmgate_queue_timeouts_total{cluster=\"default\",priority=\"low\"} 1"),
         "{m}"
     );
     p.stop().await;
@@ -291,7 +294,9 @@ async fn clients_that_go_away_while_queued_leave_no_residue() {
     let m = metrics(&p).await;
     for prio in ["critical", "high", "normal", "low"] {
         assert!(
-            m.contains(&format!("warmgate_queue_length{{priority=\"{prio}\"}} 0")),
+            m.contains(&format!(
+                "warmgate_queue_length{{cluster=\"default\",priority=\"{prio}\"}} 0"
+            )),
             "{m}"
         );
     }
@@ -455,19 +460,19 @@ async fn metrics_and_status_describe_the_controller() {
     tokio::time::sleep(Duration::from_millis(150)).await;
     let m = metrics(&p).await;
     for name in [
-        "warmgate_requests_total{feature=\"login\",outcome=\"admitted\",priority=\"critical\"} 1",
+        "warmgate_requests_total{cluster=\"default\",feature=\"login\",outcome=\"admitted\",priority=\"critical\"} 1",
         "warmgate_admission_limit",
         "warmgate_inflight",
         "warmgate_ramp_progress_ratio",
-        "warmgate_ramp_engaged 0",
-        "warmgate_stage 0",
+        "warmgate_ramp_engaged{cluster=\"default\"} 0",
+        "warmgate_stage{cluster=\"default\"} 0",
         "warmgate_upstream_latency_seconds_bucket",
-        "warmgate_cache_hit_ratio 1",
-        "warmgate_controller_state{state=\"open\"} 1",
-        "warmgate_queue_length{priority=\"critical\"} 0",
-        "warmgate_queue_wait_seconds_bucket{priority=\"low\"",
+        "warmgate_cache_hit_ratio{cluster=\"default\"} 1",
+        "warmgate_controller_state{cluster=\"default\",state=\"open\"} 1",
+        "warmgate_queue_length{cluster=\"default\",priority=\"critical\"} 0",
+        "warmgate_queue_wait_seconds_bucket{cluster=\"default\",priority=\"low\"",
         "warmgate_latency_inflation_ratio",
-        "warmgate_stage_eta_seconds{priority=\"low\"} 0",
+        "warmgate_stage_eta_seconds{cluster=\"default\",priority=\"low\"} 0",
         "warmgate_retry_share_ratio",
     ] {
         assert!(m.contains(name), "{name} missing:\n{m}");
@@ -591,7 +596,7 @@ async fn a_client_sending_a_broken_body_is_not_an_upstream_error() {
         .lines()
         .find(|l| {
             l.starts_with(
-                "warmgate_requests_total{feature=\"feed\",outcome=\"upstream_error\",priority=\"normal\"}",
+                "warmgate_requests_total{cluster=\"default\",feature=\"feed\",outcome=\"upstream_error\",priority=\"normal\"}",
             )
         })
         .and_then(|l| l.rsplit(' ').next())

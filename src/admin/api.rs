@@ -38,7 +38,28 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/api/v1/ramp/stages"),
     ("PUT", "/api/v1/signals"),
     ("POST", "/api/v1/reload"),
+    ("POST", "/api/v1/clusters/{cluster}/ramp/engage"),
+    ("POST", "/api/v1/clusters/{cluster}/ramp/disengage"),
+    ("POST", "/api/v1/clusters/{cluster}/ramp/pause"),
+    ("POST", "/api/v1/clusters/{cluster}/ramp/resume"),
+    ("PUT", "/api/v1/clusters/{cluster}/ramp/progress"),
+    ("PUT", "/api/v1/clusters/{cluster}/limit"),
+    ("PUT", "/api/v1/clusters/{cluster}/ramp/curve"),
+    ("PUT", "/api/v1/clusters/{cluster}/ramp/stages"),
+    ("PUT", "/api/v1/clusters/{cluster}/signals"),
 ];
+
+/// A cluster's write (`/api/v1/clusters/{cluster}/…`) as the cluster's name and the unscoped
+/// path it stands for; an unscoped write steers the first cluster.
+fn scoped(path: &str) -> (Option<&str>, std::borrow::Cow<'_, str>) {
+    match path
+        .strip_prefix("/api/v1/clusters/")
+        .and_then(|rest| rest.split_once('/'))
+    {
+        Some((name, rest)) => (Some(name), format!("/api/v1/{rest}").into()),
+        None => (None, path.into()),
+    }
+}
 
 /// The document served at `/api/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
@@ -99,9 +120,10 @@ impl Admin {
             }
         };
         let action = format!("{method} {path}");
-        let answer = match unknown_field(path, &v) {
+        let (cluster, unscoped) = scoped(path);
+        let answer = match unknown_field(&unscoped, &v) {
             Some(a) => a,
-            None => self.apply(method, path, &v),
+            None => self.apply(method, cluster, &unscoped, &v),
         };
         let result = if answer.0.is_success() {
             "ok".to_string()
@@ -120,7 +142,7 @@ impl Admin {
         answer
     }
 
-    fn apply(&self, method: &str, path: &str, v: &Value) -> Answer {
+    fn apply(&self, method: &str, cluster: Option<&str>, path: &str, v: &Value) -> Answer {
         if method == "POST" && path == "/api/v1/reload" {
             if let Some(refused) = self.stale(v) {
                 return refused;
@@ -151,21 +173,43 @@ impl Admin {
             }
         }
         let snap = self.shared.snapshot.load_full();
+        let ci = match cluster {
+            None => 0,
+            Some(name) => match snap.compiled.cluster(name) {
+                Some(i) => i,
+                None => {
+                    return error(
+                        StatusCode::NOT_FOUND,
+                        format!(
+                            "no cluster {name:?} (clusters: {})",
+                            snap.compiled.cluster_names()
+                        ),
+                    )
+                }
+            },
+        };
+        let ctl = &mut *ctl;
+        let (Some(view), Some(cc)) = (snap.clusters.get(ci), ctl.clusters.get_mut(ci)) else {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "controller state unavailable",
+            );
+        };
         let (before, after) = match (method, path) {
             ("POST", "/api/v1/ramp/engage") => {
-                let before = json!({ "engaged": ctl.controller.engaged() });
-                ctl.controller.set_engaged(true);
+                let before = json!({ "engaged": cc.controller.engaged() });
+                cc.controller.set_engaged(true);
                 (before, json!({ "engaged": true }))
             }
             ("POST", "/api/v1/ramp/disengage") => {
-                let before = json!({ "engaged": ctl.controller.engaged() });
-                ctl.controller.set_engaged(false);
+                let before = json!({ "engaged": cc.controller.engaged() });
+                cc.controller.set_engaged(false);
                 (before, json!({ "engaged": false }))
             }
             ("POST", "/api/v1/ramp/pause" | "/api/v1/ramp/resume") => {
                 let pause = path.ends_with("pause");
-                let before = json!({ "paused": ctl.params.paused });
-                ctl.params.paused = pause;
+                let before = json!({ "paused": cc.params.paused });
+                cc.params.paused = pause;
                 (before, json!({ "paused": pause }))
             }
             ("PUT", "/api/v1/ramp/progress") => {
@@ -178,12 +222,12 @@ impl Admin {
                 if !(0.0..=1.0).contains(&p) {
                     return field_error("value", format!("{p} is not between 0 and 1"));
                 }
-                let before = json!({ "progress": snap.decision.progress });
-                ctl.controller.set_progress(p);
+                let before = json!({ "progress": view.decision.progress });
+                cc.controller.set_progress(p);
                 (before, json!({ "progress": p }))
             }
             ("PUT", "/api/v1/limit") => {
-                let before = json!({ "limit": snap.decision.limit, "fixed": ctl.overrides.limit });
+                let before = json!({ "limit": view.decision.limit, "fixed": cc.overrides.limit });
                 let pin = match v.get("value") {
                     Some(Value::String(s)) if s == "auto" => None,
                     Some(n) => match n.as_u64() {
@@ -197,8 +241,8 @@ impl Admin {
                     },
                     None => return field_error("value", "required: a number, or \"auto\" to release"),
                 };
-                ctl.controller.pin_limit(pin);
-                ctl.overrides.limit = pin;
+                cc.controller.pin_limit(pin);
+                cc.overrides.limit = pin;
                 (before, json!({ "fixed": pin }))
             }
             ("PUT", p) if p.starts_with("/api/v1/features/") => {
@@ -223,7 +267,7 @@ impl Admin {
                 };
                 let before = json!({ "state": f.state.get().as_str() });
                 let new = if state == "release" {
-                    ctl.overrides.features.remove(name);
+                    ctl.features.remove(name);
                     f.configured
                 } else {
                     let Some(s) = FeatureState::parse(state) else {
@@ -232,7 +276,7 @@ impl Admin {
                             format!("{state:?} is not a state (on, off, auto, or release for the file's)"),
                         );
                     };
-                    ctl.overrides.features.insert(name.to_string(), s);
+                    ctl.features.insert(name.to_string(), s);
                     s
                 };
                 f.state.set(new);
@@ -248,8 +292,7 @@ impl Admin {
                     Ok(p) => p,
                     Err(a) => return a,
                 };
-                let ctl = &mut *ctl;
-                let (p, o) = (&mut ctl.params, &mut ctl.overrides);
+                let (p, o) = (&mut cc.params, &mut cc.overrides);
                 match path {
                     "/api/v1/ramp/curve" => {
                         let before = json!({ "curve": p.curve.name() });
@@ -373,7 +416,7 @@ fn validate_fragment(table: &str, v: &Value) -> Result<crate::admission::Control
         )
     })?;
     crate::config::load_str("request", &text)
-        .map(|c| c.control)
+        .map(|c| c.first_cluster().control.clone())
         .map_err(|errs| match errs.first() {
             Some(e) => {
                 let field = e.key.strip_prefix(&format!("{table}.")).unwrap_or(&e.key);

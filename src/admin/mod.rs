@@ -135,14 +135,19 @@ async fn route(
         "/readyz" => {
             let snap = shared.snapshot.load();
             let now = shared.clock.now_ms();
-            let eps = &snap.compiled.endpoints.endpoints;
+            let all_ejected = snap
+                .compiled
+                .clusters
+                .iter()
+                .flat_map(|c| c.endpoints.endpoints.iter())
+                .all(|e| e.is_ejected(now));
             if shared.draining.load(std::sync::atomic::Ordering::Relaxed) {
                 reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
-            } else if eps.iter().all(|e| e.is_ejected(now)) {
+            } else if all_ejected {
                 reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",
-                    "not ready: every upstream endpoint is ejected\n",
+                    "not ready: every upstream endpoint of every cluster is ejected\n",
                 )
             } else {
                 reply(StatusCode::OK, "text/plain", "ready\n")

@@ -5,50 +5,34 @@ use serde_json::{json, Value};
 use crate::admission::limit::LimitAlgorithm;
 use crate::admission::Priority;
 use crate::metrics::Outcome;
-use crate::runtime::Shared;
+use crate::runtime::{Cluster, ClusterView, Control, Shared};
 
-/// Builds the status document.
+/// Builds the status document: the first cluster's state at the top level (what a file with
+/// one `[upstream]` has), and every cluster under `clusters`.
 pub fn status(shared: &Shared) -> Value {
     let snap = shared.snapshot.load_full();
-    let d = snap.decision;
     let c = &snap.compiled;
     let now = shared.clock.now_ms();
-    let (signals, params, retry_share, knee, version, overrides) = match shared.control.lock() {
-        Ok(ctl) => (
-            ctl.last_signals,
-            ctl.params.clone(),
-            ctl.retry_share,
-            ctl.controller.knee().clone(),
-            ctl.version,
-            ctl.overrides.clone(),
-        ),
-        Err(_) => return json!({"error": "controller state unavailable"}),
+    let Ok(ctl) = shared.control.lock() else {
+        return json!({"error": "controller state unavailable"});
     };
-    let waiting = shared.gate.waiting_by_priority();
-    let stages: serde_json::Map<String, Value> = Priority::ALL
+    let clusters: Vec<Value> = c
+        .clusters
         .iter()
-        .rev()
-        .map(|p| {
-            let i = p.index();
-            (
-                p.as_str().to_string(),
-                json!({
-                    "admitted": d.open[i],
-                    "stage": params.stages[i],
-                    "eta_s": d.eta_s[i],
-                    "waiting": waiting[i],
-                    "max_wait_ms": c.config.gate.max_wait_ms[i],
-                    "drain_rps": d.drain_rps(*p),
-                }),
-            )
-        })
+        .zip(snap.clusters.iter())
+        .zip(ctl.clusters.iter())
+        .map(|((cluster, view), control)| cluster_status(cluster, view, control, now))
         .collect();
+    let (version, retry_share, feature_overrides) =
+        (ctl.version, ctl.retry_share, ctl.features.clone());
+    drop(ctl);
     let features: Vec<Value> = c
         .features
         .iter()
         .map(|f| {
             json!({
                 "name": f.name,
+                "cluster": c.clusters.get(f.cluster).map(|x| x.config.name.as_str()),
                 "priority": f.priority.as_str(),
                 "state": f.state.get().as_str(),
                 "configured_state": f.configured.as_str(),
@@ -61,7 +45,65 @@ pub fn status(shared: &Shared) -> Value {
             })
         })
         .collect();
-    let endpoints: Vec<Value> = c
+    let mut doc = clusters.first().cloned().unwrap_or_else(|| json!({}));
+    if let Some(o) = doc.as_object_mut() {
+        o.remove("name");
+        o.insert("version".into(), json!(version));
+        o.insert(
+            "mode".into(),
+            json!(if c.config.shadow { "shadow" } else { "enforce" }),
+        );
+        if let Some(sig) = o.get_mut("signals").and_then(Value::as_object_mut) {
+            sig.insert("retry_share".into(), json!(retry_share));
+        }
+        if let Some(ov) = o.get_mut("overrides").and_then(Value::as_object_mut) {
+            ov.insert(
+                "features".into(),
+                feature_overrides
+                    .iter()
+                    .map(|(k, v)| (k.clone(), json!(v.as_str())))
+                    .collect::<serde_json::Map<String, Value>>()
+                    .into(),
+            );
+            ov.insert(
+                "note".into(),
+                json!("operator overrides win over the file and are kept across reloads until released"),
+            );
+        }
+        o.insert("features".into(), features.into());
+        o.insert("clusters".into(), clusters.into());
+    }
+    doc
+}
+
+/// One cluster's controller, stages, signals, endpoints and operator overrides.
+fn cluster_status(cluster: &Cluster, view: &ClusterView, ctl: &Control, now: u64) -> Value {
+    let d = view.decision;
+    let params = &ctl.params;
+    let signals = ctl.last_signals;
+    let knee = ctl.controller.knee();
+    let overrides = &ctl.overrides;
+    let gate = cluster.state.gate;
+    let waiting = gate.waiting_by_priority();
+    let stages: serde_json::Map<String, Value> = Priority::ALL
+        .iter()
+        .rev()
+        .map(|p| {
+            let i = p.index();
+            (
+                p.as_str().to_string(),
+                json!({
+                    "admitted": d.open[i],
+                    "stage": params.stages[i],
+                    "eta_s": d.eta_s[i],
+                    "waiting": waiting[i],
+                    "max_wait_ms": cluster.config.gate.max_wait_ms[i],
+                    "drain_rps": d.drain_rps(*p),
+                }),
+            )
+        })
+        .collect();
+    let endpoints: Vec<Value> = cluster
         .endpoints
         .endpoints
         .iter()
@@ -75,22 +117,15 @@ pub fn status(shared: &Shared) -> Value {
         })
         .collect();
     json!({
-        "version": version,
+        "name": cluster.config.name,
         "overrides": {
-            "features": overrides
-                .features
-                .iter()
-                .map(|(k, v)| (k.clone(), json!(v.as_str())))
-                .collect::<serde_json::Map<String, Value>>(),
             "limit": overrides.limit,
             "paused": params.paused,
             "curve": overrides.curve.as_ref().map(|c| c.name()),
             "stages": overrides.stages,
             "latency_p99_ms": overrides.latency_p99_ms.map(|t| json!({ "warn": t.warn, "critical": t.critical })),
             "error_rate": overrides.error_rate.map(|t| json!({ "warn": t.warn, "critical": t.critical })),
-            "note": "operator overrides win over the file and are kept across reloads until released",
         },
-        "mode": if c.config.shadow { "shadow" } else { "enforce" },
         "controller": {
             "state": d.state.as_str(),
             "health": format!("{:?}", d.health).to_lowercase(),
@@ -113,6 +148,7 @@ pub fn status(shared: &Shared) -> Value {
             },
             "rps_limit": d.rps,
             "curve": params.curve.name(),
+            "curve_points": curve_points(&params.curve, params.start_fraction),
             "ramp_duration_s": params.ramp_duration_s,
         },
         "stages": stages,
@@ -123,13 +159,21 @@ pub fn status(shared: &Shared) -> Value {
             "p99_ms": signals.p99_ms,
             "hit_ratio": signals.hit_ratio,
             "error_rate": signals.error_rate,
-            "inflight": shared.gate.inflight(),
-            "retry_share": retry_share,
-            "queued": shared.gate.waiting(),
-            "held_early_returners": shared.gate.held(),
-            "waiting_clients": shared.gate.waiting_clients(now),
+            "inflight": gate.inflight(),
+            "queued": gate.waiting(),
+            "held_early_returners": gate.held(),
+            "waiting_clients": gate.waiting_clients(now),
         },
-        "features": features,
         "endpoints": endpoints,
     })
+}
+
+/// The curve as (progress, fraction of the full limit) points, for drawing it.
+fn curve_points(c: &crate::admission::curve::Curve, start: f64) -> Vec<[f64; 2]> {
+    (0..=20)
+        .map(|i| {
+            let p = f64::from(i) / 20.0;
+            [p, c.fraction(p, start)]
+        })
+        .collect()
 }

@@ -1,7 +1,7 @@
 //! The TOML file model: what an operator writes. Every table rejects unknown keys; every key is
 //! optional unless validation says otherwise, and `validate.rs` turns this into [`super::Config`].
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
@@ -37,6 +37,9 @@ pub struct FileConfig {
     #[serde(default)]
     pub client_key: FileClientKey,
     pub default_feature: Option<String>,
+    /// Named backends, each with its own admission (absent: `[upstream]` is one, `default`).
+    #[serde(default)]
+    pub cluster: Vec<FileCluster>,
     #[serde(default)]
     pub feature: Vec<FileFeature>,
     #[serde(default)]
@@ -61,7 +64,7 @@ pub struct FileServer {
     pub websocket_idle_timeout: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileUpstream {
     pub endpoints: Option<Vec<String>>,
@@ -81,7 +84,7 @@ pub struct FileUpstream {
     pub tls: Option<FileUpstreamTls>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileUpstreamTls {
     /// CA bundle (PEM) the backends' certificates must chain to.
@@ -135,101 +138,141 @@ pub struct FileLog {
     pub access: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileSignals {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub window: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_header: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_hit_values: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_miss_values: Option<Vec<String>>,
     /// `allow` or `block`: what an unknown hit ratio does to a hit-ratio gate.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub unknown_hit_ratio: Option<String>,
     /// Also read the hit ratio from a backend stats endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub scrape: Option<FileScrape>,
     /// Upstream responses the window needs before a guard rail can call the backend critical.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub min_samples: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_p99: Option<FileThresholds<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error_rate: Option<FileThresholds<f64>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileScrape {
     pub url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub interval: Option<String>,
     /// JSON pointer to the ratio in a JSON document, e.g. `/hit_ratio`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub json_pointer: Option<String>,
     /// Or the name of a Prometheus metric holding it.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub prometheus_metric: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileThresholds<T> {
     pub warn: T,
     pub critical: T,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileRamp {
     /// `auto` (default), `on_start` or `manual`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub engage: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub auto_engage_after: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub auto_engage_hit_ratio: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tick: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub duration: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub start_fraction: Option<f64>,
     /// `linear`, `exponential` or `points`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub curve: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub points: Option<Vec<[f64; 2]>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub backoff_factor: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub progress_floor: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub stages: Option<FilePriorityMap>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hit_ratio_gate: Vec<FileHitGate>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilePriorityMap {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub critical: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub high: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub normal: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub low: Option<f64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileDurationMap {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub critical: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub high: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub normal: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub low: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileHitGate {
     pub progress: f64,
     pub min_hit_ratio: f64,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileLimit {
     /// `adaptive` (default) or `fixed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub full_capacity: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_rps: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub initial: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub min: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max: Option<u32>,
     /// Latency above the no-load latency taken as noise (0.15 = 15 %).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tolerance: Option<f64>,
     /// No completion for this long: restart from `initial`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_restart: Option<String>,
     /// Latency differences below this are noise, not queueing.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_floor: Option<String>,
 }
 
@@ -241,11 +284,14 @@ pub struct FileGate {
     pub per_client_share: Option<f64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileQueue {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_len: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_wait: Option<FileDurationMap>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_held: Option<u32>,
 }
 
@@ -276,6 +322,8 @@ pub struct FileFeature {
     pub priority: String,
     /// `auto` (default), `on` or `off`.
     pub state: Option<String>,
+    /// The `[[cluster]]` it is sent to (default: the first).
+    pub cluster: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -288,4 +336,80 @@ pub struct FileRoute {
     pub path_regex: Option<String>,
     pub header: Option<String>,
     pub header_value: Option<String>,
+}
+
+/// A `[[cluster]]`: a name, everything `[upstream]` takes, and its own admission tables, each
+/// laid over the file's top-level table of that name.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCluster {
+    pub name: String,
+    pub endpoints: Option<Vec<String>>,
+    pub balance: Option<String>,
+    pub protocol: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub response_header_timeout: Option<String>,
+    pub pool_idle_timeout: Option<String>,
+    pub pool_max_idle_per_endpoint: Option<usize>,
+    pub eject_after_failures: Option<u32>,
+    pub eject_cooldown: Option<String>,
+    pub preserve_host: Option<bool>,
+    pub body_idle_timeout: Option<String>,
+    pub connect_rate: Option<u32>,
+    pub tls: Option<FileUpstreamTls>,
+    pub signals: Option<FileSignals>,
+    pub ramp: Option<FileRamp>,
+    pub limit: Option<FileLimit>,
+    pub queue: Option<FileQueue>,
+}
+
+impl FileCluster {
+    /// Its endpoints and connection settings, as an `[upstream]` would give them.
+    pub fn upstream(&self) -> FileUpstream {
+        FileUpstream {
+            endpoints: self.endpoints.clone(),
+            balance: self.balance.clone(),
+            protocol: self.protocol.clone(),
+            connect_timeout: self.connect_timeout.clone(),
+            response_header_timeout: self.response_header_timeout.clone(),
+            pool_idle_timeout: self.pool_idle_timeout.clone(),
+            pool_max_idle_per_endpoint: self.pool_max_idle_per_endpoint,
+            eject_after_failures: self.eject_after_failures,
+            eject_cooldown: self.eject_cooldown.clone(),
+            preserve_host: self.preserve_host,
+            body_idle_timeout: self.body_idle_timeout.clone(),
+            connect_rate: self.connect_rate,
+            tls: self.tls.clone(),
+        }
+    }
+}
+
+/// `own` laid over `top`, key by key (nested tables too): what a cluster's table inherits.
+pub fn inherit<T>(top: &T, own: Option<&T>) -> Result<T, String>
+where
+    T: Serialize + serde::de::DeserializeOwned,
+{
+    fn merge(base: &mut toml::Value, over: toml::Value) {
+        match (base, over) {
+            (toml::Value::Table(b), toml::Value::Table(o)) => {
+                for (k, v) in o {
+                    match b.get_mut(&k) {
+                        Some(slot) => merge(slot, v),
+                        None => {
+                            b.insert(k, v);
+                        }
+                    }
+                }
+            }
+            (slot, v) => *slot = v,
+        }
+    }
+    let mut base = toml::Value::try_from(top).map_err(|e| e.to_string())?;
+    if let Some(own) = own {
+        merge(
+            &mut base,
+            toml::Value::try_from(own).map_err(|e| e.to_string())?,
+        );
+    }
+    base.try_into().map_err(|e: toml::de::Error| e.to_string())
 }

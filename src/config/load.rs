@@ -53,15 +53,48 @@ pub fn load_str_in(name: &str, text: &str, base: &Path) -> Result<Config, Vec<Co
         }]
     })?;
     validate(file, base).map_err(|errs| {
-        errs.into_iter()
-            .map(|KeyError { key, message }| ConfigError {
-                file: name.to_string(),
-                line: locator.line_of_key(&key),
-                key,
-                message,
-            })
-            .collect()
+        let mut out: Vec<ConfigError> = Vec::new();
+        for KeyError { key, message } in errs {
+            let e = match locator.line_of_key(&key) {
+                Some(line) => ConfigError {
+                    file: name.to_string(),
+                    line: Some(line),
+                    key,
+                    message,
+                },
+                // A cluster inherits the top-level table's value: name it where it is written.
+                None => match inherited(&key).and_then(|k| Some((k, locator.line_of_key(k)?))) {
+                    Some((top, line)) => ConfigError {
+                        file: name.to_string(),
+                        line: Some(line),
+                        key: top.to_string(),
+                        message,
+                    },
+                    None => ConfigError {
+                        file: name.to_string(),
+                        line: None,
+                        key,
+                        message,
+                    },
+                },
+            };
+            // Several clusters inheriting one bad value report it once.
+            if !out.contains(&e) {
+                out.push(e);
+            }
+        }
+        out
     })
+}
+
+/// The top-level key a cluster's key inherits from: `cluster[2].limit.min` → `limit.min`.
+fn inherited(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix("cluster[")?;
+    let (_, k) = rest.split_once("].")?;
+    ["signals.", "ramp.", "limit.", "queue."]
+        .iter()
+        .any(|t| k.starts_with(t))
+        .then_some(k)
 }
 
 /// Makes serde's messages say what to do: the closest valid key for an unknown one, and the

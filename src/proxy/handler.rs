@@ -19,9 +19,10 @@ use super::respond::{self, ProxyError};
 use super::tunnel;
 use crate::admission::limit::class_of;
 use crate::admission::per_client::ClientInflight;
+use crate::admission::Decision;
 use crate::admission::{Admission, Ask, Permit, Reject, RejectReason, Ticket};
 use crate::metrics::Outcome;
-use crate::runtime::{FeatureRt, Shared, Snapshot};
+use crate::runtime::{Cluster, ClusterView, FeatureRt, Shared, Snapshot};
 use crate::signals::Cache;
 use crate::upstream::pool::{millis, SendError};
 
@@ -81,6 +82,15 @@ async fn handle_inner(
     let Some(feature) = c.features.get(fidx) else {
         return Ok(respond::error(ProxyError::BadRequest("no feature")));
     };
+    // The feature's cluster (resolved at load): its gate, signals, endpoints and decision.
+    let (Some(cluster), Some(view)) = (
+        c.clusters.get(feature.cluster),
+        snap.clusters.get(feature.cluster),
+    ) else {
+        return Ok(respond::error(ProxyError::NoEndpoint));
+    };
+    let gate = cluster.state.gate;
+    let policy = &cluster.config.gate;
     // Behind a trusted proxy the peer is the proxy: the client is in X-Forwarded-For.
     let ip = if conn.headers.trusted {
         edge::forwarded_client(req.headers(), &c.config.server.trusted_proxies)
@@ -109,18 +119,16 @@ async fn handle_inner(
         .is_some_and(|h| req.headers().contains_key(h));
 
     // What this client key holds (in flight and in line), for its share of the limit.
-    let share = c.config.gate.per_client_share;
+    let share = policy.per_client_share;
     let (client_slot, client_held) = if share < 1.0 {
-        let (slot, before) = shared.per_client.enter(client);
+        let (slot, before) = cluster.state.per_client.enter(client);
         (Some(slot), before)
     } else {
         (None, 0)
     };
-    let rate = snap.rate.as_deref();
+    let rate = view.rate.as_deref();
     let rate_ok = || rate.is_none_or(|r| r.check().is_ok());
-    let admission = shared
-        .gate
-        .admit(&snap.decision, &c.config.gate, ask, rate_ok);
+    let admission = gate.admit(&view.decision, policy, ask, rate_ok);
     let early = match &admission {
         Admission::Queued(t) => t.early,
         Admission::Rejected(r) => r.early,
@@ -137,8 +145,8 @@ async fn handle_inner(
         // ahead of them. (Alone, it may queue behind itself: there is no one to protect.)
         Admission::Queued(ticket)
             if client_slot.is_some()
-                && client_held >= ClientInflight::cap(snap.decision.limit, share)
-                && shared.gate.inflight() + shared.gate.waiting() > client_held + 1
+                && client_held >= ClientInflight::cap(view.decision.limit, share)
+                && gate.inflight() + gate.waiting() > client_held + 1
                 && !c.config.shadow =>
         {
             drop(ticket);
@@ -148,29 +156,29 @@ async fn handle_inner(
                 early: false,
             };
             note.outcome = r.reason.as_str();
-            return Ok(rejected(&shared, &snap, feature, r, false).await);
+            return Ok(rejected(&snap, cluster, view, feature, r, false).await);
         }
         // Shadow mode: the decision is recorded, the request goes through (a ticket dropped
         // here leaves the line at once).
         _ if c.config.shadow => {
             feature.counters.inc(Outcome::ShadowReject);
-            shared.gate.admit_unchecked()
+            gate.admit_unchecked()
         }
         Admission::Queued(ticket) => {
             let waited = Instant::now();
-            let r = wait(&shared, ticket, ask).await;
+            let r = wait(&shared, cluster, ticket, ask).await;
             note.queue_wait = Some(waited.elapsed());
             match r {
                 Ok(p) => p,
                 Err(r) => {
                     note.outcome = r.reason.as_str();
-                    return Ok(rejected(&shared, &snap, feature, r, false).await);
+                    return Ok(rejected(&snap, cluster, view, feature, r, false).await);
                 }
             }
         }
         Admission::Rejected(r) => {
             note.outcome = r.reason.as_str();
-            return Ok(rejected(&shared, &snap, feature, r, true).await);
+            return Ok(rejected(&snap, cluster, view, feature, r, true).await);
         }
     };
     let held = Held {
@@ -179,7 +187,10 @@ async fn handle_inner(
         client: client_slot,
     };
     let sent = note.on.then(Instant::now);
-    let resp = forward(&shared, &snap, &conn, req, host, held, feature).await;
+    let resp = forward(
+        &shared, &snap, cluster, view, &conn, req, host, held, feature,
+    )
+    .await;
     if let Some(t) = sent {
         note.upstream = Some(t.elapsed());
         note.outcome = "forwarded";
@@ -190,26 +201,42 @@ async fn handle_inner(
 /// Waits in line until a slot is granted, the place is lost to a better request, or the
 /// priority's longest wait runs out. Dropping this future (the client went away) drops the
 /// ticket, which leaves the line.
-async fn wait(shared: &Arc<Shared>, ticket: Ticket, ask: Ask) -> Result<Permit, Reject> {
+async fn wait(
+    shared: &Shared,
+    cluster: &Cluster,
+    ticket: Ticket,
+    ask: Ask,
+) -> Result<Permit, Reject> {
     let p = ask.priority.index();
-    let max_wait = shared.snapshot.load().compiled.config.gate.max_wait_ms[p];
+    let policy = &cluster.config.gate;
     let start = Instant::now();
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(max_wait);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(policy.max_wait_ms[p]);
     let granted = ticket.granted_by(deadline).await;
-    shared.metrics.queue_wait[p].observe(start.elapsed().as_secs_f64());
-    let snap = shared.snapshot.load();
-    let policy = &snap.compiled.config.gate;
+    let m = &cluster.state.metrics;
+    m.queue_wait[p].observe(start.elapsed().as_secs_f64());
+    let gate = cluster.state.gate;
     if let Some(permit) = granted {
-        shared.gate.note_queued_admit(policy, ask);
+        gate.note_queued_admit(policy, ask);
         return Ok(permit);
     }
     let now = Ask {
         now_ms: shared.clock.now_ms(),
         ..ask
     };
-    let r = shared.gate.expire(ticket, &snap.decision, policy, now);
+    // The drain as measured now (a reload meanwhile may have moved the cluster's index).
+    let snap = shared.snapshot.load();
+    let fresh = snap
+        .compiled
+        .clusters
+        .iter()
+        .position(|c| Arc::ptr_eq(&c.state, &cluster.state))
+        .and_then(|i| snap.clusters.get(i));
+    let r = match fresh {
+        Some(v) => gate.expire(ticket, &v.decision, policy, now),
+        None => gate.expire(ticket, &Decision::default(), policy, now),
+    };
     if matches!(r, Err(r) if r.reason == RejectReason::QueueTimeout) {
-        shared.metrics.queue_timeouts[p].inc();
+        m.queue_timeouts[p].inc();
     }
     r
 }
@@ -218,27 +245,36 @@ async fn wait(shared: &Arc<Shared>, ticket: Ticket, ask: Ask) -> Result<Permit, 
 /// is held for its priority's longest wait first (bounded by `queue.max_held`): a blind retrier
 /// is slowed to the pace of the wait bound instead of being answered in microseconds.
 async fn rejected(
-    shared: &Shared,
     snap: &Snapshot,
+    cluster: &Cluster,
+    view: &ClusterView,
     feature: &FeatureRt,
     r: Reject,
     immediate: bool,
 ) -> Response<ProxyBody> {
     feature.counters.inc(Outcome::of(r.reason));
-    let c = &snap.compiled.config;
-    let hold_ms = c.gate.max_wait_ms[feature.priority.index()];
+    let cc = &cluster.config;
+    let hold_ms = cc.gate.max_wait_ms[feature.priority.index()];
     if r.early && immediate && hold_ms > 0 && r.reason != RejectReason::FeatureOff {
-        if let Some(_hold) = shared.gate.hold(c.queue.max_held) {
+        if let Some(_hold) = cluster.state.gate.hold(cc.queue.max_held) {
             tokio::time::sleep(Duration::from_millis(hold_ms)).await;
         }
     }
-    respond::reject(r, feature, &c.reject, snap.decision.limit)
+    respond::reject(
+        r,
+        feature,
+        &snap.compiled.config.reject,
+        view.decision.limit,
+    )
 }
 
 /// Sends the request to an endpoint and streams the answer back.
+#[allow(clippy::too_many_arguments)]
 async fn forward(
     shared: &Arc<Shared>,
     snap: &Snapshot,
+    cluster: &Cluster,
+    view: &ClusterView,
     conn: &ConnInfo,
     mut req: Request<Incoming>,
     host: Option<HeaderValue>,
@@ -247,9 +283,9 @@ async fn forward(
 ) -> Response<ProxyBody> {
     // Read now, not at arrival: a request that waited in line starts its clock here.
     let now_ms = shared.clock.now_ms();
-    let c = &snap.compiled;
-    let cfg = &c.config.upstream;
-    let Some(ep) = c.endpoints.pick(now_ms, shared.rand()) else {
+    let cfg = &cluster.config.upstream;
+    let st = &cluster.state;
+    let Some(ep) = cluster.endpoints.pick(now_ms, shared.rand()) else {
         feature.counters.inc(Outcome::UpstreamError);
         return respond::error(ProxyError::NoEndpoint);
     };
@@ -276,7 +312,7 @@ async fn forward(
         parts.headers.insert(CONNECTION, UPGRADE_TOKEN.clone());
         parts.headers.insert(UPGRADE, u.clone());
     }
-    let h2c = c.client.h2c.as_ref();
+    let h2c = cluster.client.h2c.as_ref();
     if h2c.is_some() {
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(Scheme::HTTP);
@@ -298,7 +334,7 @@ async fn forward(
     }
 
     let start = tokio::time::Instant::now();
-    let server = &c.config.server;
+    let server = &snap.compiled.config.server;
     let (body, body_sent) = ClientBody::new(body, server.client_body_timeout, start);
     let req = Request::from_parts(parts, body);
     // Pinned where it is made: moved into `response_head` by value it would be held twice in
@@ -317,7 +353,7 @@ async fn forward(
                     .endpoint
                     .pool
                     .send(
-                        &c.client.connector,
+                        &cluster.client.connector,
                         &ep.endpoint.uri,
                         req,
                         now_ms,
@@ -340,7 +376,7 @@ async fn forward(
     let elapsed =
         total.saturating_sub(body_sent.as_ref().and_then(|s| s.get()).unwrap_or_default());
     let now_ms = now_ms + total.as_millis() as u64;
-    let ej = c.endpoints.ejection;
+    let ej = cluster.endpoints.ejection;
     match sent {
         Ok(Ok((mut resp, lease))) => {
             ep.success();
@@ -350,28 +386,25 @@ async fn forward(
                 _ => None,
             };
             let (mut parts, body) = resp.into_parts();
-            let cache = cache_of(&parts.headers, c);
+            let cache = cache_of(&parts.headers, &cluster.config.signals);
             let us = micros(elapsed);
             let server_error = parts.status.is_server_error();
-            shared.window.record(now_ms, us, server_error, cache);
+            st.window.record(now_ms, us, server_error, cache);
             if server_error {
-                shared.completions.dropped();
+                st.completions.dropped();
             } else {
                 let class = class_of(feature.priority.index(), cache as usize);
-                shared.completions.ok(class, us);
-                if snap.decision.slow_start {
+                st.completions.ok(class, us);
+                if view.decision.slow_start {
                     // Only against a learned baseline: before the first tick has one, growth
                     // waits for the tick (a cold backend must not see the limit run ahead blind).
-                    let fast = snap.fast_us[class];
+                    let fast = view.fast_us[class];
                     if fast != 0 && us <= fast {
-                        shared.gate.fast_completion();
+                        st.gate.fast_completion();
                     }
                 }
             }
-            shared
-                .metrics
-                .upstream_latency
-                .observe(elapsed.as_secs_f64());
+            st.metrics.upstream_latency.observe(elapsed.as_secs_f64());
             feature.counters.inc(Outcome::Admitted);
             let switch_to = parts.headers.get(UPGRADE).cloned();
             headers::forward_response(&mut parts.headers, parts.version);
@@ -422,10 +455,9 @@ async fn forward(
             if connect {
                 ep.failure(ej, now_ms);
             }
-            shared
-                .window
+            st.window
                 .record(now_ms, micros(elapsed), true, Cache::Unknown);
-            shared.completions.dropped();
+            st.completions.dropped();
             feature.counters.inc(Outcome::UpstreamError);
             tracing::warn!(endpoint = %ep.endpoint.authority, error = %error_chain(&e), "upstream request failed");
             respond::error(if connect {
@@ -436,10 +468,9 @@ async fn forward(
         }
         Err(_) => {
             ep.failure(ej, now_ms);
-            shared
-                .window
+            st.window
                 .record(now_ms, micros(elapsed), true, Cache::Unknown);
-            shared.completions.dropped();
+            st.completions.dropped();
             feature.counters.inc(Outcome::UpstreamError);
             tracing::warn!(endpoint = %ep.endpoint.authority, timeout_ms = cfg.response_header_timeout.as_millis() as u64, "upstream response timed out");
             respond::error(ProxyError::UpstreamTimeout)
@@ -457,8 +488,7 @@ fn micros(d: Duration) -> u64 {
     d.as_micros().min(u128::from(u64::MAX)) as u64
 }
 
-fn cache_of(h: &http::HeaderMap, c: &crate::runtime::Compiled) -> Cache {
-    let s = &c.config.signals;
+fn cache_of(h: &http::HeaderMap, s: &crate::config::SignalsConfig) -> Cache {
     match h.get(&s.cache_header) {
         Some(v)
             if s.hit_values

@@ -67,41 +67,47 @@ pub fn parse(body: &[u8], format: &ScrapeFormat) -> Result<f64, String> {
 pub async fn run(shared: Arc<Shared>) {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Empty<bytes::Bytes>>();
+    // When each cluster's stats are next due, by cluster name.
+    let mut due: std::collections::HashMap<String, tokio::time::Instant> = Default::default();
     loop {
-        let cfg = shared
-            .snapshot
-            .load()
-            .compiled
-            .config
-            .signals
-            .scrape
-            .clone();
-        let Some(cfg) = cfg else {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        };
-        let fetch = async {
-            let resp = client
-                .get(cfg.url.clone())
-                .await
-                .map_err(|e| e.to_string())?;
-            if !resp.status().is_success() {
-                return Err(format!("status {}", resp.status()));
+        let clusters = shared.snapshot.load().compiled.clusters.clone();
+        for cluster in clusters {
+            let Some(cfg) = cluster.config.signals.scrape.clone() else {
+                continue;
+            };
+            let now = tokio::time::Instant::now();
+            if due.get(&cluster.config.name).is_some_and(|at| *at > now) {
+                continue;
             }
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            parse(&body, &cfg.format)
-        };
-        match tokio::time::timeout(cfg.interval.max(Duration::from_millis(100)), fetch).await {
-            Ok(Ok(ratio)) => shared.scraped.store(ratio, shared.clock.now_ms()),
-            Ok(Err(e)) => tracing::warn!(url = %cfg.url, error = %e, "hit-ratio scrape failed"),
-            Err(_) => tracing::warn!(url = %cfg.url, "hit-ratio scrape timed out"),
+            due.insert(cluster.config.name.clone(), now + cfg.interval);
+            let fetch = async {
+                let resp = client
+                    .get(cfg.url.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if !resp.status().is_success() {
+                    return Err(format!("status {}", resp.status()));
+                }
+                let body = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .to_bytes();
+                parse(&body, &cfg.format)
+            };
+            let name = &cluster.config.name;
+            match tokio::time::timeout(cfg.interval.max(Duration::from_millis(100)), fetch).await {
+                Ok(Ok(ratio)) => cluster.state.scraped.store(ratio, shared.clock.now_ms()),
+                Ok(Err(e)) => {
+                    tracing::warn!(cluster = %name, url = %cfg.url, error = %e, "hit-ratio scrape failed")
+                }
+                Err(_) => {
+                    tracing::warn!(cluster = %name, url = %cfg.url, "hit-ratio scrape timed out")
+                }
+            }
         }
-        tokio::time::sleep(cfg.interval).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
