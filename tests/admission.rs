@@ -393,23 +393,6 @@ async fn shadow_mode_admits_but_records_the_decision() {
     p.stop().await;
 }
 
-/// A backend with `knee` workers: each request holds one for `service`; the rest queue.
-async fn knee_upstream(knee: usize, service: Duration) -> Upstream {
-    let sem = Arc::new(tokio::sync::Semaphore::new(knee));
-    upstream(Arc::new(move |_req| {
-        let sem = sem.clone();
-        Box::pin(async move {
-            let _w = sem.acquire().await.unwrap();
-            tokio::time::sleep(service).await;
-            Response::builder()
-                .header("x-cache", "MISS")
-                .body(full("ok"))
-                .unwrap()
-        })
-    }))
-    .await
-}
-
 #[tokio::test]
 async fn the_limit_finds_a_backends_knee_and_holds_it() {
     let up = knee_upstream(4, Duration::from_millis(20)).await;

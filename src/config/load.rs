@@ -68,7 +68,10 @@ pub fn load_str_in(name: &str, text: &str, base: &Path) -> Result<Config, Vec<Co
                         file: name.to_string(),
                         line: Some(line),
                         key: top.to_string(),
-                        message,
+                        message: format!(
+                            "{message} (in {}, which inherits {top})",
+                            &key[..key.len() - top.len() - 1]
+                        ),
                     },
                     None => ConfigError {
                         file: name.to_string(),
@@ -79,12 +82,21 @@ pub fn load_str_in(name: &str, text: &str, base: &Path) -> Result<Config, Vec<Co
                 },
             };
             // Several clusters inheriting one bad value report it once.
-            if !out.contains(&e) {
+            if !out
+                .iter()
+                .any(|o| o.key == e.key && o.line == e.line && same_problem(&o.message, &e.message))
+            {
                 out.push(e);
             }
         }
         out
     })
+}
+
+/// Two messages about one value, but for the cluster that inherits it.
+fn same_problem(a: &str, b: &str) -> bool {
+    let base = |m: &str| m.split(" (in cluster[").next().unwrap_or(m).to_string();
+    base(a) == base(b)
 }
 
 /// The top-level key a cluster's key inherits from: `cluster[2].limit.min` → `limit.min`.

@@ -32,6 +32,23 @@ pub fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).map_err(|never| match never {}).boxed()
 }
 
+/// A backend with `knee` workers: each request holds one for `service`; the rest queue.
+pub async fn knee_upstream(knee: usize, service: Duration) -> Upstream {
+    let sem = Arc::new(tokio::sync::Semaphore::new(knee));
+    upstream(Arc::new(move |_req| {
+        let sem = sem.clone();
+        Box::pin(async move {
+            let _w = sem.acquire().await.unwrap();
+            tokio::time::sleep(service).await;
+            Response::builder()
+                .header("x-cache", "MISS")
+                .body(full("ok"))
+                .unwrap()
+        })
+    }))
+    .await
+}
+
 /// A running test upstream.
 pub struct Upstream {
     pub addr: SocketAddr,
