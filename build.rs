@@ -12,15 +12,12 @@ fn main() {
     ]
     .iter()
     .find(|p| std::path::Path::new(p).exists());
-    match found {
-        Some(p) => {
-            println!("cargo:rustc-cfg=nginx_available");
-            println!("cargo:rerun-if-changed={p}");
-        }
-        // Not watched: a missing path would make cargo rerun this script, and rebuild the
-        // crate, on every build. Installed nginx later? `touch build.rs` (or set
-        // WARMGATE_REDETECT to anything new) and the next build looks again.
-        None => {}
+    // A missing tool is not watched: a path that does not exist makes cargo rerun this script,
+    // and rebuild the crate, on every build. Installed one later? `touch build.rs` (or set
+    // WARMGATE_REDETECT to anything new) and the next build looks again.
+    if let Some(p) = found {
+        println!("cargo:rustc-cfg=nginx_available");
+        println!("cargo:rerun-if-changed={p}");
     }
     // The dashboard's browser test needs Chromium and its WebDriver.
     println!("cargo:rustc-check-cfg=cfg(chromium_available)");
