@@ -1,4 +1,5 @@
-//! `warmgate ctl`: the admin API from a terminal or a runbook. Exit codes scripts can trust:
+//! `warmgate ctl`: the admin API from a terminal or a runbook; `--cluster NAME` steers one
+//! cluster (the ramp, limit and signal writes, and the status). Exit codes scripts can trust:
 //! 0 done, 1 refused (a bad value, a missing feature), 3 the admin API is unreachable, 4 no
 //! or a wrong token, 5 someone changed things first (`--if-version` was stale).
 
@@ -23,17 +24,36 @@ pub const CONFLICT: u8 = 5;
 /// One `ctl` action.
 #[derive(Debug, Clone)]
 pub enum Action {
-    Status { json: bool },
+    Status {
+        json: bool,
+    },
     Engage,
     Disengage,
     Pause,
     Resume,
     Progress(f64),
-    Feature { name: String, state: String },
+    Feature {
+        name: String,
+        state: String,
+    },
     Limit(String),
     Reload,
-    Audit { json: bool },
+    Audit {
+        json: bool,
+    },
     Watch,
+    /// The ramp's curve: `linear`, `exponential`, or `points` with `progress:fraction` pairs.
+    Curve {
+        name: String,
+        points: Vec<String>,
+    },
+    /// Stage thresholds as `priority=progress`; the priorities not named keep theirs.
+    Stages(Vec<String>),
+    /// Signal targets as `warn:critical` (latency durations such as `300ms`, error ratios).
+    Signals {
+        latency_p99: Option<String>,
+        error_rate: Option<String>,
+    },
 }
 
 /// Where the admin API is and who is asking.
@@ -42,6 +62,127 @@ pub struct Target {
     pub admin: String,
     pub token: Option<String>,
     pub if_version: Option<u64>,
+    /// The cluster a ramp, limit or signal write steers (`None`: the first cluster).
+    pub cluster: Option<String>,
+}
+
+impl Target {
+    /// The admin path of a cluster's write: `/api/v1/clusters/{cluster}/…` when one is named.
+    fn scoped(&self, rest: &str) -> String {
+        match &self.cluster {
+            Some(c) => format!("/api/v1/clusters/{c}{rest}"),
+            None => format!("/api/v1{rest}"),
+        }
+    }
+}
+
+fn refused(message: String) -> Failure {
+    Failure {
+        code: REFUSED,
+        message,
+    }
+}
+
+/// `a:b` as two parts, or a message naming `field`.
+fn pair<'a>(field: &str, v: &'a str) -> Result<(&'a str, &'a str), Failure> {
+    v.split_once(':')
+        .filter(|(a, b)| !a.is_empty() && !b.is_empty())
+        .ok_or_else(|| {
+            refused(format!(
+                "{field}: {v:?} is not warn:critical (e.g. 300ms:900ms)"
+            ))
+        })
+}
+
+/// The curve write's body.
+fn curve_body(name: &str, points: &[String]) -> Result<Value, Failure> {
+    match name {
+        "linear" | "exponential" if points.is_empty() => Ok(json!({ "curve": name })),
+        "linear" | "exponential" => Err(refused(format!(
+            "points: only a curve of points takes them, not {name}"
+        ))),
+        "points" => {
+            let mut out = Vec::new();
+            for (i, p) in points.iter().enumerate() {
+                let parsed = p
+                    .split_once(':')
+                    .and_then(|(x, y)| Some((x.parse::<f64>().ok()?, y.parse::<f64>().ok()?)));
+                let Some((x, y)) = parsed else {
+                    return Err(refused(format!(
+                        "points[{i}]: {p:?} is not progress:fraction (e.g. 0.5:0.3)"
+                    )));
+                };
+                out.push(json!([x, y]));
+            }
+            if out.is_empty() {
+                return Err(refused(
+                    "points: a curve of points needs progress:fraction pairs, e.g. 0:0.1 0.5:0.3 1:1"
+                        .into(),
+                ));
+            }
+            Ok(json!({ "curve": "points", "points": out }))
+        }
+        other => Err(refused(format!(
+            "curve: {other:?} is not a curve (linear, exponential or points)"
+        ))),
+    }
+}
+
+/// The stages write's body: `current` (from the status) with `edits` over it.
+fn stages_body(current: &Value, edits: &[String]) -> Result<Value, Failure> {
+    const PRIORITIES: [&str; 4] = ["critical", "high", "normal", "low"];
+    let mut stages = serde_json::Map::new();
+    for p in PRIORITIES {
+        if let Some(v) = current[p]["stage"].as_f64() {
+            stages.insert(p.into(), json!(v));
+        }
+    }
+    if edits.is_empty() {
+        return Err(refused(
+            "stages: name at least one, e.g. low=0.8 normal=0.5".into(),
+        ));
+    }
+    for e in edits {
+        let Some((p, v)) = e.split_once('=') else {
+            return Err(refused(format!("stages: {e:?} is not priority=progress")));
+        };
+        if !PRIORITIES.contains(&p) {
+            return Err(refused(format!(
+                "stages.{p}: not a priority (critical, high, normal or low)"
+            )));
+        }
+        let Ok(v) = v.parse::<f64>() else {
+            return Err(refused(format!("stages.{p}: {v:?} is not a number")));
+        };
+        stages.insert(p.into(), json!(v));
+    }
+    Ok(json!({ "stages": stages }))
+}
+
+/// The signals write's body.
+fn signals_body(latency_p99: Option<&str>, error_rate: Option<&str>) -> Result<Value, Failure> {
+    let mut body = serde_json::Map::new();
+    if let Some(l) = latency_p99 {
+        let (w, c) = pair("latency_p99", l)?;
+        body.insert("latency_p99".into(), json!({ "warn": w, "critical": c }));
+    }
+    if let Some(e) = error_rate {
+        let (w, c) = pair("error_rate", e)?;
+        let num = |x: &str| {
+            x.parse::<f64>()
+                .map_err(|_| refused(format!("error_rate: {x:?} is not a ratio")))
+        };
+        body.insert(
+            "error_rate".into(),
+            json!({ "warn": num(w)?, "critical": num(c)? }),
+        );
+    }
+    if body.is_empty() {
+        return Err(refused(
+            "signals: give --latency-p99 warn:critical and/or --error-rate warn:critical".into(),
+        ));
+    }
+    Ok(Value::Object(body))
 }
 
 /// A failed call, with the exit code it maps to.
@@ -213,8 +354,67 @@ pub fn status_table(st: &Value) -> String {
             "override   limit fixed at {l} (release: warmgate ctl limit auto)"
         );
     }
+    let clusters = st["clusters"].as_array().map_or(&[][..], Vec::as_slice);
+    if clusters.len() > 1 {
+        for c in clusters {
+            let ctl = &c["controller"];
+            let _ = writeln!(
+                s,
+                "cluster    {:<12} {:<12} limit {:<5} in flight {:<5} queued {:<5} {}",
+                c["name"].as_str().unwrap_or("?"),
+                ctl["state"].as_str().unwrap_or("?"),
+                ctl["limit"],
+                c["signals"]["inflight"],
+                c["signals"]["queued"],
+                if ctl["engaged"] == true {
+                    format!("ramp at {:.2}", ctl["progress"].as_f64().unwrap_or(0.0))
+                } else {
+                    "ramp not engaged".to_string()
+                }
+            );
+        }
+        let _ = writeln!(
+            s,
+            "           (the lines above the clusters are the first cluster's; --cluster NAME for another)"
+        );
+    }
     let _ = writeln!(s, "version    {}", st["version"]);
     s
+}
+
+/// The status document, or with `--cluster` that cluster's part of it (with the features sent
+/// to it, the version and the mode).
+async fn status_of(t: &Target) -> Result<Value, Failure> {
+    let st = call(t, Method::GET, "/api/v1/status", None).await?;
+    let Some(name) = &t.cluster else {
+        return Ok(st);
+    };
+    let clusters = st["clusters"].as_array().cloned().unwrap_or_default();
+    let Some(mut one) = clusters.into_iter().find(|c| c["name"] == name.as_str()) else {
+        let names: Vec<&str> = st["clusters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        return Err(refused(format!(
+            "no cluster {name:?} (clusters: {})",
+            names.join(", ")
+        )));
+    };
+    if let Some(o) = one.as_object_mut() {
+        let features: Vec<Value> = st["features"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|f| f["cluster"] == name.as_str())
+            .cloned()
+            .collect();
+        o.insert("features".into(), features.into());
+        o.insert("version".into(), st["version"].clone());
+        o.insert("mode".into(), st["mode"].clone());
+    }
+    Ok(one)
 }
 
 /// Runs one action, printing what it did; the exit code on failure.
@@ -228,26 +428,44 @@ pub async fn run(t: &Target, action: Action) -> Result<(), Failure> {
     };
     match action {
         Action::Status { json } => {
-            let st = call(t, Method::GET, "/api/v1/status", None).await?;
+            let st = status_of(t).await?;
             if json {
                 println!("{st}");
             } else {
                 print!("{}", status_table(&st));
             }
         }
-        Action::Engage => write(&call(t, Method::POST, "/api/v1/ramp/engage", None).await?),
-        Action::Disengage => write(&call(t, Method::POST, "/api/v1/ramp/disengage", None).await?),
-        Action::Pause => write(&call(t, Method::POST, "/api/v1/ramp/pause", None).await?),
-        Action::Resume => write(&call(t, Method::POST, "/api/v1/ramp/resume", None).await?),
+        Action::Engage => write(&call(t, Method::POST, &t.scoped("/ramp/engage"), None).await?),
+        Action::Disengage => {
+            write(&call(t, Method::POST, &t.scoped("/ramp/disengage"), None).await?)
+        }
+        Action::Pause => write(&call(t, Method::POST, &t.scoped("/ramp/pause"), None).await?),
+        Action::Resume => write(&call(t, Method::POST, &t.scoped("/ramp/resume"), None).await?),
         Action::Progress(p) => write(
             &call(
                 t,
                 Method::PUT,
-                "/api/v1/ramp/progress",
+                &t.scoped("/ramp/progress"),
                 Some(json!({ "value": p })),
             )
             .await?,
         ),
+        Action::Curve { name, points } => {
+            let body = curve_body(&name, &points)?;
+            write(&call(t, Method::PUT, &t.scoped("/ramp/curve"), Some(body)).await?);
+        }
+        Action::Stages(edits) => {
+            let st = status_of(t).await?;
+            let body = stages_body(&st["stages"], &edits)?;
+            write(&call(t, Method::PUT, &t.scoped("/ramp/stages"), Some(body)).await?);
+        }
+        Action::Signals {
+            latency_p99,
+            error_rate,
+        } => {
+            let body = signals_body(latency_p99.as_deref(), error_rate.as_deref())?;
+            write(&call(t, Method::PUT, &t.scoped("/signals"), Some(body)).await?);
+        }
         Action::Feature { name, state } => write(
             &call(
                 t,
@@ -275,7 +493,7 @@ pub async fn run(t: &Target, action: Action) -> Result<(), Failure> {
                 &call(
                     t,
                     Method::PUT,
-                    "/api/v1/limit",
+                    &t.scoped("/limit"),
                     Some(json!({ "value": value })),
                 )
                 .await?,
@@ -313,7 +531,7 @@ pub async fn run(t: &Target, action: Action) -> Result<(), Failure> {
         Action::Watch => {
             let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
             loop {
-                let st = call(t, Method::GET, "/api/v1/status", None).await?;
+                let st = status_of(t).await?;
                 if tty {
                     print!("\x1b[2J\x1b[H");
                 }

@@ -52,6 +52,10 @@ enum Cmd {
         /// Refuse the write if the status's version has moved past this one.
         #[arg(long)]
         if_version: Option<u64>,
+        /// The cluster to steer and show (default: the first, the one a file with
+        /// `[upstream]` has).
+        #[arg(long, env = "WARMGATE_CLUSTER")]
+        cluster: Option<String>,
         #[command(subcommand)]
         action: CtlCmd,
     },
@@ -87,6 +91,20 @@ enum CtlCmd {
     },
     /// A live view, refreshed every second (Ctrl-C to stop).
     Watch,
+    /// Change the ramp's curve: linear, exponential, or points with progress:fraction pairs
+    /// (`warmgate ctl curve points 0:0.1 0.5:0.3 1:1`).
+    Curve { name: String, points: Vec<String> },
+    /// Move stage thresholds: `warmgate ctl stages low=0.9 normal=0.5` (the rest keep theirs).
+    Stages { stages: Vec<String> },
+    /// Change the signal targets (warn:critical).
+    Signals {
+        /// Upstream p99 latency, e.g. 300ms:900ms.
+        #[arg(long)]
+        latency_p99: Option<String>,
+        /// Upstream error ratio, e.g. 0.05:0.2.
+        #[arg(long)]
+        error_rate: Option<String>,
+    },
 }
 
 const DEFAULT_CONFIG: &str = "config/warmgate.toml";
@@ -149,6 +167,7 @@ fn main() -> ExitCode {
             admin,
             token,
             if_version,
+            cluster,
             action,
         } => {
             use warmgate::ctl::Action;
@@ -164,11 +183,21 @@ fn main() -> ExitCode {
                 CtlCmd::Reload => Action::Reload,
                 CtlCmd::Audit { json } => Action::Audit { json },
                 CtlCmd::Watch => Action::Watch,
+                CtlCmd::Curve { name, points } => Action::Curve { name, points },
+                CtlCmd::Stages { stages } => Action::Stages(stages),
+                CtlCmd::Signals {
+                    latency_p99,
+                    error_rate,
+                } => Action::Signals {
+                    latency_p99,
+                    error_rate,
+                },
             };
             let target = warmgate::ctl::Target {
                 admin,
                 token,
                 if_version,
+                cluster,
             };
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
