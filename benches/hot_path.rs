@@ -34,9 +34,10 @@ fn ask(priority: Priority, client: u64) -> Ask {
     Ask {
         priority,
         state: FeatureState::Auto,
-        feature: priority.index() as u32,
+        feature: priority.index() as u64,
         client,
         now_ms: 1_000,
+        over_share: false,
     }
 }
 

@@ -48,7 +48,9 @@ impl Outcome {
         match reason {
             RejectReason::Stage | RejectReason::FeatureOff => Outcome::Shed,
             RejectReason::QueueFull | RejectReason::QueueTimeout => Outcome::RejectedQueue,
-            RejectReason::Rate | RejectReason::ClientLimit => Outcome::RejectedRate,
+            RejectReason::Rate | RejectReason::ClientLimit | RejectReason::ClientRate => {
+                Outcome::RejectedRate
+            }
         }
     }
 }

@@ -549,6 +549,37 @@ async fn one_client_cannot_take_the_whole_limit_while_others_wait() {
     p.stop().await;
 }
 
+#[tokio::test]
+async fn a_client_over_its_own_rate_budget_gets_429_and_others_do_not() {
+    let up = ok_upstream(Duration::ZERO).await;
+    let p = proxy(&open(
+        &up.addr.to_string(),
+        "[client_key]\nheader = \"x-user\"\n[gate]\nper_client_rate = 2\nper_client_burst = 5",
+    ))
+    .await;
+    let mut statuses = Vec::new();
+    let mut afters = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let (resp, body) = get(&p.url("/"), &[("x-user", "abuser")]).await;
+        statuses.push(resp.status().as_u16());
+        if resp.status() == 429 {
+            assert!(
+                String::from_utf8_lossy(&body).contains("\"reason\":\"client_rate\""),
+                "{body:?}"
+            );
+            afters.insert(resp.headers()["retry-after"].to_str().unwrap().to_string());
+        }
+    }
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    // The burst of 5, and perhaps one or two refilled while the 40 went by.
+    assert!((5..=7).contains(&ok), "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 40 - ok);
+    assert!(afters.len() >= 2, "the Retry-After is jittered: {afters:?}");
+    let (resp, _) = get(&p.url("/"), &[("x-user", "someone-else")]).await;
+    assert_eq!(resp.status(), 200, "another client has its own budget");
+    p.stop().await;
+}
+
 /// An upstream that records the path of every request it receives.
 async fn path_log() -> (Upstream, Arc<std::sync::Mutex<Vec<String>>>) {
     let log = Arc::new(std::sync::Mutex::new(Vec::new()));

@@ -26,9 +26,10 @@ fn ask(i: usize) -> Ask {
     Ask {
         priority,
         state: FeatureState::Auto,
-        feature: priority.index() as u32,
+        feature: priority.index() as u64,
         client: i as u64 + 1,
         now_ms: 1_000 + i as u64,
+        over_share: false,
     }
 }
 

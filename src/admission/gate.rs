@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
+use super::budget::{ClientBudget, Rate};
 use super::clients::{ClientEntry, ClientTable};
 use super::controller::Decision;
 use super::priority::{PerPriority, Priority};
@@ -68,17 +69,20 @@ pub enum RejectReason {
     Rate,
     /// The client key already holds its share of the limit (`gate.per_client_share`).
     ClientLimit,
+    /// The client key is over its own request-rate budget (`gate.per_client_rate`).
+    ClientRate,
 }
 
 impl RejectReason {
     /// Every reason, in [`RejectReason::index`] order.
-    pub const ALL: [RejectReason; 6] = [
+    pub const ALL: [RejectReason; 7] = [
         RejectReason::Stage,
         RejectReason::FeatureOff,
         RejectReason::QueueFull,
         RejectReason::QueueTimeout,
         RejectReason::Rate,
         RejectReason::ClientLimit,
+        RejectReason::ClientRate,
     ];
 
     /// Its place in [`RejectReason::ALL`].
@@ -95,6 +99,7 @@ impl RejectReason {
             RejectReason::QueueTimeout => "queue_timeout",
             RejectReason::Rate => "over_rate",
             RejectReason::ClientLimit => "client_limit",
+            RejectReason::ClientRate => "client_rate",
         }
     }
 }
@@ -113,11 +118,15 @@ pub struct Reject {
 pub struct Ask {
     pub priority: Priority,
     pub state: FeatureState,
-    /// Index of the feature (early-return memory is per feature).
-    pub feature: u32,
+    /// The feature's key ([`feature_key`]: early-return memory is per feature, and a reload
+    /// that reorders features keeps whose history is whose).
+    pub feature: u64,
     /// Hash of the client key.
     pub client: u64,
     pub now_ms: u64,
+    /// The client already holds its share of the limit while others hold or wait for slots
+    /// too (`gate.per_client_share`): it may take a free slot, not a place in line.
+    pub over_share: bool,
 }
 
 /// Gate settings that change only on reload.
@@ -132,6 +141,8 @@ pub struct GatePolicy {
     pub max_wait_ms: PerPriority<u64>,
     /// The share of the limit one client key may hold at once (1: no cap of its own).
     pub per_client_share: f64,
+    /// One client key's request-rate budget (`None`: none).
+    pub per_client_rate: Option<Rate>,
 }
 
 impl Default for GatePolicy {
@@ -142,6 +153,7 @@ impl Default for GatePolicy {
             grace_min_priority: Priority::High,
             max_wait_ms: [1_500; 4],
             per_client_share: 0.5,
+            per_client_rate: None,
         }
     }
 }
@@ -209,6 +221,7 @@ pub struct Gate {
     line: Mutex<Line<Arc<Waiter>>>,
     early: ClientTable,
     grace: ClientTable,
+    budget: ClientBudget,
 }
 
 /// Held by an admitted request; frees its slot (to the head of the line) when dropped.
@@ -325,6 +338,7 @@ impl Gate {
             line: Mutex::new(Line::new(max_len)),
             early: ClientTable::new(client_slots, CLIENT_KEEP_MS),
             grace: ClientTable::new(client_slots, 0),
+            budget: ClientBudget::new(client_slots),
         }
     }
 
@@ -428,6 +442,20 @@ impl Gate {
         rate_ok: impl FnOnce() -> bool,
     ) -> Admission {
         let p = ask.priority.index();
+        if let Some(rate) = policy.per_client_rate {
+            if ask.state != FeatureState::Off {
+                if let Err(wait_s) = self.budget.take(ask.client, rate, ask.now_ms) {
+                    // The client's own doing: a 429 after its next token, jittered, and its
+                    // memory (first arrival, early return) left as it was.
+                    let rand = mix64(self.nonce.0.fetch_add(1, Ordering::Relaxed) ^ ask.client);
+                    return Admission::Rejected(Reject {
+                        reason: RejectReason::ClientRate,
+                        retry_after_s: policy.retry.retry_after(wait_s, rand),
+                        early: false,
+                    });
+                }
+            }
+        }
         let stage_closed = ask.state == FeatureState::Auto
             && d.engaged
             && !d.open[p]
@@ -457,7 +485,12 @@ impl Gate {
         }
         self.pressed.0.fetch_add(1, Ordering::Relaxed);
         let (first_ms, early) = self.recall(ask);
-        if policy.max_wait_ms[p] == 0 {
+        if policy.max_wait_ms[p] == 0 || ask.over_share {
+            let reason = if ask.over_share {
+                RejectReason::ClientLimit
+            } else {
+                RejectReason::QueueFull
+            };
             let ahead = {
                 let line = self.line();
                 (
@@ -465,15 +498,9 @@ impl Gate {
                     line.per_priority()[p] as usize,
                 )
             };
-            return Admission::Rejected(self.refuse(
-                d,
-                policy,
-                ask,
-                RejectReason::QueueFull,
-                first_ms,
-                early,
-                ahead,
-            ));
+            return Admission::Rejected(
+                self.refuse(d, policy, ask, reason, first_ms, early, ahead),
+            );
         }
         let seq = self.nonce.0.fetch_add(1, Ordering::Relaxed);
         let place = Place::new(ask.priority, first_ms, seq);
@@ -707,7 +734,15 @@ impl Gate {
 /// Early returns and first arrivals are remembered per client and feature: a client told to
 /// wait for its feed may still log in.
 fn early_key(ask: Ask) -> u64 {
-    ask.client ^ mix64(u64::from(ask.feature) + 1)
+    ask.client ^ mix64(ask.feature)
+}
+
+/// A feature's key for the client memory: a hash of its name (FNV-1a), the same in every
+/// process and across reloads.
+pub fn feature_key(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]
@@ -733,9 +768,10 @@ mod tests {
         Ask {
             priority,
             state: FeatureState::Auto,
-            feature: priority.index() as u32,
+            feature: priority.index() as u64,
             client,
             now_ms,
+            over_share: false,
         }
     }
 
@@ -757,6 +793,39 @@ mod tests {
             Admission::Queued(t) => Some(t),
             _ => None,
         }
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn a_client_over_its_share_takes_a_free_slot_but_no_place_in_line() {
+        let g = Gate::leak(1024, 2);
+        g.set_limit(1, 1, false);
+        let policy = GatePolicy::default();
+        let d = decision(false, [true; 4]);
+        let over = |p: Priority, client: u64| Ask {
+            over_share: true,
+            ..ask(p, client, 0)
+        };
+        // A free slot goes to whoever asks, over its share or not.
+        let held = admitted(g.admit(&d, &policy, over(Priority::Low, 1), || true));
+        assert!(held.is_some());
+        let w1 = queued(g.admit(&d, &policy, ask(Priority::Low, 2, 0), || true)).unwrap();
+        let w2 = queued(g.admit(&d, &policy, ask(Priority::Low, 3, 0), || true)).unwrap();
+        // The line is full of others: a critical request over its share would evict one of
+        // them and wait ahead of both; it is refused, with a Retry-After from the drain.
+        match g.admit(&d, &policy, over(Priority::Critical, 1), || true) {
+            Admission::Rejected(r) => {
+                assert_eq!(r.reason, RejectReason::ClientLimit);
+                assert!(r.retry_after_s >= 1);
+            }
+            _ => panic!("refused"),
+        }
+        assert_eq!(g.waiting(), 2);
+        assert!(
+            matches!(w1.take(), Err(false)),
+            "still waiting, not evicted"
+        );
+        assert!(matches!(w2.take(), Err(false)));
     }
 
     fn rejected(a: Admission) -> Option<Reject> {

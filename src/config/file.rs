@@ -282,6 +282,10 @@ pub struct FileGate {
     pub session_grace: Option<String>,
     /// The share of the limit one client key may hold at once.
     pub per_client_share: Option<f64>,
+    /// Requests a second one client key may send (a token bucket; off when absent).
+    pub per_client_rate: Option<f64>,
+    /// Requests one client key may send at once after a quiet spell (default: one second's).
+    pub per_client_burst: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

@@ -104,13 +104,6 @@ async fn handle_inner(
         note.priority = Some(feature.priority.as_str());
         note.client = client;
     }
-    let ask = Ask {
-        priority: feature.priority,
-        state: feature.state.get(),
-        feature: fidx as u32,
-        client,
-        now_ms,
-    };
     let marked_retry = c
         .config
         .reject
@@ -118,13 +111,25 @@ async fn handle_inner(
         .as_ref()
         .is_some_and(|h| req.headers().contains_key(h));
 
-    // What this client key holds (in flight and in line), for its share of the limit.
+    // What this client key holds (in flight and in line), for its share of the limit: over
+    // it while others hold or wait for slots too, it may take a free slot but not a place in
+    // line ahead of them. (Alone, it may queue behind itself: there is no one to protect.)
+    // A request is counted once admitted or in line (a refused one never is); two arriving at
+    // once may both pass, which only lets the client one past its share.
     let share = policy.per_client_share;
-    let (client_slot, client_held) = if share < 1.0 {
-        let (slot, before) = cluster.state.per_client.enter(client);
-        (Some(slot), before)
-    } else {
-        (None, 0)
+    let capped = share < 1.0 && !c.config.shadow;
+    let over_share = capped && {
+        let held = cluster.state.per_client.held(client);
+        held >= ClientInflight::cap(view.decision.limit, share)
+            && gate.inflight() + gate.waiting() > held
+    };
+    let ask = Ask {
+        priority: feature.priority,
+        state: feature.state.get(),
+        feature: feature.key,
+        client,
+        now_ms,
+        over_share,
     };
     let rate = view.rate.as_deref();
     let rate_ok = || rate.is_none_or(|r| r.check().is_ok());
@@ -139,25 +144,10 @@ async fn handle_inner(
     } else {
         shared.metrics.attempts_first.inc();
     }
+    let client_slot = (capped && !matches!(admission, Admission::Rejected(_)))
+        .then(|| cluster.state.per_client.enter(client).0);
     let permit = match admission {
         Admission::Admitted(p) => p,
-        // Over its share while others hold or wait for slots too: it would wait in line
-        // ahead of them. (Alone, it may queue behind itself: there is no one to protect.)
-        Admission::Queued(ticket)
-            if client_slot.is_some()
-                && client_held >= ClientInflight::cap(view.decision.limit, share)
-                && gate.inflight() + gate.waiting() > client_held + 1
-                && !c.config.shadow =>
-        {
-            drop(ticket);
-            let r = Reject {
-                reason: RejectReason::ClientLimit,
-                retry_after_s: 1,
-                early: false,
-            };
-            note.outcome = r.reason.as_str();
-            return Ok(rejected(&snap, cluster, view, feature, r, false).await);
-        }
         // Shadow mode: the decision is recorded, the request goes through (a ticket dropped
         // here leaves the line at once).
         _ if c.config.shadow => {

@@ -112,7 +112,10 @@ pub fn reject(
     limit: u32,
 ) -> Response<ProxyBody> {
     // Over its own share is the client's doing: 429, like any per-client limit.
-    let status = if r.reason == RejectReason::ClientLimit {
+    let status = if matches!(
+        r.reason,
+        RejectReason::ClientLimit | RejectReason::ClientRate
+    ) {
         StatusCode::TOO_MANY_REQUESTS
     } else {
         cfg.shed_status

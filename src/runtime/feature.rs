@@ -18,6 +18,8 @@ pub struct FeatureRt {
     pub counters: FeatureCounters,
     /// Index of its cluster in [`super::Compiled::clusters`].
     pub cluster: usize,
+    /// Its key in the client memory ([`crate::admission::gate::feature_key`] of the name).
+    pub key: u64,
     /// The start of its reject bodies, per reason (only the `Retry-After` figure varies).
     pub reject_bodies: RejectBodies,
 }

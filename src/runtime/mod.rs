@@ -271,6 +271,7 @@ impl Parts<'_> {
                     f.priority,
                 ),
                 cluster: f.cluster,
+                key: crate::admission::gate::feature_key(&f.name),
                 reject_bodies: RejectBodies::new(&f.name, f.priority),
             })
             .collect::<Vec<_>>();

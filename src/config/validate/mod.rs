@@ -284,6 +284,32 @@ pub fn validate(f: FileConfig, base: &std::path::Path) -> Result<Config, Vec<Key
         // Each cluster's own, from its [queue].
         max_wait_ms: dg.max_wait_ms,
         per_client_share: g.per_client_share.unwrap_or(dg.per_client_share),
+        per_client_rate: match (g.per_client_rate, g.per_client_burst) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                e.push(
+                    "gate.per_client_burst",
+                    "needs gate.per_client_rate (requests a second per client)",
+                );
+                None
+            }
+            (Some(r), burst) => {
+                let burst = burst.unwrap_or(r.max(1.0));
+                if !(r > 0.0 && r.is_finite()) {
+                    e.push(
+                        "gate.per_client_rate",
+                        format!("{r} must be above 0 requests a second (leave it out for none)"),
+                    );
+                }
+                if !(1.0..=1e9).contains(&burst) {
+                    e.push(
+                        "gate.per_client_burst",
+                        format!("{burst} must be at least 1 request"),
+                    );
+                }
+                Some(crate::admission::budget::Rate { per_s: r, burst })
+            }
+        },
     };
     if !(gate.per_client_share > 0.0 && gate.per_client_share <= 1.0) {
         e.push(

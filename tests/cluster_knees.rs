@@ -1,0 +1,51 @@
+//! Each cluster finds its own backend's knee. Alone in its test binary: the limits it measures
+//! are latency-driven, and tests running beside it on the same cores would move them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::clusters::*;
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_cluster_finds_its_own_backends_knee() {
+    // 100 ms a request: scheduling noise on a busy machine is small beside it.
+    let auth = knee_upstream(4, Duration::from_millis(100)).await;
+    let feed = knee_upstream(32, Duration::from_millis(100)).await;
+    let text = two(
+        &auth.addr.to_string(),
+        &feed.addr.to_string(),
+        "",
+        "[cluster.limit]\nmax = 256",
+    );
+    let p = proxy(&text).await;
+    let stop = Arc::new(AtomicU64::new(0));
+    let mut clients = load(&p, "/api/login", 16, &stop);
+    clients.extend(load(&p, "/api/feed", 80, &stop));
+    // Sample both limits over seconds 4..6 of the load.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut samples = Vec::new();
+    for _ in 0..20 {
+        samples.push(limits(&p.status().await));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(1, Ordering::SeqCst);
+    let mut ok = 0;
+    for c in clients {
+        ok += c.await.map_or(0, |(ok, _)| ok);
+    }
+    let auth_max = samples.iter().map(|s| s.0).max().unwrap();
+    let feed_max = samples.iter().map(|s| s.1).max().unwrap();
+    assert!(ok > 0);
+    // Each near its own knee: the sharp backend is never pushed far past its 4, and the wide
+    // one is not held to it. (Alone on this machine the means are auth 4.25-4.65 and feed
+    // 35.6-36.4, within 25 % of 4 and 32; a busy machine's noise reads as queueing and only
+    // lowers them for a while, which the bounds here allow.)
+    assert!((2..=6).contains(&auth_max), "auth: {samples:?}");
+    assert!((24..=44).contains(&feed_max), "feed: {samples:?}");
+    p.stop().await;
+}
