@@ -235,5 +235,56 @@ fn limit(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, headers, endpoints, classify, gate, limit);
+/// The per-request cluster path: one snapshot load, the feature's cluster and decision by index,
+/// admit and release on that cluster's gate. With 1 cluster and with 8 (requests spread over
+/// them), so the cost of clusters is read side by side.
+fn clusters(c: &mut Criterion) {
+    for n in [1usize, 8] {
+        let mut text = String::new();
+        for i in 0..n {
+            text.push_str(&format!(
+                "[[cluster]]\nname = \"c{i}\"\nendpoints = [\"127.0.0.1:{}\"]\n[cluster.limit]\nmode = \"fixed\"\nfull_capacity = 1000000\n",
+                9000 + i
+            ));
+        }
+        for i in 0..n {
+            text.push_str(&format!(
+                "[[feature]]\nname = \"f{i}\"\npriority = \"high\"\ncluster = \"c{i}\"\n"
+            ));
+        }
+        let cfg = warmgate::config::load_str("bench.toml", &text).unwrap();
+        let shared = warmgate::runtime::Shared::new(cfg).unwrap();
+        let mut client = 0u64;
+        let mut i = 0usize;
+        c.bench_function(
+            &format!("cluster/resolve_admit_release_{n}_clusters"),
+            |b| {
+                b.iter(|| {
+                    client = client.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                    i = (i + 1) % n;
+                    let snap = shared.snapshot.load();
+                    let f = &snap.compiled.features[i];
+                    let (Some(cluster), Some(view)) = (
+                        snap.compiled.clusters.get(f.cluster),
+                        snap.clusters.get(f.cluster),
+                    ) else {
+                        return;
+                    };
+                    let a = Ask {
+                        feature: f.key,
+                        ..ask(f.priority, client)
+                    };
+                    drop(black_box(cluster.state.gate.admit(
+                        &view.decision,
+                        &cluster.config.gate,
+                        a,
+                        || true,
+                    )));
+                })
+            },
+        );
+    }
+}
+
+criterion_group!(benches, headers, endpoints, classify, gate, clusters, limit);
 criterion_main!(benches);

@@ -39,6 +39,24 @@ pub async fn run(
     config_path: Option<PathBuf>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    run_with(
+        config,
+        listeners,
+        config_path,
+        shutdown,
+        Arc::new(crate::upstream::dns::System),
+    )
+    .await
+}
+
+/// [`run`] with the resolver endpoint names are looked up with.
+pub async fn run_with(
+    config: Config,
+    listeners: (TcpListener, Option<TcpListener>),
+    config_path: Option<PathBuf>,
+    shutdown: impl Future<Output = ()>,
+    resolver: Arc<dyn crate::upstream::dns::Resolve>,
+) -> anyhow::Result<()> {
     let (proxy, admin) = listeners;
     let bound = Bound {
         proxy: proxy.local_addr()?,
@@ -59,6 +77,7 @@ pub async fn run(
     let shared = Shared::new(config)?;
     let ticker = tokio::spawn(controller_loop(Arc::clone(&shared)));
     let scraper = tokio::spawn(crate::signals::scrape::run(Arc::clone(&shared)));
+    let resolving = tokio::spawn(crate::upstream::dns::run(Arc::clone(&shared), resolver));
     let admin_task = match admin {
         Some(l) => {
             let c = &shared.snapshot.load().compiled.config;
@@ -90,6 +109,7 @@ pub async fn run(
     crate::proxy::serve(proxy, Arc::clone(&shared), shutdown).await;
     ticker.abort();
     scraper.abort();
+    resolving.abort();
     if let Some(t) = admin_task {
         t.abort();
     }

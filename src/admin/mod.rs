@@ -135,12 +135,13 @@ async fn route(
         "/readyz" => {
             let snap = shared.snapshot.load();
             let now = shared.clock.now_ms();
-            let all_ejected = snap
-                .compiled
-                .clusters
-                .iter()
-                .flat_map(|c| c.endpoints.endpoints.iter())
-                .all(|e| e.is_ejected(now));
+            let all_ejected = snap.compiled.clusters.iter().all(|c| {
+                c.endpoints
+                    .load()
+                    .endpoints
+                    .iter()
+                    .all(|e| e.is_ejected(now))
+            });
             if shared.draining.load(std::sync::atomic::Ordering::Relaxed) {
                 reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
             } else if all_ejected {

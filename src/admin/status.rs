@@ -105,11 +105,13 @@ fn cluster_status(cluster: &Cluster, view: &ClusterView, ctl: &Control, now: u64
         .collect();
     let endpoints: Vec<Value> = cluster
         .endpoints
+        .load()
         .endpoints
         .iter()
         .map(|e| {
             json!({
                 "address": e.authority.as_str(),
+                "ip": e.ip.map(|ip| ip.to_string()),
                 "inflight": e.inflight(),
                 "ejected": e.is_ejected(now),
                 "ejections": e.ejections(),
@@ -165,6 +167,15 @@ fn cluster_status(cluster: &Cluster, view: &ClusterView, ctl: &Control, now: u64
             "waiting_clients": gate.waiting_clients(now),
         },
         "endpoints": endpoints,
+        "dns": cluster
+            .resolved
+            .load()
+            .iter()
+            .map(|(name, r)| (name.clone(), json!({
+                "addresses": r.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "error": r.error,
+            })))
+            .collect::<serde_json::Map<String, Value>>(),
     })
 }
 

@@ -80,6 +80,8 @@ pub struct FileUpstream {
     pub body_idle_timeout: Option<String>,
     /// New upstream connections a second, at most (all endpoints together).
     pub connect_rate: Option<u32>,
+    /// How often endpoints given by name are resolved again.
+    pub dns_refresh: Option<String>,
     /// TLS to the endpoints.
     pub tls: Option<FileUpstreamTls>,
 }
@@ -360,6 +362,7 @@ pub struct FileCluster {
     pub preserve_host: Option<bool>,
     pub body_idle_timeout: Option<String>,
     pub connect_rate: Option<u32>,
+    pub dns_refresh: Option<String>,
     pub tls: Option<FileUpstreamTls>,
     pub signals: Option<FileSignals>,
     pub ramp: Option<FileRamp>,
@@ -383,6 +386,7 @@ impl FileCluster {
             preserve_host: self.preserve_host,
             body_idle_timeout: self.body_idle_timeout.clone(),
             connect_rate: self.connect_rate,
+            dns_refresh: self.dns_refresh.clone(),
             tls: self.tls.clone(),
         }
     }

@@ -145,6 +145,8 @@ pub struct UpstreamConfig {
     pub connect_rate: std::num::NonZeroU32,
     /// TLS to the endpoints (CA bundle and name), if configured.
     pub tls: Option<crate::tls::TlsUpstream>,
+    /// Endpoints given by name are resolved again this often.
+    pub dns_refresh: Duration,
 }
 
 /// Logging.

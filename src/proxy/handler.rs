@@ -275,7 +275,8 @@ async fn forward(
     let now_ms = shared.clock.now_ms();
     let cfg = &cluster.config.upstream;
     let st = &cluster.state;
-    let Some(ep) = cluster.endpoints.pick(now_ms, shared.rand()) else {
+    let endpoints = cluster.endpoints.load();
+    let Some(ep) = endpoints.pick(now_ms, shared.rand()) else {
         feature.counters.inc(Outcome::UpstreamError);
         return respond::error(ProxyError::NoEndpoint);
     };
@@ -366,7 +367,7 @@ async fn forward(
     let elapsed =
         total.saturating_sub(body_sent.as_ref().and_then(|s| s.get()).unwrap_or_default());
     let now_ms = now_ms + total.as_millis() as u64;
-    let ej = cluster.endpoints.ejection;
+    let ej = endpoints.ejection;
     match sent {
         Ok(Ok((mut resp, lease))) => {
             ep.success();

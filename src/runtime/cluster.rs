@@ -3,9 +3,11 @@
 //! built from config ([`Cluster`]) is rebuilt on a reload, reusing the upstream client while
 //! its settings are unchanged.
 
+use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use crate::admission::limit::CLASSES;
@@ -16,7 +18,8 @@ use crate::config::{ClusterConfig, UpstreamConfig};
 use crate::metrics::ClusterMetrics;
 use crate::signals::scrape::Scraped;
 use crate::signals::{Completions, Window};
-use crate::upstream::{build_client, Ejection, Endpoint, EndpointSet, UpstreamClient};
+use crate::upstream::dns::{endpoints_for, Resolution};
+use crate::upstream::{build_client, Ejection, EndpointSet, UpstreamClient};
 
 /// What a cluster keeps for the life of the process: the gate (limit, wait line, client
 /// memory), the signal recorders and its metric series.
@@ -66,7 +69,10 @@ impl ClusterState {
 pub struct Cluster {
     pub config: ClusterConfig,
     pub state: Arc<ClusterState>,
-    pub endpoints: EndpointSet,
+    /// Swapped when a name resolves to other addresses (one load per request).
+    pub endpoints: ArcSwap<EndpointSet>,
+    /// Each endpoint name's last resolution.
+    pub resolved: ArcSwap<BTreeMap<String, Resolution>>,
     pub client: UpstreamClient,
 }
 
@@ -79,16 +85,10 @@ impl Cluster {
         previous: Option<&Cluster>,
     ) -> Self {
         let up = &config.upstream;
-        let endpoints = up
-            .endpoints
-            .iter()
-            .map(|a| {
-                previous
-                    .and_then(|p| p.endpoints.endpoints.iter().find(|e| e.authority == *a))
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(Endpoint::new(a.clone())))
-            })
-            .collect();
+        // A reload keeps what the names resolved to, and the endpoints (counters, pools).
+        let resolved = previous.map_or_else(BTreeMap::new, |p| p.resolved.load().as_ref().clone());
+        let current = previous.map_or_else(Vec::new, |p| p.endpoints.load().endpoints.clone());
+        let endpoints = endpoints_for(&up.endpoints, &resolved, &current);
         let ejection = Ejection {
             after_failures: up.eject_after_failures,
             cooldown_ms: up.eject_cooldown.as_millis() as u64,
@@ -108,7 +108,8 @@ impl Cluster {
         Self {
             config,
             state,
-            endpoints,
+            endpoints: ArcSwap::from_pointee(endpoints),
+            resolved: ArcSwap::from_pointee(resolved),
             client,
         }
     }
@@ -221,7 +222,7 @@ impl Control {
         let cfg = &cluster.config;
         let window_s = cfg.signals.window.as_secs().max(1);
         let idle_ms = crate::upstream::pool::millis(cfg.upstream.pool_idle_timeout);
-        for e in &cluster.endpoints.endpoints {
+        for e in &cluster.endpoints.load().endpoints {
             e.pool.sweep(now, idle_ms);
         }
         st.window.rotate(now);
@@ -308,6 +309,7 @@ fn publish_metrics(cluster: &Cluster, d: &Decision, s: &SignalSnapshot, now: u64
     m.set_state(d.state);
     let ejected = cluster
         .endpoints
+        .load()
         .endpoints
         .iter()
         .filter(|e| e.is_ejected(now))

@@ -11,7 +11,10 @@ use crate::config::Balance;
 /// One upstream address and its live counters.
 #[derive(Debug)]
 pub struct Endpoint {
+    /// The endpoint as configured (its `Host` and, for TLS, its name).
     pub authority: Authority,
+    /// The address a name resolved to, when this is one of a name's addresses.
+    pub ip: Option<std::net::IpAddr>,
     /// The authority as a `Host` value, built once.
     pub host_header: http::HeaderValue,
     /// Where new connections go (`http://authority`).
@@ -27,17 +30,31 @@ pub struct Endpoint {
 impl Endpoint {
     /// A healthy, idle endpoint.
     pub fn new(authority: Authority) -> Self {
+        Self::at(authority, None)
+    }
+
+    /// A healthy, idle endpoint on `authority`, connected at `ip` when given (one of the
+    /// addresses its name resolved to) and else at the authority itself.
+    pub fn at(authority: Authority, ip: Option<std::net::IpAddr>) -> Self {
         let host_header = http::HeaderValue::from_str(authority.as_str())
             .unwrap_or(http::HeaderValue::from_static("localhost"));
+        let target = match (ip, authority.port_u16()) {
+            (Some(ip), Some(port)) => std::net::SocketAddr::new(ip, port)
+                .to_string()
+                .parse::<Authority>()
+                .unwrap_or_else(|_| authority.clone()),
+            _ => authority.clone(),
+        };
         let uri = http::Uri::builder()
             .scheme("http")
-            .authority(authority.clone())
+            .authority(target)
             .path_and_query("/")
             .build()
             .unwrap_or_default();
         Self {
             host_header,
             uri,
+            ip,
             pool: super::pool::IdlePool::default(),
             authority,
             inflight: AtomicU32::new(0),

@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod connector;
+pub mod dns;
 pub mod endpoints;
 pub mod pool;
 

@@ -75,7 +75,12 @@ impl Drop for Upstream {
 
 /// Starts an upstream (h1 and h2c) that answers with `handler`, counting requests.
 pub async fn upstream(handler: Handler) -> Upstream {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    upstream_on("127.0.0.1:0", handler).await
+}
+
+/// [`upstream`] on a given loopback address.
+pub async fn upstream_on(bind: &str, handler: Handler) -> Upstream {
+    let listener = TcpListener::bind(bind).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicU64::new(0));
     let conns = Arc::new(AtomicU64::new(0));
@@ -182,6 +187,14 @@ impl Drop for Proxy {
 
 /// Starts warmgate in-process with `config` (listen and admin on ephemeral loopback ports).
 pub async fn proxy(config: &str) -> Proxy {
+    proxy_with_resolver(config, Arc::new(warmgate::upstream::dns::System)).await
+}
+
+/// [`proxy`] looking endpoint names up with `resolver`.
+pub async fn proxy_with_resolver(
+    config: &str,
+    resolver: Arc<dyn warmgate::upstream::dns::Resolve>,
+) -> Proxy {
     let text = format!("listen = \"127.0.0.1:0\"\n{config}\n");
     let text = if text.contains("[admin]") {
         text
@@ -194,9 +207,15 @@ pub async fn proxy(config: &str) -> Proxy {
     let admin = listeners.1.as_ref().unwrap().local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
     let done = tokio::spawn(async move {
-        let _ = warmgate::app::run(cfg, listeners, None, async move {
-            let _ = rx.await;
-        })
+        let _ = warmgate::app::run_with(
+            cfg,
+            listeners,
+            None,
+            async move {
+                let _ = rx.await;
+            },
+            resolver,
+        )
         .await;
     });
     Proxy {

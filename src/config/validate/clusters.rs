@@ -150,6 +150,7 @@ fn has_upstream(u: &FileUpstream) -> bool {
         preserve_host,
         body_idle_timeout,
         connect_rate,
+        dns_refresh,
         tls,
     } = u;
     endpoints.is_some()
@@ -164,6 +165,7 @@ fn has_upstream(u: &FileUpstream) -> bool {
         || preserve_host.is_some()
         || body_idle_timeout.is_some()
         || connect_rate.is_some()
+        || dns_refresh.is_some()
         || tls.is_some()
 }
 

@@ -90,6 +90,7 @@ pub(super) fn upstream(
             }
             n => std::num::NonZeroU32::new(n).unwrap_or(std::num::NonZeroU32::MIN),
         },
+        dns_refresh: e.positive("dns_refresh", &u.dns_refresh, Duration::from_secs(5)),
         tls: u.tls.as_ref().and_then(|t| {
             e.take(crate::tls::upstream::load(
                 &base.join(&t.ca),
