@@ -186,16 +186,27 @@ impl http_body::Body for Chunks {
 }
 
 #[tokio::test]
-async fn upstream_down_is_a_502() {
+async fn upstream_down_is_a_503_with_a_short_spread_retry_after() {
     let port = free_port();
     let p = proxy(&open_config(
         &format!("\"127.0.0.1:{port}\""),
         "connect_timeout = \"500ms\"",
     ))
     .await;
-    let (resp, body) = get(&p.url("/"), &[]).await;
-    assert_eq!(resp.status(), 502);
-    assert!(String::from_utf8_lossy(&body).contains("upstream unreachable"));
+    let mut afters = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let (resp, body) = get(&p.url("/"), &[]).await;
+        assert_eq!(resp.status(), 503);
+        assert!(String::from_utf8_lossy(&body).contains("upstream down"));
+        let ra: u64 = resp.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=3).contains(&ra), "{ra}");
+        afters.insert(ra);
+    }
+    assert!(afters.len() >= 2, "spread, not one herd: {afters:?}");
     p.stop().await;
 }
 
@@ -232,7 +243,7 @@ async fn failing_endpoint_is_ejected_then_retried() {
         statuses.push(get(&p.url("/"), &[]).await.0.status().as_u16());
     }
     assert_eq!(
-        statuses.iter().filter(|s| **s == 502).count(),
+        statuses.iter().filter(|s| **s == 503).count(),
         2,
         "{statuses:?}"
     );

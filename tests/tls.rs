@@ -122,7 +122,8 @@ async fn a_certificate_reload_under_load_fails_no_request() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Long enough for a dozen handshakes on a loaded machine (a debug build's are slow).
+    tokio::time::sleep(Duration::from_millis(800)).await;
     let new_leaf = new_ca.leaf(certs.path(), "a", &["a.example"]);
     new_ca.leaf(certs.path(), "b", &["b.example"]);
     let before = ok.load(Ordering::Relaxed);
@@ -141,7 +142,7 @@ async fn a_certificate_reload_under_load_fails_no_request() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
     stop.store(true, Ordering::Relaxed);
     for l in load {
         l.await.unwrap();

@@ -108,6 +108,9 @@ pub struct Decision {
     pub inflation: Option<f64>,
     /// Requests per second allowed now, if rate limited.
     pub rps: Option<u32>,
+    /// The backend answers again after an outage: the signals recorded during it are no
+    /// evidence about its capacity and are to be forgotten.
+    pub recovered: bool,
 }
 
 impl Decision {
@@ -130,7 +133,31 @@ pub struct Controller {
     strain_s: f64,
     drain: PerPriority<f64>,
     last_tick_ms: Option<u64>,
+    /// Since when every answer has been a failure, and the progress then.
+    outage: Option<Outage>,
+    /// After an outage, the progress to climb back to at the recovery pace.
+    recover_to: Option<f64>,
 }
+
+/// An outage in progress: nothing but failures since `since_ms`.
+#[derive(Clone, Copy, Debug)]
+struct Outage {
+    since_ms: u64,
+    progress: f64,
+    /// The first answers came at this time, still mixed with failures (the requests sent
+    /// while it was down fail as it comes back).
+    answering_since_ms: Option<u64>,
+}
+
+/// Answers still mixed with failures this long after the first: a struggling backend, not
+/// one coming back.
+const MIXED_MS: u64 = 1_000;
+
+/// An outage is failures only for at least this long (a burst of errors is not one).
+const OUTAGE_MS: u64 = 500;
+/// After an outage the ramp climbs back to where it was within about this long, as far as the
+/// backend's answers allow (the stages still open in order, hit-ratio gates still hold).
+const RECOVERY_S: f64 = 2.0;
 
 impl Controller {
     /// A controller before its first tick; the ramp is engaged if the params say `on_start`.
@@ -149,6 +176,8 @@ impl Controller {
             strain_s: 0.0,
             drain: [0.0; 4],
             last_tick_ms: None,
+            outage: None,
+            recover_to: None,
         }
     }
 
@@ -208,13 +237,58 @@ impl Controller {
             None => 0.0,
         };
         self.last_tick_ms = Some(now_ms);
-        let health = classify(params, s);
+        let recovered = self.step_outage(now_ms, s);
+        // The window still holds the outage's failures this tick; they are no evidence now.
+        let health = if recovered {
+            Health::Healthy
+        } else {
+            classify(params, s)
+        };
         let demand = s.gate.pressed > 0 || s.gate.waiting.iter().any(|&w| w > 0);
         self.step_limit(now_ms, dt, params, s, demand);
+        if recovered {
+            self.knee.restart();
+        }
         self.step_drain(dt, s);
         self.step_engage(dt, params, s, demand);
         let state = self.step_progress(dt, params, s, health);
-        self.decide(params, state, health)
+        Decision {
+            recovered,
+            ..self.decide(params, state, health)
+        }
+    }
+
+    /// Notes an outage (only failures, for [`OUTAGE_MS`] or more) and its end (answers and no
+    /// failures): true on the tick the backend is back.
+    fn step_outage(&mut self, now_ms: u64, s: &SignalSnapshot) -> bool {
+        let ok: u64 = s.class_n.iter().sum();
+        match (ok, s.dropped, self.outage) {
+            (0, d, None) if d > 0 => {
+                self.outage = Some(Outage {
+                    since_ms: now_ms,
+                    progress: self.progress,
+                    answering_since_ms: None,
+                });
+                false
+            }
+            (n, 0, Some(o)) if n > 0 => {
+                self.outage = None;
+                if now_ms.saturating_sub(o.since_ms) < OUTAGE_MS {
+                    return false;
+                }
+                if self.engaged {
+                    self.recover_to = Some(o.progress.max(self.progress));
+                }
+                true
+            }
+            // Answers among the failures: coming back, or struggling if it lasts.
+            (n, _, Some(mut o)) if n > 0 => {
+                let first = *o.answering_since_ms.get_or_insert(now_ms);
+                self.outage = (now_ms.saturating_sub(first) < MIXED_MS).then_some(o);
+                false
+            }
+            _ => false,
+        }
     }
 
     fn step_limit(
@@ -340,11 +414,19 @@ impl Controller {
             && room
             && u64::from(s.gate.peak_inflight) * 2 <= u64::from(s.gate.limit.max(1));
         let pace = if idle { 5.0 } else { 1.0 };
-        let step = if params.ramp_duration_s > 0.0 {
+        let mut step = if params.ramp_duration_s > 0.0 {
             pace * dt / params.ramp_duration_s
         } else {
             1.0
         };
+        // Back after an outage: climb to where the ramp was at the recovery pace.
+        match self.recover_to {
+            Some(target) if self.progress < target => {
+                step = step.max((dt / RECOVERY_S).min(target - self.progress));
+            }
+            Some(_) => self.recover_to = None,
+            None => {}
+        }
         let mut wanted = (self.progress + step).min(1.0);
         if !served {
             // The next stage waits until the priorities already admitted are served; progress
@@ -427,6 +509,7 @@ impl Controller {
             admit_rps,
             inflation: self.knee.inflation(),
             rps,
+            recovered: false,
         }
     }
 }
@@ -519,6 +602,77 @@ mod tests {
             last = c.tick(from_ms + i * 100, p, s);
         }
         last
+    }
+
+    /// An outage tick: every request in flight failed (connections refused), the window full
+    /// of those failures.
+    fn down() -> SignalSnapshot {
+        let mut s = SignalSnapshot {
+            samples: 200,
+            error_rate: Some(1.0),
+            ..Default::default()
+        };
+        s.dropped = 20;
+        s.gate.limit = 8;
+        s.gate.peak_inflight = 8;
+        s
+    }
+
+    #[test]
+    fn a_backend_back_from_an_outage_is_served_again_at_once() {
+        let p = engaged(60.0);
+        let mut c = Controller::new(&p);
+        c.set_progress(0.6);
+        let d = run(&mut c, &p, &healthy(), 0, 1);
+        assert!(d.progress >= 0.6 && d.open[Priority::High.index()]);
+        // Down for 5 s: backing off (a backend that only fails gets less).
+        let d = run(&mut c, &p, &down(), 1_000, 5);
+        assert_eq!(d.state, CtlState::BackingOff);
+        assert!(d.progress < 0.4, "{}", d.progress);
+        // The first answers, with the last failures of requests sent while it was down...
+        let mut back = healthy();
+        back.error_rate = Some(0.9);
+        back.dropped = 5;
+        let d = c.tick(6_000, &p, &back);
+        assert!(!d.recovered);
+        // ...then answers only: the outage is over. The window still holds its failures (the
+        // shell forgets them on this flag); the limit starts over in slow start.
+        back.dropped = 0;
+        let d = c.tick(6_100, &p, &back);
+        assert!(d.recovered);
+        assert!(d.slow_start);
+        assert_ne!(d.state, CtlState::BackingOff);
+        // Within about two seconds it is back where it was (the 60 s plan alone would take
+        // half a minute), the stages opening in order on the way.
+        let mut progress = vec![d.progress];
+        for i in 0..15 {
+            let d = c.tick(6_200 + i * 100, &p, &healthy());
+            assert!(!d.recovered, "once");
+            progress.push(d.progress);
+        }
+        assert!(progress.windows(2).all(|w| w[1] >= w[0]), "{progress:?}");
+        assert!(progress[3] < 0.5, "a climb, not a jump: {progress:?}");
+        assert!(progress[15] >= 0.6, "{progress:?}");
+    }
+
+    #[test]
+    fn a_burst_of_failures_is_not_an_outage() {
+        let p = engaged(60.0);
+        let mut c = Controller::new(&p);
+        let _ = run(&mut c, &p, &healthy(), 0, 1);
+        // 200 ms of failures, then answers: no recovery, no restart.
+        let _ = c.tick(1_100, &p, &down());
+        let _ = c.tick(1_200, &p, &down());
+        let d = c.tick(1_300, &p, &healthy());
+        assert!(!d.recovered);
+        // Down, then failures mixed with answers for seconds: a struggling backend, not one
+        // coming back.
+        let _ = run(&mut c, &p, &down(), 2_000, 1);
+        let mut mixed = healthy();
+        mixed.dropped = 10;
+        let _ = run(&mut c, &p, &mixed, 3_100, 2);
+        let d = c.tick(5_200, &p, &healthy());
+        assert!(!d.recovered);
     }
 
     #[test]

@@ -229,6 +229,18 @@ impl KneeLimit {
     }
 }
 
+impl KneeLimit {
+    /// A backend that failed answers again: start over from `initial` in slow start (what it
+    /// can take after a restart is unknown; the baselines are kept, so growth is fast while
+    /// its latency is at them).
+    pub fn restart(&mut self) {
+        self.limit = f64::from(self.p.initial.clamp(self.p.min, self.p.max));
+        self.slow_start = true;
+        self.inflation = None;
+        self.smoothed = 1.0;
+    }
+}
+
 impl LimitAlgorithm for KneeLimit {
     fn sample(&mut self, class: usize, rtt_ms: f64, count: u64, inflight: u32, outcome: Outcome) {
         if count == 0 {

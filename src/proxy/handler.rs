@@ -451,10 +451,12 @@ async fn forward(
             st.completions.dropped();
             feature.counters.inc(Outcome::UpstreamError);
             tracing::warn!(endpoint = %ep.endpoint.authority, error = %error_chain(&e), "upstream request failed");
-            respond::error(if connect {
-                ProxyError::UpstreamConnect
-            } else {
+            respond::error(if !connect {
                 ProxyError::UpstreamBroken
+            } else if backend_down(&e) {
+                ProxyError::UpstreamDown
+            } else {
+                ProxyError::UpstreamConnect
             })
         }
         Err(_) => {
@@ -551,6 +553,24 @@ async fn response_head<F: std::future::Future>(
             }
         }
     }
+}
+
+/// Whether a connect error says the backend is down (refused, reset, or no answer in time)
+/// rather than something else (TLS, a name, a route).
+fn backend_down(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::TimedOut
+            );
+        }
+        cur = err.source();
+    }
+    false
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -14,7 +14,10 @@ use crate::runtime::FeatureRt;
 /// Why the proxy answered instead of the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProxyError {
-    /// No connection to the upstream (refused, unreachable, connect timeout).
+    /// The backend is down: its connection refused, or no answer to the connect.
+    UpstreamDown,
+    /// No connection to the upstream for another reason (a failed TLS handshake, an unknown
+    /// name, an unreachable network).
     UpstreamConnect,
     /// The upstream did not send response headers in time.
     UpstreamTimeout,
@@ -32,7 +35,6 @@ pub enum ProxyError {
 
 static JSON: HeaderValue = HeaderValue::from_static("application/json");
 static NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
-static RETRY_SOON: HeaderValue = HeaderValue::from_static("2");
 static CLOSE: HeaderValue = HeaderValue::from_static("close");
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -67,6 +69,7 @@ fn json(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<ProxyBody
 /// The response for a proxy error.
 pub fn error(e: ProxyError) -> Response<ProxyBody> {
     let (status, what) = match e {
+        ProxyError::UpstreamDown => (StatusCode::SERVICE_UNAVAILABLE, "upstream down"),
         ProxyError::UpstreamConnect => (StatusCode::BAD_GATEWAY, "upstream unreachable"),
         ProxyError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream timed out"),
         ProxyError::UpstreamBroken => (StatusCode::BAD_GATEWAY, "upstream connection failed"),
@@ -78,7 +81,12 @@ pub fn error(e: ProxyError) -> Response<ProxyBody> {
     let mut r = json(status, format!("{{\"error\":\"{what}\"}}\n"));
     if status.is_server_error() {
         // A short pause before a retry: the upstream may be back, or another endpoint up.
-        r.headers_mut().insert(RETRY_AFTER, RETRY_SOON.clone());
+        // Spread over 1-3 s, so the clients of a backend that restarts do not return as one.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n =
+            crate::admission::retry::mix64(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        r.headers_mut()
+            .insert(RETRY_AFTER, seconds(1 + (n % 3) as u32));
     }
     if status == StatusCode::REQUEST_TIMEOUT {
         r.headers_mut()

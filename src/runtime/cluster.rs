@@ -241,6 +241,11 @@ impl Control {
             }
         }
         let decision = self.controller.tick(now, &self.params, &signals);
+        if decision.recovered {
+            // The outage's failures are no evidence about the backend now that it answers.
+            st.window.forget();
+            tracing::info!(cluster = %st.name, "the backend answers again after an outage: its failures are forgotten, the limit restarts in slow start, the ramp climbs back to where it was");
+        }
         for (level, line) in crate::admission::narrate::changes(previous, &decision, &signals) {
             let name = &st.name;
             match level {

@@ -88,6 +88,18 @@ impl Window {
         };
     }
 
+    /// Forgets everything recorded (the backend came back from an outage).
+    pub fn forget(&self) {
+        for s in self.slots.iter() {
+            for b in &s.hist.0 {
+                b.store(0, Ordering::Relaxed);
+            }
+            for c in [&s.responses, &s.errors, &s.hits, &s.misses] {
+                c.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Clears slots that fell out of the ring and the one about to be written next
     /// (controller tick).
     pub fn rotate(&self, now_ms: u64) {
