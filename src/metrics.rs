@@ -88,6 +88,8 @@ pub struct Metrics {
     pub tunnels: IntGauge,
     /// Share of requests that are retries, over the last tick.
     pub retry_share: Gauge,
+    /// Responses whose admission slot was freed because the client stopped reading.
+    pub stalled_released: IntCounter,
     families: ClusterFamilies,
 }
 
@@ -310,6 +312,13 @@ impl Metrics {
                 Gauge::new(
                     "warmgate_retry_share_ratio",
                     "Share of requests that are retries, over the last tick",
+                )?,
+            ),
+            stalled_released: reg(
+                &r,
+                IntCounter::new(
+                    "warmgate_stalled_responses_released_total",
+                    "Responses whose admission slot was freed because the client stopped reading for server.stall_release (the body kept streaming)",
                 )?,
             ),
             families,

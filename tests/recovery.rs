@@ -163,3 +163,102 @@ path_prefix = "/api/recommend"
     );
     p.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_stop_reading_a_download_hold_no_backend_slot() {
+    use tokio::io::AsyncWriteExt;
+    // /download is 200 MB, streamed; everything else a small answer.
+    let up = upstream(Arc::new(|req| {
+        Box::pin(async move {
+            if req.uri().path() == "/download" {
+                let chunk = bytes::Bytes::from(vec![0u8; 64 * 1024]);
+                Response::builder().body(chunks(chunk, 3200)).unwrap()
+            } else {
+                Response::builder().body(full("ok")).unwrap()
+            }
+        })
+    }))
+    .await;
+    let p = proxy(&format!(
+        "[upstream]\nendpoints = [\"{}\"]\n[limit]\nmode = \"fixed\"\nfull_capacity = 24\n[queue]\nmax_wait = {{ critical = \"3s\", normal = \"3s\" }}\n[server]\nsend_timeout = \"30s\"\n[client_key]\nheader = \"x-user\"\n[gate]\nper_client_share = 1.0\n[[feature]]\nname = \"login\"\npriority = \"critical\"\n[[route]]\nfeature = \"login\"\npath_prefix = \"/api/login\"\n",
+        up.addr
+    ))
+    .await;
+    // 24 clients start a download and never read it: every slot is theirs.
+    let mut stalled = Vec::new();
+    for i in 0..24 {
+        let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+        let head = format!("GET /download HTTP/1.1\r\nhost: x\r\nx-user: d{i}\r\n\r\n");
+        s.write_all(head.as_bytes()).await.unwrap();
+        stalled.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(p.status().await["signals"]["inflight"], 24);
+    // 30 logins: each answered, once the stalled downloads give their slots up
+    // (server.stall_release, 1 s by default; with it off they would wait out the line).
+    let t = Instant::now();
+    let logins: Vec<_> = (0..30)
+        .map(|i| {
+            let url = p.url("/api/login");
+            tokio::spawn(async move {
+                let user = format!("l{i}");
+                get(&url, &[("x-user", &user)]).await.0.status().as_u16()
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for l in logins {
+        if l.await.unwrap() == 200 {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 30, "every login answered");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    // Every stalled download gives its slot up (the send timeout, not the release, will end
+    // the connections); the logins above needed only the first few.
+    let released = || async {
+        let m = get(&format!("http://{}/metrics", p.admin), &[]).await.1;
+        String::from_utf8_lossy(&m)
+            .lines()
+            .find_map(|l| l.strip_prefix("warmgate_stalled_responses_released_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap()
+    };
+    let mut last = (0, serde_json::Value::Null);
+    for _ in 0..30 {
+        last = (
+            released().await,
+            p.status().await["signals"]["inflight"].clone(),
+        );
+        if last.0 == 24 && last.1 == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last.0, 24, "released: {last:?}");
+    assert_eq!(last.1, 0, "in flight: {last:?}");
+    drop(stalled);
+    p.stop().await;
+}
+
+/// A body of `n` copies of `chunk`, made as it is read.
+fn chunks(chunk: bytes::Bytes, n: usize) -> Body {
+    use http_body_util::BodyExt;
+    struct Chunks(bytes::Bytes, usize);
+    impl http_body::Body for Chunks {
+        type Data = bytes::Bytes;
+        type Error = hyper::Error;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, hyper::Error>>>
+        {
+            if self.1 == 0 {
+                return std::task::Poll::Ready(None);
+            }
+            self.1 -= 1;
+            std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(self.0.clone()))))
+        }
+    }
+    Chunks(chunk, n).boxed()
+}

@@ -222,12 +222,31 @@ pub struct Gate {
     early: ClientTable,
     grace: ClientTable,
     budget: ClientBudget,
+    /// Its number among the process's gates (`u32::MAX`: not one of them).
+    id: AtomicU32,
 }
+
+/// Every process-lifetime gate, by id: what lets a slot held by a connection be released from
+/// that connection's write path (one lock at gate creation and at a stall, never per request).
+static GATES: std::sync::RwLock<Vec<&'static Gate>> = std::sync::RwLock::new(Vec::new());
 
 /// Held by an admitted request; frees its slot (to the head of the line) when dropped.
 #[must_use]
 pub struct Permit {
     gate: &'static Gate,
+}
+
+impl Permit {
+    /// The id of its gate ([`Gate::by_id`]); `u32::MAX` for a gate that is not the process's.
+    pub fn gate_id(&self) -> u32 {
+        self.gate.id.load(Ordering::Relaxed)
+    }
+
+    /// Gives the slot up without freeing it: someone else frees it with
+    /// [`Gate::release_disarmed`].
+    pub fn disarm(self) {
+        std::mem::forget(self);
+    }
 }
 
 impl Drop for Permit {
@@ -339,12 +358,29 @@ impl Gate {
             early: ClientTable::new(client_slots, CLIENT_KEEP_MS),
             grace: ClientTable::new(client_slots, 0),
             budget: ClientBudget::new(client_slots),
+            id: AtomicU32::new(u32::MAX),
         }
     }
 
     /// A process-lifetime gate (one per process; reloads keep it).
     pub fn leak(client_slots: usize, max_len: usize) -> &'static Gate {
-        Box::leak(Box::new(Gate::new(client_slots, max_len)))
+        let gate: &'static Gate = Box::leak(Box::new(Gate::new(client_slots, max_len)));
+        let mut all = GATES.write().unwrap_or_else(|e| e.into_inner());
+        gate.id.store(all.len() as u32, Ordering::Relaxed);
+        all.push(gate);
+        gate
+    }
+
+    /// The process-lifetime gate numbered `id` ([`Permit::gate_id`]).
+    pub fn by_id(id: u32) -> Option<&'static Gate> {
+        let all = GATES.read().unwrap_or_else(|e| e.into_inner());
+        all.get(id as usize).copied()
+    }
+
+    /// Frees one slot held by a permit that was [`Permit::disarm`]ed (a response handed to a
+    /// slow client: its slot is released while the body still streams).
+    pub fn release_disarmed(&self) {
+        self.release_slot();
     }
 
     fn line(&self) -> MutexGuard<'_, Line<Arc<Waiter>>> {

@@ -54,6 +54,8 @@ pub struct FileServer {
     pub drain_timeout: Option<String>,
     pub h2_max_concurrent_streams: Option<u32>,
     pub send_timeout: Option<String>,
+    /// A client that stops reading a response frees its admission slot after this long.
+    pub stall_release: Option<String>,
     pub keepalive_timeout: Option<String>,
     pub client_body_timeout: Option<String>,
     pub max_header_bytes: Option<usize>,

@@ -101,8 +101,11 @@ pub struct ServerConfig {
     /// How long in-flight requests may run after SIGTERM.
     pub drain_timeout: Duration,
     pub h2_max_concurrent_streams: u32,
-    /// A client that accepts no response bytes for this long is disconnected (its slot freed).
+    /// A client that accepts no response bytes for this long is disconnected.
     pub send_timeout: Duration,
+    /// A client that accepts no response bytes for this long no longer holds an admission slot
+    /// (the response keeps streaming, outside the limit).
+    pub stall_release: Duration,
 }
 
 /// One backend service: its endpoints and its own admission (limit, line, signals, ramp).

@@ -45,10 +45,11 @@ pub fn summary(c: &Config) -> String {
     let sv = &c.server;
     let _ = writeln!(
         s,
-        "client timeouts  keep-alive {:?}, body {:?}, send {:?}, websocket idle {:?}, header {:?}, drain {:?}",
+        "client timeouts  keep-alive {:?}, body {:?}, send {:?} (slot freed after {:?}), websocket idle {:?}, header {:?}, drain {:?}",
         sv.keepalive_timeout,
         sv.client_body_timeout,
         sv.send_timeout,
+        sv.stall_release,
         sv.websocket_idle_timeout,
         sv.client_header_timeout,
         sv.drain_timeout
@@ -210,6 +211,7 @@ pub fn settings_json(c: &Config) -> serde_json::Value {
             "keepalive_timeout_s": secs(c.server.keepalive_timeout),
             "client_body_timeout_s": secs(c.server.client_body_timeout),
             "send_timeout_s": secs(c.server.send_timeout),
+            "stall_release_s": secs(c.server.stall_release),
             "drain_timeout_s": secs(c.server.drain_timeout),
             "websocket_idle_timeout_s": secs(c.server.websocket_idle_timeout),
             "max_header_bytes": c.server.max_header_bytes,

@@ -34,6 +34,9 @@ pub struct Held {
 pub struct UpstreamBody {
     body: Incoming,
     held: Held,
+    /// The HTTP/1 connection holding this response's admission slot while it streams (its
+    /// write path frees the slot if the client stops reading).
+    conn: Option<std::sync::Arc<super::phases::Phase>>,
     idle: IdleTimer,
     /// The connection it came on, back to its endpoint's pool once the body has ended.
     back: Option<Back>,
@@ -47,6 +50,15 @@ pub struct Back {
 }
 
 impl UpstreamBody {
+    /// The stream is over: every count it held is released now, not when hyper drops it.
+    fn settle(&mut self) {
+        self.back = None;
+        self.held = Held::default();
+        if let Some(c) = self.conn.take() {
+            c.release();
+        }
+    }
+
     /// The body has ended: its connection is free for the next request.
     fn give_back(&mut self) {
         if let (Some(b), Some(ep)) = (self.back.take(), self.held.endpoint.as_ref()) {
@@ -60,6 +72,9 @@ impl Drop for UpstreamBody {
         // hyper drops a body that is empty from the start without polling it.
         if self.body.is_end_stream() {
             self.give_back();
+        }
+        if let Some(c) = self.conn.take() {
+            c.release();
         }
     }
 }
@@ -76,11 +91,33 @@ impl ProxyBody {
         ProxyBody::Local(Full::new(b.into()))
     }
 
-    /// The upstream's body, holding `held` until it ends.
-    pub fn upstream(body: Incoming, held: Held, idle: Duration, back: Option<Back>) -> Self {
+    /// The upstream's body, holding `held` until it ends. On an HTTP/1 connection (`conn`)
+    /// the admission slot is handed to the connection, whose write path frees it early if the
+    /// client stops reading.
+    pub fn upstream(
+        body: Incoming,
+        mut held: Held,
+        idle: Duration,
+        back: Option<Back>,
+        conn: Option<std::sync::Arc<super::phases::Phase>>,
+    ) -> Self {
+        let conn = match (conn, held.permit.take()) {
+            (Some(c), Some(permit)) => match c.hold(permit) {
+                None => Some(c),
+                back => {
+                    held.permit = back;
+                    None
+                }
+            },
+            (_, permit) => {
+                held.permit = permit;
+                None
+            }
+        };
         ProxyBody::Upstream(UpstreamBody {
             body,
             held,
+            conn,
             idle: IdleTimer::new(idle),
             back,
         })
@@ -113,9 +150,7 @@ impl Body for ProxyBody {
                         u.give_back();
                     }
                     if matches!(r, None | Some(Err(_))) {
-                        // The stream is over: release the slot now, not when hyper drops the body.
-                        u.back = None;
-                        u.held = Held::default();
+                        u.settle();
                     } else {
                         u.idle.progress();
                     }
@@ -123,8 +158,7 @@ impl Body for ProxyBody {
                 }
                 Poll::Pending => match u.idle.poll_expired(cx) {
                     Poll::Ready(()) => {
-                        u.back = None;
-                        u.held = Held::default();
+                        u.settle();
                         Poll::Ready(Some(Err(Box::new(UpstreamIdle(u.idle.after())))))
                     }
                     Poll::Pending => Poll::Pending,

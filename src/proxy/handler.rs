@@ -290,6 +290,7 @@ async fn forward(
         ));
     }
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+    let client_version = req.version();
     let (mut parts, body) = req.into_parts();
     headers::forward_request(
         &mut parts.headers,
@@ -428,6 +429,9 @@ async fn forward(
                         clock: shared.clock,
                         max_idle: cfg.pool_max_idle_per_endpoint,
                     }),
+                    // One response at a time on an HTTP/1 connection: its slot can be the
+                    // connection's to release (HTTP/2 streams share theirs).
+                    (client_version != Version::HTTP_2).then(|| Arc::clone(&conn.phase)),
                 ),
             )
         }

@@ -34,6 +34,9 @@ pub struct Phase {
     pub idle: tokio::sync::Notify,
     /// Requests started on the connection (a head timer belongs to one of them).
     started: AtomicU32,
+    /// The admission slot of the HTTP/1 response streaming now, as its gate's id + 1 (0:
+    /// none): released by the write path if the client stops reading (`server.stall_release`).
+    held: AtomicU32,
 }
 
 impl Phase {
@@ -46,6 +49,37 @@ impl Phase {
 
     fn busy(&self) -> bool {
         self.active.load(Ordering::Relaxed) > 0
+    }
+
+    /// A response's slot, handed to the connection while its body streams; given back if its
+    /// gate is not one of the process's.
+    pub fn hold(&self, permit: crate::admission::Permit) -> Option<crate::admission::Permit> {
+        let id = permit.gate_id();
+        if id == u32::MAX {
+            return Some(permit);
+        }
+        permit.disarm();
+        self.held.store(id + 1, Ordering::Release);
+        None
+    }
+
+    /// The body is done with the slot: freed now unless a stall freed it already.
+    pub fn release(&self) {
+        self.release_stalled();
+    }
+
+    /// The client stopped reading: frees the streaming response's slot, if one is held.
+    /// True if it freed one.
+    pub fn release_stalled(&self) -> bool {
+        match self.held.swap(0, Ordering::AcqRel) {
+            0 => false,
+            v => {
+                if let Some(g) = crate::admission::Gate::by_id(v - 1) {
+                    g.release_disarmed();
+                }
+                true
+            }
+        }
     }
 }
 

@@ -19,6 +19,21 @@ pub struct SendTimeout<S> {
     timeout: Duration,
     timer: Option<Pin<Box<Sleep>>>,
     armed: bool,
+    /// When the current stall began.
+    armed_at: Option<Instant>,
+    stall: Option<Stall>,
+    /// This stall has released the response's slot already.
+    released: bool,
+}
+
+/// Frees the admission slot of a response whose client stopped reading (`server.stall_release`):
+/// time spent on a slow client is not backend work. The connection still ends at the send
+/// timeout.
+pub struct Stall {
+    pub phase: std::sync::Arc<super::phases::Phase>,
+    pub after: Duration,
+    /// Counts the slots released.
+    pub released: prometheus::IntCounter,
 }
 
 impl<S> SendTimeout<S> {
@@ -29,7 +44,16 @@ impl<S> SendTimeout<S> {
             timeout,
             timer: None,
             armed: false,
+            armed_at: None,
+            stall: None,
+            released: false,
         }
+    }
+
+    /// Also frees the streaming response's slot once a write has stalled for `stall.after`.
+    pub fn with_stall(mut self, stall: Stall) -> Self {
+        self.stall = Some(stall);
+        self
     }
 
     /// The wrapped stream.
@@ -47,16 +71,38 @@ impl<S> SendTimeout<S> {
         let timer = self
             .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        let release_after = self
+            .stall
+            .as_ref()
+            .map(|s| s.after)
+            .filter(|a| *a < timeout);
         if !self.armed {
-            timer.as_mut().reset(Instant::now() + timeout);
+            let now = Instant::now();
+            timer.as_mut().reset(now + release_after.unwrap_or(timeout));
             self.armed = true;
+            self.armed_at = Some(now);
+            self.released = false;
         }
-        match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("client accepted no response bytes for {timeout:?}"),
-            )),
-            Poll::Pending => Poll::Pending,
+        loop {
+            match timer.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) if !self.released && release_after.is_some() => {
+                    self.released = true;
+                    if let Some(s) = &self.stall {
+                        if s.phase.release_stalled() {
+                            s.released.inc();
+                        }
+                    }
+                    let since = self.armed_at.unwrap_or_else(Instant::now);
+                    timer.as_mut().reset(since + timeout);
+                }
+                Poll::Ready(()) => {
+                    return Poll::Ready(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("client accepted no response bytes for {timeout:?}"),
+                    ))
+                }
+            }
         }
     }
 

@@ -20,7 +20,7 @@ use super::handler::{handle, ConnInfo};
 use super::headers::ConnHeaders;
 use super::lot::Lot;
 use super::phases::{Phase, Phases, Tracked};
-use super::send_timeout::SendTimeout;
+use super::send_timeout::{SendTimeout, Stall};
 use super::until::{Done, Until};
 use crate::config::ServerConfig;
 use crate::runtime::Shared;
@@ -424,6 +424,7 @@ where
 {
     let phase = Arc::clone(&info.phase);
     let (peer, trusted) = (info.peer, info.headers.trusted);
+    let stalled = shared.metrics.stalled_released.clone();
     let idle = Arc::clone(&phase);
     let answer = move |req| {
         // Busy from here until the response body ends: no idle timer meanwhile.
@@ -436,7 +437,12 @@ where
     };
     match proto {
         Proto::H1 => {
-            let mut io = phased(io, phase, true, server_cfg, Some(PARK_AFTER));
+            let stall = Stall {
+                phase: Arc::clone(&phase),
+                after: server_cfg.stall_release,
+                released: stalled,
+            };
+            let mut io = phased(io, phase, true, server_cfg, Some(PARK_AFTER), Some(stall));
             let lot = lot.filter(|_| I::BARE);
             loop {
                 // Boxed: while parked, the task holds none of a session's state.
@@ -482,7 +488,7 @@ where
                 .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
                 .keep_alive_interval(Some(Duration::from_secs(30)))
                 .serve_connection(
-                    phased(H2Guard::new(io), phase, false, server_cfg, None),
+                    phased(H2Guard::new(io), phase, false, server_cfg, None, None),
                     // Boxed: a request's future is large (about 6 KB), and each stream's is
                     // spawned as a task, moved whole by value several times on the way; a box
                     // is one pointer to move.
@@ -570,6 +576,7 @@ fn phased<I>(
     h1: bool,
     cfg: &ServerConfig,
     park_after: Option<Duration>,
+    stall: Option<Stall>,
 ) -> TokioIo<SendTimeout<Phases<I>>> {
     let io = Phases::new(
         io,
@@ -579,5 +586,9 @@ fn phased<I>(
         cfg.client_header_timeout,
         park_after,
     );
-    TokioIo::new(SendTimeout::new(io, cfg.send_timeout))
+    let io = SendTimeout::new(io, cfg.send_timeout);
+    TokioIo::new(match stall {
+        Some(s) => io.with_stall(s),
+        None => io,
+    })
 }

@@ -96,6 +96,11 @@ pub fn validate(f: FileConfig, base: &std::path::Path) -> Result<Config, Vec<Key
             &s.send_timeout,
             Duration::from_secs(15),
         ),
+        stall_release: e.positive(
+            "server.stall_release",
+            &s.stall_release,
+            Duration::from_secs(1),
+        ),
         keepalive_timeout: e.positive(
             "server.keepalive_timeout",
             &s.keepalive_timeout,
