@@ -109,6 +109,15 @@ impl Sim {
         })
     }
 
+    /// The backend starts again after it died: an empty cache and no database work in progress.
+    pub fn restart_cold(&self) {
+        if let Ok(mut c) = self.cache.lock() {
+            c.0.clear();
+            c.1.clear();
+        }
+        self.db_active.store(0, Ordering::SeqCst);
+    }
+
     fn cached(&self, key: &str) -> bool {
         self.cache
             .lock()

@@ -41,6 +41,13 @@ pub struct DrillConfig {
     /// HAProxy's `timeout queue`, ms (how long a request may wait for one of the maxconn slots).
     #[arg(long, default_value_t = 1500)]
     pub haproxy_queue_ms: u64,
+    /// Kill the simulated backend this many seconds into the run (its connections and the
+    /// database work in progress go with it), and start it again cold on the same port.
+    #[arg(long)]
+    pub backend_restart_at: Option<f64>,
+    /// How long the killed backend stays down, seconds.
+    #[arg(long, default_value_t = 5.0, requires = "backend_restart_at")]
+    pub backend_down_s: f64,
     /// Where to write report.html, report.json and logs.
     #[arg(long, default_value = "drill-report")]
     pub report_dir: PathBuf,
@@ -297,22 +304,65 @@ pub async fn run_once(cfg: &DrillConfig, front: Front) -> anyhow::Result<Run> {
         listen: sim_addr,
         ..cfg.sim.clone()
     });
-    let (stop_sim, sim_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (stop_sim, mut sim_stopped) = tokio::sync::oneshot::channel::<()>();
+    let restart = cfg.backend_restart_at.map(|at| {
+        (
+            Duration::from_secs_f64(at),
+            Duration::from_secs_f64(cfg.backend_down_s),
+        )
+    });
     let sim_thread = {
         let sim = Arc::clone(&sim);
         std::thread::spawn(move || -> anyhow::Result<()> {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()?;
-            rt.block_on(async move {
-                let listener = TcpListener::from_std(std_listener)?;
-                tokio::select! {
-                    _ = coldsim::serve(listener, sim) => {}
-                    _ = sim_stopped => {}
+            let started = std::time::Instant::now();
+            let mut listener = Some(std_listener);
+            // Each life of the backend on its own runtime: dropping it kills every connection
+            // and every query in progress, as a process that dies would.
+            loop {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .enable_all()
+                    .build()?;
+                let std_l = match listener.take() {
+                    Some(l) => l,
+                    None => {
+                        let l = std::net::TcpListener::bind(sim_addr)?;
+                        l.set_nonblocking(true)?;
+                        l
+                    }
+                };
+                let kill_at = restart
+                    .map(|(at, _)| at)
+                    .filter(|at| started.elapsed() < *at);
+                let stopped = rt.block_on(async {
+                    let l = TcpListener::from_std(std_l)?;
+                    let kill = async {
+                        match kill_at {
+                            Some(at) => {
+                                tokio::time::sleep(at.saturating_sub(started.elapsed())).await
+                            }
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        _ = coldsim::serve(l, Arc::clone(&sim)) => Ok::<_, anyhow::Error>(true),
+                        _ = &mut sim_stopped => Ok(true),
+                        () = kill => Ok(false),
+                    }
+                })?;
+                drop(rt);
+                if stopped {
+                    return Ok(());
                 }
-                Ok(())
-            })
+                let down = restart.map_or(Duration::ZERO, |(_, d)| d);
+                eprintln!(
+                    "   backend killed at {:.1} s, back cold in {:.1} s",
+                    started.elapsed().as_secs_f64(),
+                    down.as_secs_f64()
+                );
+                std::thread::sleep(down);
+                sim.restart_cold();
+            }
         })
     };
 

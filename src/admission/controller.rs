@@ -144,6 +144,8 @@ pub struct Controller {
 struct Outage {
     since_ms: u64,
     progress: f64,
+    /// Failures seen during it (one lost request on a quiet backend is not an outage).
+    failures: u64,
     /// The first answers came at this time, still mixed with failures (the requests sent
     /// while it was down fail as it comes back).
     answering_since_ms: Option<u64>,
@@ -153,8 +155,10 @@ struct Outage {
 /// one coming back.
 const MIXED_MS: u64 = 1_000;
 
-/// An outage is failures only for at least this long (a burst of errors is not one).
+/// An outage is failures only for at least this long (a burst of errors is not one)...
 const OUTAGE_MS: u64 = 500;
+/// ...and at least this many of them.
+const OUTAGE_FAILURES: u64 = 3;
 /// After an outage the ramp climbs back to where it was within about this long, as far as the
 /// backend's answers allow (the stages still open in order, hit-ratio gates still hold).
 const RECOVERY_S: f64 = 2.0;
@@ -219,10 +223,7 @@ impl Controller {
     /// Per class, the latency under which a completion counts as fast for slow start on the
     /// data path: the baseline plus the tolerance (0 where nothing is learned yet).
     pub fn fast_us(&self, params: &ControlParams) -> [u64; CLASSES] {
-        let tol = match params.limit {
-            LimitMode::Adaptive(kp) => kp.tolerance,
-            LimitMode::Fixed { .. } => 0.0,
-        };
+        let tol = params.tolerance();
         std::array::from_fn(|c| {
             self.knee
                 .baseline_ms(c)
@@ -267,13 +268,19 @@ impl Controller {
                 self.outage = Some(Outage {
                     since_ms: now_ms,
                     progress: self.progress,
+                    failures: d,
                     answering_since_ms: None,
                 });
                 false
             }
+            (0, d, Some(mut o)) => {
+                o.failures += d;
+                self.outage = Some(o);
+                false
+            }
             (n, 0, Some(o)) if n > 0 => {
                 self.outage = None;
-                if now_ms.saturating_sub(o.since_ms) < OUTAGE_MS {
+                if now_ms.saturating_sub(o.since_ms) < OUTAGE_MS || o.failures < OUTAGE_FAILURES {
                     return false;
                 }
                 if self.engaged {
@@ -282,7 +289,8 @@ impl Controller {
                 true
             }
             // Answers among the failures: coming back, or struggling if it lasts.
-            (n, _, Some(mut o)) if n > 0 => {
+            (n, d, Some(mut o)) if n > 0 => {
+                o.failures += d;
                 let first = *o.answering_since_ms.get_or_insert(now_ms);
                 self.outage = (now_ms.saturating_sub(first) < MIXED_MS).then_some(o);
                 false
@@ -339,10 +347,7 @@ impl Controller {
             self.strain_s = 0.0;
             return;
         }
-        let tol = match params.limit {
-            LimitMode::Adaptive(kp) => kp.tolerance,
-            LimitMode::Fixed { .. } => 0.15,
-        };
+        let tol = params.tolerance();
         // Strain: the limit has found its level (a line during slow start is the limit catching
         // up, not a backend in trouble), more than one limit's worth waits, and the backend
         // shows why: latency above its baseline, or a cold cache.
@@ -387,10 +392,7 @@ impl Controller {
         }
         // Evidence: the backend answered this window, is not queueing past the knee, and the
         // priorities already open are served (their line is shorter than one limit's worth).
-        let tol = match params.limit {
-            LimitMode::Adaptive(kp) => kp.tolerance,
-            LimitMode::Fixed { .. } => 0.15,
-        };
+        let tol = params.tolerance();
         // With every remaining request behind a closed stage nothing reaches the backend, so
         // there are no answers to read: held-back demand while the backend has room and nobody
         // waits is the evidence then (no traffic at all is not).
@@ -665,13 +667,26 @@ mod tests {
         let _ = c.tick(1_200, &p, &down());
         let d = c.tick(1_300, &p, &healthy());
         assert!(!d.recovered);
+        // One lost request on a quiet backend, an answer a second later: not an outage.
+        let one = SignalSnapshot {
+            dropped: 1,
+            ..Default::default()
+        };
+        let _ = c.tick(1_400, &p, &one);
+        let _ = run(&mut c, &p, &SignalSnapshot::default(), 1_500, 1);
+        let answer = SignalSnapshot {
+            class_n: std::array::from_fn(|c| u64::from(c == 0)),
+            class_us: std::array::from_fn(|c| if c == 0 { 5_000 } else { 0 }),
+            ..Default::default()
+        };
+        assert!(!c.tick(2_600, &p, &answer).recovered);
         // Down, then failures mixed with answers for seconds: a struggling backend, not one
         // coming back.
-        let _ = run(&mut c, &p, &down(), 2_000, 1);
+        let _ = run(&mut c, &p, &down(), 3_000, 1);
         let mut mixed = healthy();
         mixed.dropped = 10;
-        let _ = run(&mut c, &p, &mixed, 3_100, 2);
-        let d = c.tick(5_200, &p, &healthy());
+        let _ = run(&mut c, &p, &mixed, 4_100, 2);
+        let d = c.tick(6_200, &p, &healthy());
         assert!(!d.recovered);
     }
 

@@ -85,6 +85,17 @@ pub struct ControlParams {
     pub paused: bool,
 }
 
+impl ControlParams {
+    /// Latency above the no-load latency taken as noise, not queueing: the adaptive limit's
+    /// `tolerance`, and the same default for a fixed limit (read here only).
+    pub fn tolerance(&self) -> f64 {
+        match self.limit {
+            LimitMode::Adaptive(kp) => kp.tolerance,
+            LimitMode::Fixed { .. } => crate::admission::limit::KneeParams::default().tolerance,
+        }
+    }
+}
+
 impl Default for ControlParams {
     fn default() -> Self {
         Self {
