@@ -347,7 +347,9 @@ pub struct FileRoute {
 }
 
 /// A `[[cluster]]`: a name, everything `[upstream]` takes, and its own admission tables, each
-/// laid over the file's top-level table of that name.
+/// laid over the file's top-level table of that name. The upstream keys are written out again
+/// rather than `#[serde(flatten)]`ed: a flattened table accepts unknown keys and loses their
+/// lines (a test holds this).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileCluster {

@@ -293,6 +293,15 @@ cluster = "feed"
                 .any(|m| m.contains("cluster[1].endpoints: is required")),
             "{e:?}"
         );
+        let typo = TWO.replace(
+            "protocol = \"h2c\"",
+            "protocol = \"h2c\"\nconect_timeout = \"1s\"",
+        );
+        let e = errors(&typo);
+        assert!(
+            e.iter().any(|m| m.contains("w.toml:22: cluster[1]: unknown key `conect_timeout`: did you mean `connect_timeout`?")),
+            "{e:?}"
+        );
         let tick = TWO.replace(
             "[cluster.limit]",
             "[cluster.ramp]\ntick = \"50ms\"\n[cluster.limit]",
