@@ -50,6 +50,66 @@ async fn exec(base: &str, session: &str, js: &str, args: Value) -> Value {
     .await
 }
 
+/// Headless Chromium on the dashboard of the admin listener at `admin`.
+struct Page {
+    _driver: Reaped,
+    _profile: tempfile::TempDir,
+    base: String,
+    session: String,
+}
+
+impl Page {
+    async fn open(admin: std::net::SocketAddr) -> Page {
+        let port = free_port();
+        let _driver = Reaped(
+            Command::new("/usr/bin/chromedriver")
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        wait_for_port(port, "chromedriver");
+        let base = format!("http://127.0.0.1:{port}");
+        let profile = tempfile::tempdir().unwrap();
+        let session = wd(
+            &base,
+            "POST",
+            "/session",
+            json!({ "capabilities": { "alwaysMatch": { "browserName": "chrome", "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                         "--disable-dev-shm-usage", "--window-size=1500,1100",
+                         format!("--user-data-dir={}", profile.path().display())],
+            } } } }),
+        )
+        .await;
+        let id = session["sessionId"]
+            .as_str()
+            .expect("a session")
+            .to_string();
+        let s = format!("/session/{id}");
+        wd(
+            &base,
+            "POST",
+            &format!("{s}/url"),
+            json!({ "url": format!("http://{admin}/") }),
+        )
+        .await;
+        Page {
+            _driver,
+            _profile: profile,
+            base,
+            session: s,
+        }
+    }
+
+    async fn close(self) {
+        wd(&self.base, "DELETE", &self.session, Value::Null).await;
+    }
+}
+
 #[tokio::test]
 #[cfg_attr(
     not(chromium_available),
@@ -84,43 +144,8 @@ async fn the_dashboard_moves_and_its_feature_switch_round_trips() {
         })
     };
 
-    let port = free_port();
-    let _driver = Reaped(
-        Command::new("/usr/bin/chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_port(port, "chromedriver");
-    let base = format!("http://127.0.0.1:{port}");
-    let profile = tempfile::tempdir().unwrap();
-    let session = wd(
-        &base,
-        "POST",
-        "/session",
-        json!({ "capabilities": { "alwaysMatch": { "browserName": "chrome", "goog:chromeOptions": {
-            "binary": "/usr/bin/chromium",
-            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                     "--disable-dev-shm-usage", "--window-size=1500,1100",
-                     format!("--user-data-dir={}", profile.path().display())],
-        } } } }),
-    )
-    .await;
-    let id = session["sessionId"]
-        .as_str()
-        .expect("a session")
-        .to_string();
-    let s = format!("/session/{id}");
-    wd(
-        &base,
-        "POST",
-        &format!("{s}/url"),
-        json!({ "url": format!("http://{admin}/") }),
-    )
-    .await;
+    let page = Page::open(admin).await;
+    let (base, s) = (page.base.clone(), page.session.clone());
     // The numbers move: samples accumulate and admissions are counted per second.
     let samples = || exec(&base, &s, "return t.length", json!([]));
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -189,8 +214,73 @@ async fn the_dashboard_moves_and_its_feature_switch_round_trips() {
         &bytes,
     )
     .unwrap();
-    wd(&base, "DELETE", &s, Value::Null).await;
+    page.close().await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = load.await;
+    p.stop().await;
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(chromium_available),
+    ignore = "Chromium is not installed (apt-get install -y chromium chromium-driver); CI installs it"
+)]
+async fn the_dashboard_shows_every_cluster_and_steers_the_one_picked() {
+    let up = ok_upstream(Duration::from_millis(2)).await;
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"tokens\"\n[[cluster]]\nname = \"auth\"\nendpoints = [\"{a}\"]\n[[cluster]]\nname = \"feed\"\nendpoints = [\"{a}\"]\n[[feature]]\nname = \"login\"\npriority = \"critical\"\ncluster = \"auth\"\n[[feature]]\nname = \"feed\"\npriority = \"normal\"\ncluster = \"feed\"\n",
+        a = up.addr
+    );
+    let tokens = format!("ops:{SECRET}\n");
+    let (p, _dir) = proxy_from_file(&text, &[("tokens", &tokens)]).await;
+    let admin = p.admin;
+    let page = Page::open(admin).await;
+    let (base, s) = (page.base.clone(), page.session.clone());
+    // The data-center overview lists both clusters.
+    let t = Instant::now();
+    loop {
+        let rows = exec(&base, &s, "return Array.from(document.querySelectorAll('#overview tr[data-cluster]')).map(r => r.dataset.cluster)", json!([])).await;
+        if rows == json!(["auth", "feed"]) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "overview rows {rows}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Pick feed, engage its ramp from the page: feed is engaged, auth is not.
+    exec(
+        &base,
+        &s,
+        "document.getElementById('token').value = arguments[0]; const sel = document.getElementById('cluster'); sel.value = 'feed'; sel.dispatchEvent(new Event('change')); document.querySelector('button[data-post=\"/api/v1/ramp/engage\"]').click(); return true",
+        json!([SECRET]),
+    )
+    .await;
+    let t = Instant::now();
+    loop {
+        let st = p.status().await;
+        let engaged = |i: usize| st["clusters"][i]["controller"]["engaged"].clone();
+        if engaged(1) == json!(true) {
+            assert_eq!(engaged(0), json!(false), "auth untouched");
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "feed not engaged: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The page now shows feed's state and only feed's features.
+    let t = Instant::now();
+    loop {
+        let shown = exec(&base, &s, "return [document.getElementById('state').textContent, Array.from(document.querySelectorAll('#features tr[data-feature]')).map(r => r.dataset.feature)]", json!([])).await;
+        if shown[0].as_str().is_some_and(|x| x.contains("engaged")) && shown[1] == json!(["feed"]) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the page shows {shown}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    page.close().await;
     p.stop().await;
 }
