@@ -454,7 +454,9 @@ async fn forward(
                 .record(now_ms, micros(elapsed), true, Cache::Unknown);
             st.completions.dropped();
             feature.counters.inc(Outcome::UpstreamError);
-            tracing::warn!(endpoint = %ep.endpoint.authority, error = %error_chain(&e), "upstream request failed");
+            if ep.endpoint.first_failure_this_second(now_ms) {
+                tracing::warn!(endpoint = %ep.endpoint.authority, error = %error_chain(&e), "upstream request failed (at most one line a second per endpoint)");
+            }
             respond::error(if !connect {
                 ProxyError::UpstreamBroken
             } else if backend_down(&e) {
@@ -469,7 +471,9 @@ async fn forward(
                 .record(now_ms, micros(elapsed), true, Cache::Unknown);
             st.completions.dropped();
             feature.counters.inc(Outcome::UpstreamError);
-            tracing::warn!(endpoint = %ep.endpoint.authority, timeout_ms = cfg.response_header_timeout.as_millis() as u64, "upstream response timed out");
+            if ep.endpoint.first_failure_this_second(now_ms) {
+                tracing::warn!(endpoint = %ep.endpoint.authority, timeout_ms = cfg.response_header_timeout.as_millis() as u64, "upstream response timed out (at most one line a second per endpoint)");
+            }
             respond::error(ProxyError::UpstreamTimeout)
         }
     }

@@ -25,6 +25,9 @@ pub struct Endpoint {
     failures: AtomicU32,
     ejected_until_ms: AtomicU64,
     ejections: AtomicU64,
+    /// The second a failure was last logged (one line a second per endpoint, not one per
+    /// request, while a backend is down).
+    logged_s: AtomicU64,
 }
 
 impl Endpoint {
@@ -61,6 +64,7 @@ impl Endpoint {
             failures: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
+            logged_s: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -72,6 +76,12 @@ impl Endpoint {
     /// Whether passive health has this endpoint out at `now_ms`.
     pub fn is_ejected(&self, now_ms: u64) -> bool {
         now_ms < self.ejected_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// Whether a failure at `now_ms` is the first of its second (the one to log).
+    pub fn first_failure_this_second(&self, now_ms: u64) -> bool {
+        let s = now_ms / 1000;
+        self.logged_s.swap(s, Ordering::Relaxed) != s
     }
 
     /// Times this endpoint was ejected.
@@ -201,6 +211,14 @@ mod tests {
                 cooldown_ms: 1_000,
             },
         )
+    }
+
+    #[test]
+    fn a_failure_is_logged_once_a_second() {
+        let e = Endpoint::new(Authority::from_static("127.0.0.1:9"));
+        assert!(e.first_failure_this_second(1_000));
+        assert!(!e.first_failure_this_second(1_500));
+        assert!(e.first_failure_this_second(2_000));
     }
 
     #[test]
