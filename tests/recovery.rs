@@ -262,3 +262,75 @@ fn chunks(chunk: bytes::Bytes, n: usize) -> Body {
     }
     Chunks(chunk, n).boxed()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_answers_503_for_a_while_is_served_again_when_it_recovers() {
+    // Answers 503 while `failing` is set, 200 otherwise.
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let f = failing.clone();
+    let up = upstream(Arc::new(move |_req| {
+        let failing = f.load(Ordering::SeqCst);
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let status = if failing { 503 } else { 200 };
+            Response::builder()
+                .status(status)
+                .header("x-cache", "HIT")
+                .body(full("x"))
+                .unwrap()
+        })
+    }))
+    .await;
+    let p = proxy(&format!(
+        "[upstream]\nendpoints = [\"{}\"]\n[ramp]\ntick = \"50ms\"\n[client_key]\nheader = \"x-user\"\n[gate]\nper_client_share = 1.0\n",
+        up.addr
+    ))
+    .await;
+    let start = Instant::now();
+    let oks: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let stop = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..8)
+        .map(|i| {
+            let (url, oks, stop) = (p.url("/"), oks.clone(), stop.clone());
+            tokio::spawn(async move {
+                let client = h1();
+                let user = format!("c{i}");
+                while stop.load(Ordering::SeqCst) == 0 {
+                    let (r, _) = send(&client, "GET", &url, &[("x-user", &user)], full("")).await;
+                    if r.status() == 200 {
+                        oks.lock().unwrap().push(start.elapsed());
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    failing.store(true, Ordering::SeqCst);
+    let failed_at = start.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    failing.store(false, Ordering::SeqCst);
+    let back = start.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(1, Ordering::SeqCst);
+    for c in clients {
+        let _ = c.await;
+    }
+    let oks = oks.lock().unwrap().clone();
+    let rate = |from: Duration, to: Duration| {
+        oks.iter().filter(|t| **t >= from && **t < to).count() as f64 / (to - from).as_secs_f64()
+    };
+    let before = rate(failed_at - Duration::from_secs(1), failed_at);
+    assert!(before > 100.0, "{before}/s before");
+    assert_eq!(rate(failed_at + Duration::from_millis(200), back), 0.0);
+    let recovered_at = (0..12)
+        .map(|k| back + Duration::from_millis(250 * k))
+        .find(|t| rate(*t, *t + Duration::from_millis(250)) >= 0.8 * before)
+        .map(|t| t - back);
+    let recovered_at = recovered_at.unwrap_or_else(|| panic!("never back to {before}/s"));
+    assert!(recovered_at <= Duration::from_secs(2), "{recovered_at:?}");
+    let st = p.status().await;
+    assert_ne!(st["controller"]["state"], "backing_off", "{st}");
+    p.stop().await;
+}
