@@ -204,6 +204,26 @@ async fn the_dashboard_moves_and_its_feature_switch_round_trips() {
     let (resp, _) = get(&p.url("/api/recommend"), &[("x-user", "z")]).await;
     assert_eq!(resp.status(), 503, "recommend is off for real");
 
+    // Opened again, the page starts with the history warmgate kept, not empty charts.
+    let (_, body) = get(&format!("http://{admin}/api/v1/history"), &[]).await;
+    let kept = serde_json::from_slice::<Value>(&body).unwrap()["points"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(kept >= 8, "{kept} points kept");
+    wd(
+        &base,
+        "POST",
+        &format!("{s}/url"),
+        json!({ "url": format!("http://{admin}/") }),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let drawn = samples().await.as_u64().unwrap_or(0);
+    assert!(
+        drawn as usize >= kept - 1,
+        "{drawn} samples drawn of {kept} kept"
+    );
     let png = wd(&base, "GET", &format!("{s}/screenshot"), Value::Null).await;
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(png.as_str().unwrap())

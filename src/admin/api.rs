@@ -26,6 +26,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/status"),
     ("GET", "/api/v1/config"),
     ("GET", "/api/v1/audit"),
+    ("GET", "/api/v1/history"),
     ("GET", "/api/v1/openapi.json"),
     ("POST", "/api/v1/ramp/engage"),
     ("POST", "/api/v1/ramp/disengage"),

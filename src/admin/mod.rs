@@ -164,6 +164,32 @@ async fn route(
                     .unwrap_or(std::path::Path::new("")),
             ),
         ),
+        "/api/v1/history" => {
+            let want = req.uri().query().and_then(|q| {
+                q.split('&')
+                    .find_map(|kv| kv.strip_prefix("cluster="))
+                    .map(str::to_string)
+            });
+            let snap = shared.snapshot.load();
+            let c = &snap.compiled;
+            let found = match &want {
+                None => c.clusters.first(),
+                Some(name) => c.cluster(name).and_then(|i| c.clusters.get(i)),
+            };
+            match found {
+                Some(cluster) => json_reply(
+                    StatusCode::OK,
+                    &serde_json::json!({
+                        "cluster": cluster.config.name,
+                        "points": cluster.state.history.points(),
+                    }),
+                ),
+                None => json_reply(
+                    StatusCode::NOT_FOUND,
+                    &serde_json::json!({ "error": format!("no cluster {:?} (clusters: {})", want.unwrap_or_default(), c.cluster_names()) }),
+                ),
+            }
+        }
         "/api/v1/audit" => json_reply(
             StatusCode::OK,
             &serde_json::json!({ "entries": admin.audit.last(200) }),

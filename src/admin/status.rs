@@ -141,9 +141,7 @@ fn cluster_status(cluster: &Cluster, view: &ClusterView, ctl: &Control, now: u64
             "latency_inflation": d.inflation,
             "latency_inflation_smoothed": knee.smoothed_inflation(),
             "limit_algorithm": knee.limit(),
-            "baseline_ms": (0..crate::admission::limit::CLASSES)
-                .filter_map(|c| knee.baseline_ms(c))
-                .fold(None, |m: Option<f64>, b| Some(m.map_or(b, |m| m.min(b)))),
+            "baseline_ms": ctl.controller.baseline_ms(),
             "limit_mode": match params.limit {
                 crate::admission::params::LimitMode::Fixed { .. } => "fixed",
                 crate::admission::params::LimitMode::Adaptive { .. } => "adaptive",

@@ -195,6 +195,13 @@ impl Controller {
         &self.knee
     }
 
+    /// The lowest no-load latency learned over every class, ms (none learned yet: `None`).
+    pub fn baseline_ms(&self) -> Option<f64> {
+        (0..CLASSES)
+            .filter_map(|c| self.knee.baseline_ms(c))
+            .fold(None, |m: Option<f64>, b| Some(m.map_or(b, |m| m.min(b))))
+    }
+
     /// Whether the ramp is engaged.
     pub fn engaged(&self) -> bool {
         self.engaged

@@ -35,6 +35,8 @@ pub struct ClusterState {
     /// The hit ratio read from a backend stats endpoint, if configured.
     pub scraped: Scraped,
     pub metrics: ClusterMetrics,
+    /// The last 15 minutes, a point a second (for a dashboard opened mid-cutover).
+    pub history: super::history::History,
 }
 
 impl ClusterState {
@@ -61,6 +63,7 @@ impl ClusterState {
             completions: Completions::default(),
             scraped: Scraped::default(),
             metrics,
+            history: Default::default(),
         }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod feature;
+pub mod history;
 
 use std::collections::BTreeMap;
 use std::hash::RandomState;
@@ -66,6 +67,8 @@ pub struct Controls {
     pub features: BTreeMap<String, FeatureState>,
     attempts_seen: (u64, u64),
     pub retry_share: f64,
+    /// The second of the last history point.
+    history_s: u64,
 }
 
 /// Process-wide state shared by listeners, the controller and the admin API.
@@ -106,6 +109,7 @@ impl Shared {
             features: BTreeMap::new(),
             attempts_seen: (0, 0),
             retry_share: 0.0,
+            history_s: 0,
         };
         let parts = Parts {
             metrics: &metrics,
@@ -163,6 +167,24 @@ impl Shared {
             control.retry_share = dr as f64 / (df + dr) as f64;
         }
         self.metrics.retry_share.set(control.retry_share);
+        if now / 1000 != control.history_s {
+            control.history_s = now / 1000;
+            let unix_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            for (i, (cluster, ctl)) in cur
+                .compiled
+                .clusters
+                .iter()
+                .zip(control.clusters.iter())
+                .enumerate()
+            {
+                if let Some(view) = views.get(i) {
+                    let p = history::point(i, cluster, view, ctl, &cur.compiled.features, unix_ms);
+                    cluster.state.history.push(p);
+                }
+            }
+        }
         self.snapshot.store(Arc::new(Snapshot {
             compiled: cur.compiled.clone(),
             clusters: views,
