@@ -123,6 +123,7 @@ pub async fn refresh(cluster: &Cluster, resolver: &dyn Resolve) {
         .filter(|a| is_name(a))
         .map(Authority::host)
         .collect();
+    names.sort_unstable();
     names.dedup();
     let mut resolved = cluster.resolved.load().as_ref().clone();
     for name in names {
