@@ -4,6 +4,7 @@
 pub mod access;
 pub mod body;
 pub mod edge;
+pub mod forward;
 pub mod h2_guard;
 pub mod handler;
 pub mod headers;

@@ -1,0 +1,360 @@
+//! Forwarding an admitted request: pick an endpoint, rewrite the head, send it on a pooled
+//! connection, wait for the response head (the backend's time, not the client's), record the
+//! signals, and stream the answer back holding the admission slot.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{HeaderValue, CONNECTION, UPGRADE};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+
+use super::body::{Back, Held, ProxyBody};
+use super::edge;
+use super::handler::ConnInfo;
+use super::headers;
+use super::request_body::{ClientBody, ClientBodyTimeout, SentAt};
+use super::respond::{self, ProxyError};
+use super::tunnel;
+use crate::admission::limit::class_of;
+use crate::metrics::Outcome;
+use crate::runtime::{Cluster, ClusterView, FeatureRt, Shared, Snapshot};
+use crate::signals::Cache;
+use crate::upstream::pool::{millis, SendError};
+
+static UPGRADE_TOKEN: HeaderValue = HeaderValue::from_static("upgrade");
+
+/// Sends the request to an endpoint and streams the answer back.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn forward(
+    shared: &Arc<Shared>,
+    snap: &Snapshot,
+    cluster: &Cluster,
+    view: &ClusterView,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    host: Option<HeaderValue>,
+    mut held: Held,
+    feature: &FeatureRt,
+) -> Response<ProxyBody> {
+    // Read now, not at arrival: a request that waited in line starts its clock here.
+    let now_ms = shared.clock.now_ms();
+    let cfg = &cluster.config.upstream;
+    let st = &cluster.state;
+    let endpoints = cluster.endpoints.load();
+    let Some(ep) = endpoints.pick(now_ms, shared.rand()) else {
+        feature.counters.inc(Outcome::UpstreamError);
+        return respond::error(ProxyError::NoEndpoint);
+    };
+    // A WebSocket upgrade keeps its Upgrade and Connection headers (hop-by-hop otherwise).
+    let upgrade = edge::wants_websocket(req.version(), req.headers())
+        .then(|| req.headers().get(UPGRADE).cloned())
+        .flatten();
+    if upgrade.is_some() && cfg.h2c {
+        return respond::error(ProxyError::BadRequest(
+            "WebSocket needs an HTTP/1.1 upstream (upstream.protocol = \"http1\")",
+        ));
+    }
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+    let client_version = req.version();
+    let (mut parts, body) = req.into_parts();
+    headers::forward_request(
+        &mut parts.headers,
+        &conn.headers,
+        parts.version,
+        host,
+        cfg.preserve_host,
+        &ep.endpoint.host_header,
+    );
+    if let Some(u) = &upgrade {
+        parts.headers.insert(CONNECTION, UPGRADE_TOKEN.clone());
+        parts.headers.insert(UPGRADE, u.clone());
+    }
+    let h2c = cluster.client.h2c.as_ref();
+    if h2c.is_some() {
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(ep.endpoint.authority.clone());
+        uri.path_and_query = Some(path_and_query(&parts.uri));
+        parts.uri = match Uri::from_parts(uri) {
+            Ok(u) => u,
+            Err(_) => {
+                return respond::error(ProxyError::BadRequest("unforwardable request target"))
+            }
+        };
+        parts.version = Version::HTTP_2;
+    } else {
+        // HTTP/1.1 upstreams get the origin form (an absolute-form request is rewritten).
+        if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+            parts.uri = Uri::from(path_and_query(&parts.uri));
+        }
+        parts.version = Version::HTTP_11;
+    }
+
+    let start = tokio::time::Instant::now();
+    let server = &snap.compiled.config.server;
+    let (body, body_sent) = ClientBody::new(body, server.client_body_timeout, start);
+    let req = Request::from_parts(parts, body);
+    // Pinned where it is made: moved into `response_head` by value it would be held twice in
+    // this request's future (the argument and the pinned copy), about 1.8 KB each.
+    let sent = {
+        let exchange = std::pin::pin!(async {
+            match h2c {
+                Some(client) => client.request(req).await.map(|r| (r, None)).map_err(|e| {
+                    if e.is_connect() {
+                        SendError::Connect(Box::new(e))
+                    } else {
+                        SendError::Other(Box::new(e))
+                    }
+                }),
+                None => ep
+                    .endpoint
+                    .pool
+                    .send(
+                        &cluster.client.connector,
+                        &ep.endpoint.uri,
+                        req,
+                        now_ms,
+                        millis(cfg.pool_idle_timeout),
+                    )
+                    .await
+                    .map(|(r, lease)| (r, Some(lease))),
+            }
+        });
+        response_head(
+            exchange,
+            start,
+            body_sent.as_deref(),
+            cfg.response_header_timeout,
+        )
+        .await
+    };
+    let total = start.elapsed();
+    // The backend's latency: from the last body byte sent (an upload's pace is the client's).
+    let elapsed =
+        total.saturating_sub(body_sent.as_ref().and_then(|s| s.get()).unwrap_or_default());
+    let now_ms = now_ms + total.as_millis() as u64;
+    let ej = endpoints.ejection;
+    match sent {
+        Ok(Ok((mut resp, lease))) => {
+            ep.success();
+            let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+            let tunnel = match (switched, client_upgrade) {
+                (true, Some(client)) => Some((client, hyper::upgrade::on(&mut resp))),
+                _ => None,
+            };
+            let (mut parts, body) = resp.into_parts();
+            let cache = cache_of(&parts.headers, &cluster.config.signals);
+            let us = micros(elapsed);
+            let server_error = parts.status.is_server_error();
+            st.window.record(now_ms, us, server_error, cache);
+            if server_error {
+                st.completions.dropped();
+            } else {
+                let class = class_of(feature.priority.index(), cache as usize);
+                st.completions.ok(class, us);
+                if view.decision.slow_start {
+                    // Only against a learned baseline: before the first tick has one, growth
+                    // waits for the tick (a cold backend must not see the limit run ahead blind).
+                    let fast = view.fast_us[class];
+                    if fast != 0 && us <= fast {
+                        st.gate.fast_completion();
+                    }
+                }
+            }
+            st.metrics.upstream_latency.observe(elapsed.as_secs_f64());
+            feature.counters.inc(Outcome::Admitted);
+            let switch_to = parts.headers.get(UPGRADE).cloned();
+            headers::forward_response(&mut parts.headers, parts.version);
+            parts.version = Version::HTTP_11;
+            if let (Some((client, upstream)), Some(proto)) = (tunnel, switch_to) {
+                // The backend accepted the upgrade: the request is done as far as admission
+                // goes; the tunnel runs on its own and holds no slot.
+                parts.headers.insert(CONNECTION, UPGRADE_TOKEN.clone());
+                parts.headers.insert(UPGRADE, proto);
+                tokio::spawn(tunnel::run(
+                    client,
+                    upstream,
+                    server.websocket_idle_timeout,
+                    shared.metrics.tunnels.clone(),
+                    // The connection's own idle and head timers stand aside for the tunnel.
+                    conn.phase.enter(),
+                ));
+                drop(held);
+                return Response::from_parts(parts, ProxyBody::local(bytes::Bytes::new()));
+            }
+            held.endpoint = Some(ep);
+            Response::from_parts(
+                parts,
+                ProxyBody::upstream(
+                    body,
+                    held,
+                    cfg.body_idle_timeout,
+                    lease.map(|lease| Back {
+                        lease,
+                        clock: shared.clock,
+                        max_idle: cfg.pool_max_idle_per_endpoint,
+                    }),
+                    // One response at a time on an HTTP/1 connection: its slot can be the
+                    // connection's to release (HTTP/2 streams share theirs).
+                    (client_version != Version::HTTP_2).then(|| Arc::clone(&conn.phase)),
+                ),
+            )
+        }
+        // The client's own request body failed (a malformed chunk, a hang-up mid-upload): a
+        // client fault. It says nothing about the backend, so it is not recorded as a signal
+        // and does not count against the endpoint; the client gets a 400.
+        Ok(Err(e)) if client_fault(&e).is_some() => {
+            tracing::debug!(error = %error_chain(&e), "request body failed");
+            respond::error(match client_fault(&e) {
+                Some(ClientFault::Timeout) => ProxyError::ClientTimeout,
+                _ => ProxyError::ClientBody,
+            })
+        }
+        Ok(Err(e)) => {
+            let connect = e.is_connect();
+            if connect {
+                ep.failure(ej, now_ms);
+            }
+            st.window
+                .record(now_ms, micros(elapsed), true, Cache::Unknown);
+            st.completions.dropped();
+            feature.counters.inc(Outcome::UpstreamError);
+            if ep.endpoint.first_failure_this_second(now_ms) {
+                tracing::warn!(endpoint = %ep.endpoint.authority, error = %error_chain(&e), "upstream request failed (at most one line a second per endpoint)");
+            }
+            respond::error(if !connect {
+                ProxyError::UpstreamBroken
+            } else if backend_down(&e) {
+                ProxyError::UpstreamDown
+            } else {
+                ProxyError::UpstreamConnect
+            })
+        }
+        Err(_) => {
+            ep.failure(ej, now_ms);
+            st.window
+                .record(now_ms, micros(elapsed), true, Cache::Unknown);
+            st.completions.dropped();
+            feature.counters.inc(Outcome::UpstreamError);
+            if ep.endpoint.first_failure_this_second(now_ms) {
+                tracing::warn!(endpoint = %ep.endpoint.authority, timeout_ms = cfg.response_header_timeout.as_millis() as u64, "upstream response timed out (at most one line a second per endpoint)");
+            }
+            respond::error(ProxyError::UpstreamTimeout)
+        }
+    }
+}
+
+fn path_and_query(uri: &Uri) -> PathAndQuery {
+    uri.path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"))
+}
+
+fn micros(d: Duration) -> u64 {
+    d.as_micros().min(u128::from(u64::MAX)) as u64
+}
+
+fn cache_of(h: &http::HeaderMap, s: &crate::config::SignalsConfig) -> Cache {
+    match h.get(&s.cache_header) {
+        Some(v)
+            if s.hit_values
+                .iter()
+                .any(|x| x.as_bytes().eq_ignore_ascii_case(v.as_bytes())) =>
+        {
+            Cache::Hit
+        }
+        Some(v)
+            if s.miss_values
+                .iter()
+                .any(|x| x.as_bytes().eq_ignore_ascii_case(v.as_bytes())) =>
+        {
+            Cache::Miss
+        }
+        _ => Cache::Unknown,
+    }
+}
+
+/// How the client's own request body failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientFault {
+    /// Malformed (a bad chunk) or cut off (a hang-up mid-upload).
+    Body,
+    /// Nothing sent for `client_body_timeout`.
+    Timeout,
+}
+
+/// Whether a forwarding error came from the request body the client sent (hyper reports an
+/// error of the body it was handed as a "user" error).
+fn client_fault(e: &(dyn std::error::Error + 'static)) -> Option<ClientFault> {
+    let mut cur = Some(e);
+    let mut user = false;
+    while let Some(err) = cur {
+        if err.downcast_ref::<ClientBodyTimeout>().is_some() {
+            return Some(ClientFault::Timeout);
+        }
+        user |= err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_user);
+        cur = err.source();
+    }
+    user.then_some(ClientFault::Body)
+}
+
+/// Waits for the upstream's response head. The `timeout` starts once the request body has
+/// been sent in full (at once for a request without one): a slow upload is bounded by the
+/// client's body timer, not blamed on the backend.
+async fn response_head<F: std::future::Future>(
+    mut fut: std::pin::Pin<&mut F>,
+    start: tokio::time::Instant,
+    body_sent: Option<&SentAt>,
+    timeout: Duration,
+) -> Result<F::Output, ()> {
+    loop {
+        let now = tokio::time::Instant::now();
+        let deadline = match body_sent.map(SentAt::get) {
+            None => start + timeout,
+            Some(Some(at)) => start + at + timeout,
+            // Still uploading: look again later.
+            Some(None) => now + timeout,
+        };
+        tokio::select! {
+            r = fut.as_mut() => return Ok(r),
+            () = tokio::time::sleep_until(deadline) => {
+                if body_sent.is_none_or(|s| s.get().is_some_and(|at| start + at + timeout <= tokio::time::Instant::now())) {
+                    return Err(());
+                }
+            }
+        }
+    }
+}
+
+/// Whether a connect error says the backend is down (refused, reset, or no answer in time)
+/// rather than something else (TLS, a name, a route).
+fn backend_down(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::TimedOut
+            );
+        }
+        cur = err.source();
+    }
+    false
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
