@@ -1,4 +1,4 @@
-//! The access log (off by default): one JSON line per request, written by a background task so
+//! The access log (off by default): one JSON line per request, written by its own thread so
 //! the data path only formats a line and hands it over (and drops it if the writer is behind,
 //! counting the loss). A client that goes away before its answer is logged with status 499.
 
@@ -30,16 +30,20 @@ impl AccessLog {
             ))
         };
         let (tx, mut rx) = mpsc::channel::<String>(8192);
-        tokio::spawn(async move {
-            while let Some(line) = rx.recv().await {
-                let _ = out.write_all(line.as_bytes());
-                // Write what is queued, then flush once.
-                while let Ok(more) = rx.try_recv() {
-                    let _ = out.write_all(more.as_bytes());
+        // Its own thread: a file write that blocks (a slow disk, a full pipe on stderr) must
+        // not hold a worker thread of the proxy.
+        std::thread::Builder::new()
+            .name("warmgate-access-log".into())
+            .spawn(move || {
+                while let Some(line) = rx.blocking_recv() {
+                    let _ = out.write_all(line.as_bytes());
+                    // Write what is queued, then flush once.
+                    while let Ok(more) = rx.try_recv() {
+                        let _ = out.write_all(more.as_bytes());
+                    }
+                    let _ = out.flush();
                 }
-                let _ = out.flush();
-            }
-        });
+            })?;
         Ok(Self {
             tx,
             dropped: Arc::new(AtomicU64::new(0)),
