@@ -11,5 +11,6 @@ pub mod metrics;
 pub mod proxy;
 pub mod runtime;
 pub mod signals;
+pub mod ticket;
 pub mod tls;
 pub mod upstream;

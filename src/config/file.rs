@@ -36,6 +36,10 @@ pub struct FileConfig {
     pub retry: FileRetry,
     #[serde(default)]
     pub client_key: FileClientKey,
+    /// Signed return tickets on rejects (absent: none).
+    pub ticket: Option<FileTicket>,
+    /// Instances that act as one through a shared store (absent: this instance alone).
+    pub fleet: Option<FileFleet>,
     pub default_feature: Option<String>,
     /// Named backends, each with its own admission (absent: `[upstream]` is one, `default`).
     #[serde(default)]
@@ -321,6 +325,40 @@ pub struct FileRetry {
 pub struct FileClientKey {
     pub header: Option<String>,
     pub cookie: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTicket {
+    /// A file of `id secret` lines: the first key signs, every key verifies.
+    pub keys_file: Option<String>,
+    /// An environment variable holding `id=secret` entries, comma separated.
+    pub keys_env: Option<String>,
+    /// How long a ticket is good for.
+    pub ttl: Option<String>,
+    /// Also set the ticket as a cookie (and read it back from one).
+    pub cookie: Option<bool>,
+    pub cookie_name: Option<String>,
+    /// Keys the client hash (so every instance hashes a client alike); default: the first key.
+    pub client_secret_file: Option<String>,
+    pub client_secret_env: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileFleet {
+    /// `redis://host:port/db` or `rediss://…`.
+    pub store: Option<String>,
+    /// Separates several fleets on one store.
+    pub name: Option<String>,
+    /// This instance's name (default: host name and process id).
+    pub instance: Option<String>,
+    /// How often this instance reports and reads the fleet (default: the controller tick).
+    pub sync: Option<String>,
+    /// How long a share of the fleet limit holds without renewal.
+    pub lease: Option<String>,
+    pub password_file: Option<String>,
+    pub password_env: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -74,6 +74,56 @@ pub struct Config {
     pub routes: Vec<Route>,
     pub default_feature: usize,
     pub client_key: ClientKey,
+    /// Signed return tickets on rejects, if configured.
+    pub ticket: Option<TicketConfig>,
+    /// The fleet this instance is part of, if any.
+    pub fleet: Option<FleetConfig>,
+}
+
+/// `[ticket]`: the key ring (the first signs), how long a ticket holds, the cookie.
+#[derive(Clone)]
+pub struct TicketConfig {
+    pub keys: Vec<(String, String)>,
+    pub ttl: Duration,
+    /// The cookie's name, when tickets are also set as a cookie.
+    pub cookie: Option<String>,
+    /// Keys the client hash.
+    pub client_secret: String,
+}
+
+impl std::fmt::Debug for TicketConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids: Vec<&str> = self.keys.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("TicketConfig")
+            .field("keys", &ids)
+            .field("ttl", &self.ttl)
+            .field("cookie", &self.cookie)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `[fleet]`: the store and this instance's place in the fleet.
+#[derive(Clone)]
+pub struct FleetConfig {
+    pub store: redis::ConnectionInfo,
+    /// The address as written (no password), for status and logs.
+    pub store_text: String,
+    pub name: String,
+    pub instance: String,
+    pub sync: Duration,
+    pub lease: Duration,
+}
+
+impl std::fmt::Debug for FleetConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetConfig")
+            .field("store", &self.store_text)
+            .field("name", &self.name)
+            .field("instance", &self.instance)
+            .field("sync", &self.sync)
+            .field("lease", &self.lease)
+            .finish()
+    }
 }
 
 /// Client-facing listener settings.

@@ -3,6 +3,7 @@
 mod admission;
 mod clusters;
 mod features;
+mod fleet;
 mod upstream;
 
 use std::time::Duration;
@@ -369,6 +370,15 @@ pub fn validate(f: FileConfig, base: &std::path::Path) -> Result<Config, Vec<Key
         (None, None) => ClientKey::Address,
     };
 
+    let ticket = f
+        .ticket
+        .as_ref()
+        .and_then(|t| fleet::ticket(&mut e, t, base));
+    let fleet = f
+        .fleet
+        .as_ref()
+        .and_then(|fl| fleet::fleet(&mut e, fl, base, tick));
+
     match listen {
         Some(listen) if e.errors.is_empty() && !clusters.is_empty() => Ok(Config {
             listen,
@@ -391,6 +401,8 @@ pub fn validate(f: FileConfig, base: &std::path::Path) -> Result<Config, Vec<Key
             routes,
             default_feature,
             client_key,
+            ticket,
+            fleet,
         }),
         _ => Err(e.errors),
     }
