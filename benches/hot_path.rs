@@ -38,6 +38,7 @@ fn ask(priority: Priority, client: u64) -> Ask {
         client,
         now_ms: 1_000,
         over_share: false,
+        ticket_ms: 0,
     }
 }
 
@@ -133,7 +134,7 @@ fn classify(c: &mut Criterion) {
         ],
         4,
         ClientKey::Header(http::header::HeaderName::from_static("x-user")),
-        std::hash::RandomState::new(),
+        warmgate::ticket::ClientHasher::random(),
     );
     let h = request_headers();
     let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -286,5 +287,33 @@ fn clusters(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, headers, endpoints, classify, gate, clusters, limit);
+fn tickets(c: &mut Criterion) {
+    let keys = vec![
+        (
+            "k2".to_string(),
+            "0123456789abcdef0123456789abcdef".to_string(),
+        ),
+        (
+            "k1".to_string(),
+            "fedcba9876543210fedcba9876543210".to_string(),
+        ),
+    ];
+    let ring = warmgate::ticket::Ring::new(&keys);
+    let now = warmgate::ticket::unix_ms();
+    let text = ring.issue(now - 5_000, now + 600_000, 7, 42);
+    c.bench_function("ticket/issue", |b| {
+        b.iter(|| ring.issue(black_box(now - 5_000), now + 600_000, 7, black_box(42)))
+    });
+    c.bench_function("ticket/verify", |b| {
+        b.iter(|| ring.verify(black_box(text.as_bytes()), now, 7, 42))
+    });
+    c.bench_function("ticket/issue_verify", |b| {
+        b.iter(|| {
+            let t = ring.issue(black_box(now - 5_000), now + 600_000, 7, black_box(42));
+            ring.verify(t.as_bytes(), now, 7, 42)
+        })
+    });
+}
+
+criterion_group!(benches, headers, endpoints, classify, gate, clusters, limit, tickets);
 criterion_main!(benches);

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-/// Milliseconds since the process started.
+/// Milliseconds since a day before the process started.
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {
     base: Instant,
@@ -15,15 +15,25 @@ impl Default for Clock {
 }
 
 impl Clock {
-    /// A clock starting now. It begins at 1 s so that "0" can mean "never" in stored times.
+    /// A clock starting now at [`Clock::START_MS`]: "0" can mean "never" in stored times,
+    /// and a first arrival up to a day before the process started (a signed return ticket
+    /// from before a restart) has a place on it.
     pub fn new() -> Self {
         Self {
-            base: Instant::now() - std::time::Duration::from_secs(1),
+            base: Instant::now(),
         }
     }
 
+    /// Where the clock starts: one day.
+    pub const START_MS: u64 = 86_400_000;
+
     /// Milliseconds on this clock.
     pub fn now_ms(&self) -> u64 {
-        self.base.elapsed().as_millis() as u64
+        self.base.elapsed().as_millis() as u64 + Self::START_MS
+    }
+
+    /// The time on this clock of a wall-clock instant `age_ms` before now (at least 1).
+    pub fn ago(now_ms: u64, age_ms: u64) -> u64 {
+        now_ms.saturating_sub(age_ms).max(1)
     }
 }

@@ -78,6 +78,9 @@ pub struct Metrics {
     requests: IntCounterVec,
     pub attempts_first: IntCounter,
     pub attempts_retry: IntCounter,
+    /// Return tickets: `issued`, then what presented ones were ([`crate::ticket::Verdict`]).
+    pub tickets_issued: IntCounter,
+    pub tickets_seen: [IntCounter; 5],
     /// Open client connections.
     pub connections: IntGauge,
     /// Times the listener stopped accepting because `server.max_connections` were open.
@@ -269,7 +272,19 @@ impl Metrics {
                 )?,
             ),
         };
+        let tickets = reg(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "warmgate_tickets_total",
+                    "Return tickets issued, and presented ones by what they were",
+                ),
+                &["result"],
+            )?,
+        );
         Ok(Self {
+            tickets_issued: tickets.with_label_values(&["issued"]),
+            tickets_seen: crate::ticket::Verdict::LABELS.map(|l| tickets.with_label_values(&[l])),
             requests: reg(
                 &r,
                 IntCounterVec::new(

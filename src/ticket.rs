@@ -58,6 +58,17 @@ impl Verdict {
         }
     }
 
+    /// Index into [`Verdict::LABELS`].
+    pub fn index(self) -> usize {
+        match self {
+            Verdict::Valid(_) => 0,
+            Verdict::Invalid => 1,
+            Verdict::Expired => 2,
+            Verdict::Foreign => 3,
+            Verdict::Mismatch => 4,
+        }
+    }
+
     pub const LABELS: [&'static str; 5] =
         ["valid", "invalid", "expired", "foreign_key", "mismatch"];
 }

@@ -30,6 +30,7 @@ fn ask(i: usize) -> Ask {
         client: i as u64 + 1,
         now_ms: 1_000 + i as u64,
         over_share: false,
+        ticket_ms: 0,
     }
 }
 

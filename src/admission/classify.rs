@@ -1,7 +1,9 @@
 //! Classification: request → feature (first matching route wins) and the client key. Routes are
 //! compiled once at load; nothing here allocates per request.
 
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
+
+use crate::ticket::ClientHasher;
 use std::net::IpAddr;
 
 use http::header::{HeaderName, HeaderValue, COOKIE};
@@ -39,7 +41,7 @@ pub struct Classifier {
     pub routes: Vec<Route>,
     pub default_feature: usize,
     pub client_key: ClientKey,
-    hasher: RandomState,
+    hasher: ClientHasher,
 }
 
 impl Route {
@@ -99,7 +101,7 @@ impl Classifier {
         routes: Vec<Route>,
         default_feature: usize,
         client_key: ClientKey,
-        hasher: RandomState,
+        hasher: ClientHasher,
     ) -> Self {
         Self {
             routes,
@@ -180,7 +182,7 @@ mod tests {
             header_value: Some(HeaderValue::from_static("1")),
             ..route(2)
         };
-        Classifier::new(vec![login, admin, beta], 3, key, RandomState::new())
+        Classifier::new(vec![login, admin, beta], 3, key, ClientHasher::random())
     }
 
     #[test]

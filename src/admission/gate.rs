@@ -111,6 +111,8 @@ pub struct Reject {
     pub retry_after_s: u32,
     /// The client came back before the time it was told (it is held before this answer).
     pub early: bool,
+    /// The client's first arrival (the clock's ms), for its return ticket.
+    pub first_ms: u64,
 }
 
 /// Everything the gate needs to know about one request.
@@ -127,6 +129,8 @@ pub struct Ask {
     /// The client already holds its share of the limit while others hold or wait for slots
     /// too (`gate.per_client_share`): it may take a free slot, not a place in line.
     pub over_share: bool,
+    /// The first arrival a valid return ticket vouches for (the clock's ms; 0: none).
+    pub ticket_ms: u64,
 }
 
 /// Gate settings that change only on reload.
@@ -488,6 +492,7 @@ impl Gate {
                         reason: RejectReason::ClientRate,
                         retry_after_s: policy.retry.retry_after(wait_s, rand),
                         early: false,
+                        first_ms: self.recall(ask).0,
                     });
                 }
             }
@@ -716,11 +721,17 @@ impl Gate {
             && self.grace.get(ask.client, ask.now_ms).is_some()
     }
 
-    /// The client's first arrival (remembered, or now) and whether it came back early.
+    /// The client's first arrival (remembered here, vouched for by its ticket, or now: the
+    /// earliest) and whether it came back early.
     fn recall(&self, ask: Ask) -> (u64, bool) {
+        let told = if ask.ticket_ms > 0 {
+            ask.ticket_ms.min(ask.now_ms)
+        } else {
+            ask.now_ms
+        };
         match self.early.get(early_key(ask), ask.now_ms) {
-            Some(e) => (e.first_ms.min(ask.now_ms), ask.now_ms < e.until_ms),
-            None => (ask.now_ms, false),
+            Some(e) => (e.first_ms.min(told), ask.now_ms < e.until_ms),
+            None => (told, false),
         }
     }
 
@@ -763,6 +774,7 @@ impl Gate {
             reason,
             retry_after_s,
             early: early && ask.state != FeatureState::On,
+            first_ms,
         }
     }
 }
@@ -808,6 +820,7 @@ mod tests {
             client,
             now_ms,
             over_share: false,
+            ticket_ms: 0,
         }
     }
 
@@ -840,6 +853,7 @@ mod tests {
         let d = decision(false, [true; 4]);
         let over = |p: Priority, client: u64| Ask {
             over_share: true,
+            ticket_ms: 0,
             ..ask(p, client, 0)
         };
         // A free slot goes to whoever asks, over its share or not.

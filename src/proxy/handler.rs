@@ -122,6 +122,11 @@ async fn handle_inner(
         client,
         now_ms,
         over_share,
+        // A valid return ticket (from this instance, another, or before a restart) brings
+        // the client's first arrival with it; anything else about a ticket is ignored.
+        ticket_ms: c.tickets.as_ref().map_or(0, |t| {
+            t.recall(req.headers(), feature.key, client, now_ms, &shared.metrics)
+        }),
     };
     let rate = view.rate.as_deref();
     let rate_ok = || rate.is_none_or(|r| r.check().is_ok());
@@ -154,13 +159,22 @@ async fn handle_inner(
                 Ok(p) => p,
                 Err(r) => {
                     note.outcome = r.reason.as_str();
-                    return Ok(rejected(&snap, cluster, view, feature, r, false).await);
+                    return Ok(rejected(
+                        &shared,
+                        &snap,
+                        (cluster, view),
+                        feature,
+                        client,
+                        r,
+                        false,
+                    )
+                    .await);
                 }
             }
         }
         Admission::Rejected(r) => {
             note.outcome = r.reason.as_str();
-            return Ok(rejected(&snap, cluster, view, feature, r, true).await);
+            return Ok(rejected(&shared, &snap, (cluster, view), feature, client, r, true).await);
         }
     };
     let held = Held {
@@ -226,11 +240,13 @@ async fn wait(
 /// Answers a reject. A client that came back before its time and was refused without waiting
 /// is held for its priority's longest wait first (bounded by `queue.max_held`): a blind retrier
 /// is slowed to the pace of the wait bound instead of being answered in microseconds.
+/// With `[ticket]`, the answer carries the client's return ticket.
 async fn rejected(
+    shared: &Shared,
     snap: &Snapshot,
-    cluster: &Cluster,
-    view: &ClusterView,
+    (cluster, view): (&Cluster, &ClusterView),
     feature: &FeatureRt,
+    client: u64,
     r: Reject,
     immediate: bool,
 ) -> Response<ProxyBody> {
@@ -242,10 +258,20 @@ async fn rejected(
             tokio::time::sleep(Duration::from_millis(hold_ms)).await;
         }
     }
-    respond::reject(
+    let mut resp = respond::reject(
         r,
         feature,
         &snap.compiled.config.reject,
         view.decision.limit,
-    )
+    );
+    if let Some(t) = &snap.compiled.tickets {
+        t.stamp(
+            resp.headers_mut(),
+            (r.first_ms, shared.clock.now_ms()),
+            feature.key,
+            client,
+            &shared.metrics,
+        );
+    }
+    resp
 }

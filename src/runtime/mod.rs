@@ -5,9 +5,9 @@
 pub mod cluster;
 pub mod feature;
 pub mod history;
+pub mod tickets;
 
 use std::collections::BTreeMap;
-use std::hash::RandomState;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -18,6 +18,7 @@ use crate::admission::FeatureState;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::ticket::ClientHasher;
 pub use cluster::{Cluster, ClusterState, ClusterView, Control, Overrides};
 pub use feature::{FeatureRt, FeatureSwitch, RejectBodies};
 
@@ -28,6 +29,8 @@ pub struct Compiled {
     pub features: Vec<FeatureRt>,
     /// In the config's order; a feature names its cluster by index.
     pub clusters: Vec<Arc<Cluster>>,
+    /// Signed return tickets, when `[ticket]` is configured.
+    pub tickets: Option<tickets::Tickets>,
 }
 
 impl Compiled {
@@ -77,8 +80,9 @@ pub struct Shared {
     pub metrics: Metrics,
     pub clock: Clock,
     pub control: Mutex<Controls>,
-    /// Keys the client hash; kept for the process so a reload keeps client memory.
-    pub hasher: RandomState,
+    /// Keys the client hash when no `[ticket]` secret does; kept for the process so a
+    /// reload keeps client memory.
+    pub hasher: ClientHasher,
     nonce: AtomicU64,
     /// Set once shutdown has begun: not ready for new traffic.
     pub draining: std::sync::atomic::AtomicBool,
@@ -101,7 +105,7 @@ impl Shared {
             None => None,
         };
         let clock = Clock::new();
-        let hasher = RandomState::new();
+        let hasher = ClientHasher::random();
         let retired = Mutex::new(BTreeMap::new());
         let mut control = Controls {
             clusters: Vec::new(),
@@ -221,7 +225,7 @@ type Retired = (
 /// What compiling a config needs from the process.
 struct Parts<'a> {
     metrics: &'a Metrics,
-    hasher: &'a RandomState,
+    hasher: &'a ClientHasher,
     retired: &'a Mutex<BTreeMap<String, Retired>>,
     now_ms: u64,
 }
@@ -315,8 +319,16 @@ impl Parts<'_> {
             config.routes.clone(),
             config.default_feature,
             config.client_key.clone(),
-            self.hasher.clone(),
+            // With tickets, every instance (and the next process) hashes a client alike.
+            config
+                .ticket
+                .as_ref()
+                .map_or(*self.hasher, |t| ClientHasher::keyed(&t.client_secret)),
         );
+        let tickets = config
+            .ticket
+            .as_ref()
+            .map(|t| tickets::Tickets::new(t, config.tls.is_some()));
         control.version += 1;
         Snapshot {
             compiled: Arc::new(Compiled {
@@ -324,6 +336,7 @@ impl Parts<'_> {
                 classifier,
                 features,
                 clusters,
+                tickets,
             }),
             clusters: views.into_boxed_slice(),
         }
