@@ -78,24 +78,27 @@ pub async fn run_with(
     let ticker = tokio::spawn(controller_loop(Arc::clone(&shared)));
     let scraper = tokio::spawn(crate::signals::scrape::run(Arc::clone(&shared)));
     let resolving = tokio::spawn(crate::upstream::dns::run(Arc::clone(&shared), resolver));
-    let admin_task = match admin {
-        Some(l) => {
-            let c = &shared.snapshot.load().compiled.config;
-            let tokens = &c.admin_tokens.0;
-            let reads_need_token = bound.admin.is_some_and(|a| !a.ip().is_loopback());
-            if reads_need_token && tokens.is_empty() {
-                anyhow::bail!("admin.listen is off loopback and no admin token is configured");
-            }
-            let admin = Arc::new(crate::admin::api::Admin {
-                shared: Arc::clone(&shared),
-                config_path: config_path.clone(),
-                reads_need_token,
-                audit: crate::admin::audit::Audit::new(c.admin_audit_log.clone()),
-            });
-            Some(tokio::spawn(crate::admin::serve(l, admin)))
+    let reads_need_token = bound.admin.is_some_and(|a| !a.ip().is_loopback());
+    let api = {
+        let c = &shared.snapshot.load().compiled.config;
+        if admin.is_some() && reads_need_token && c.admin_tokens.0.is_empty() {
+            anyhow::bail!("admin.listen is off loopback and no admin token is configured");
         }
-        None => None,
+        Arc::new(crate::admin::api::Admin {
+            shared: Arc::clone(&shared),
+            config_path: config_path.clone(),
+            reads_need_token,
+            audit: crate::admin::audit::Audit::new(c.admin_audit_log.clone()),
+        })
     };
+    let admin_task = admin.map(|l| tokio::spawn(crate::admin::serve(l, Arc::clone(&api))));
+    // The fleet's sync: operator writes from other instances go through this one's API.
+    let fleet_task = shared.fleet.clone().map(|link| {
+        tracing::info!(store = %link.config.store_text, fleet = %link.config.name, instance = %link.config.instance, sync = ?link.config.sync, lease = ?link.config.lease, "fleet: steering with the instances on this store");
+        let api = Arc::clone(&api);
+        let apply: crate::fleet::sync::Apply = Arc::new(move |op| api.replay(op));
+        tokio::spawn(crate::fleet::sync::run(Arc::clone(&shared), link, apply))
+    });
     let watch = shared.snapshot.load().compiled.config.reload_watch;
     let watcher = match (&config_path, watch) {
         (Some(p), Some(debounce)) => Some(tokio::spawn(reload_on_change(
@@ -111,6 +114,9 @@ pub async fn run_with(
     scraper.abort();
     resolving.abort();
     if let Some(t) = admin_task {
+        t.abort();
+    }
+    if let Some(t) = fleet_task {
         t.abort();
     }
     if let Some(t) = reloader {

@@ -7,6 +7,7 @@ pub mod app;
 pub mod clock;
 pub mod config;
 pub mod ctl;
+pub mod fleet;
 pub mod metrics;
 pub mod proxy;
 pub mod runtime;

@@ -81,6 +81,8 @@ pub struct Metrics {
     /// Return tickets: `issued`, then what presented ones were ([`crate::ticket::Verdict`]).
     pub tickets_issued: IntCounter,
     pub tickets_seen: [IntCounter; 5],
+    /// With `[fleet]`: 1 while the store answers.
+    pub fleet_store_up: IntGauge,
     /// Open client connections.
     pub connections: IntGauge,
     /// Times the listener stopped accepting because `server.max_connections` were open.
@@ -283,6 +285,13 @@ impl Metrics {
             )?,
         );
         Ok(Self {
+            fleet_store_up: reg(
+                &r,
+                IntGauge::new(
+                    "warmgate_fleet_store_up",
+                    "1 while the fleet store answered the last sync (0 without [fleet] or when it did not)",
+                )?,
+            ),
             tickets_issued: tickets.with_label_values(&["issued"]),
             tickets_seen: crate::ticket::Verdict::LABELS.map(|l| tickets.with_label_values(&[l])),
             requests: reg(

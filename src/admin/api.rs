@@ -120,12 +120,51 @@ impl Admin {
                 }
             }
         };
+        self.take(caller, method, path, v, true)
+    }
+
+    /// Applies an operator write another instance of the fleet took (audited with the
+    /// instance and token it came from; not published again).
+    pub fn replay(&self, op: &crate::fleet::wire::Op) {
+        let caller = Caller {
+            token: format!("{}@{}", op.token, op.instance),
+            peer: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+        };
+        let (status, body) = self.take(&caller, &op.method, &op.path, op.body.clone(), false);
+        if !status.is_success() {
+            tracing::warn!(instance = %op.instance, action = %format!("{} {}", op.method, op.path), error = %body["error"], "a fleet operator write does not apply here");
+        }
+    }
+
+    fn take(
+        &self,
+        caller: &Caller,
+        method: &str,
+        path: &str,
+        mut v: Value,
+        publish: bool,
+    ) -> Answer {
         let action = format!("{method} {path}");
         let (cluster, unscoped) = scoped(path);
         let answer = match unknown_field(&unscoped, &v) {
             Some(a) => a,
             None => self.apply(method, cluster, &unscoped, &v),
         };
+        // Fleet state: an accepted write goes to every instance (a reload is each one's own).
+        if let (Some(link), true) = (&self.shared.fleet, publish && answer.0.is_success()) {
+            if unscoped != "/api/v1/reload" {
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("if_version");
+                }
+                link.publish(crate::fleet::wire::Op {
+                    instance: link.config.instance.clone(),
+                    token: caller.token.clone(),
+                    method: method.to_string(),
+                    path: path.to_string(),
+                    body: v.clone(),
+                });
+            }
+        }
         let result = if answer.0.is_success() {
             "ok".to_string()
         } else {

@@ -72,12 +72,58 @@ pub fn status(shared: &Shared) -> Value {
         }
         o.insert("features".into(), features.into());
         o.insert("clusters".into(), clusters.into());
+        if let Some(link) = &shared.fleet {
+            o.insert("fleet".into(), fleet(link, now));
+        }
     }
     doc
 }
 
+/// The fleet as this instance sees it: the store, the leader, the last sync.
+fn fleet(link: &crate::fleet::Link, now: u64) -> Value {
+    let Ok(st) = link.state.lock() else {
+        return json!({"error": "fleet state unavailable"});
+    };
+    json!({
+        "name": link.config.name,
+        "instance": link.config.instance,
+        "store": link.config.store_text,
+        "store_up": link.store_up(),
+        "last_error": st.last_error,
+        "leader": st.leader_name,
+        "is_leader": st.leader.is_some(),
+        "epoch": st.leader.or(st.plan.as_ref().map(|(p, _)| p.epoch)),
+        "last_sync_age_ms": (st.last_ok_ms > 0).then(|| now.saturating_sub(st.last_ok_ms)),
+        "sync_ms": link.config.sync.as_millis() as u64,
+        "lease_ms": link.lease_ms(),
+        "ops_applied": st.ops_seq,
+    })
+}
+
 /// One cluster's controller, stages, signals, endpoints and operator overrides.
 fn cluster_status(cluster: &Cluster, view: &ClusterView, ctl: &Control, now: u64) -> Value {
+    let mut v = cluster_doc(cluster, view, ctl, now);
+    if let (Some(o), Some(f)) = (v.as_object_mut(), fleet_side(ctl)) {
+        o.insert("fleet".into(), f);
+    }
+    v
+}
+
+/// A cluster's place in its fleet: its share of the fleet's limit and every instance's.
+fn fleet_side(ctl: &Control) -> Option<Value> {
+    let f = &ctl.fleet;
+    if f.share.is_none() && !f.fallback && f.shares.is_empty() {
+        return None;
+    }
+    Some(json!({
+        "role": if f.fallback { "alone" } else if f.leading { "leader" } else { "follower" },
+        "share": f.share,
+        "fleet_limit": f.fleet_limit,
+        "instances": f.shares.iter().map(|(k, v)| json!({"instance": k, "share": v})).collect::<Vec<_>>(),
+    }))
+}
+
+fn cluster_doc(cluster: &Cluster, view: &ClusterView, ctl: &Control, now: u64) -> Value {
     let d = view.decision;
     let params = &ctl.params;
     let signals = ctl.last_signals;

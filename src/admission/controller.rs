@@ -222,6 +222,27 @@ impl Controller {
         self.progress = progress.clamp(0.0, 1.0);
     }
 
+    /// Takes the fleet's ramp (a follower keeps its own controller in step with the
+    /// leader's plan, so that steering alone later starts where the fleet was).
+    pub fn adopt(&mut self, progress: f64, engaged: bool) {
+        self.progress = progress.clamp(0.0, 1.0);
+        self.engaged = engaged;
+    }
+
+    /// Starts the limit algorithm from `limit` (a share of the fleet's, or the fleet's own
+    /// when taking over as its leader); an engaged ramp's cap is rescaled to allow it now.
+    pub fn adopt_limit(&mut self, limit: u32, params: &ControlParams) {
+        self.knee.set(limit.max(1));
+        if self.engaged {
+            let start = params.curve.fraction(0.0, params.start_fraction).max(1e-3);
+            let now = params
+                .curve
+                .fraction(self.progress, params.start_fraction)
+                .max(1e-3);
+            self.engage_limit = f64::from(limit.max(1)) * start / now;
+        }
+    }
+
     /// Operator: pin the limit to a value, or release it to the algorithm.
     pub fn pin_limit(&mut self, limit: Option<u32>) {
         self.pinned = limit.map(|l| l.max(1));

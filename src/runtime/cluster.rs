@@ -181,6 +181,27 @@ pub struct Control {
     strain_quiet_until_ms: u64,
     /// Operator changes in force.
     pub overrides: Overrides,
+    /// With `[fleet]`: how this cluster steered on its last tick.
+    pub fleet: FleetSide,
+}
+
+/// A cluster's side of the fleet, kept from tick to tick.
+#[derive(Debug, Clone, Default)]
+pub struct FleetSide {
+    /// The share of the fleet's limit applied now (`None`: steering alone).
+    pub share: Option<u32>,
+    /// The fleet's limit, as last known.
+    pub fleet_limit: u32,
+    /// This instance computed the last plan.
+    pub leading: bool,
+    /// Steering alone for want of a lease (said once).
+    pub fallback: bool,
+    /// The leader's last fleet decision (ticks with no new aggregate reuse it).
+    pub last: Option<Decision>,
+    /// Outages the fleet recovered from: a new one makes this instance forget its window too.
+    pub recoveries: u64,
+    /// The instances and their shares in the last plan made or read.
+    pub shares: BTreeMap<String, u32>,
 }
 
 impl Control {
@@ -194,6 +215,7 @@ impl Control {
             rate: None,
             strain_quiet_until_ms: 0,
             overrides: Overrides::default(),
+            fleet: FleetSide::default(),
         }
     }
 
@@ -219,8 +241,15 @@ impl Control {
         }
     }
 
-    /// One tick of this cluster: read its signals, step its controller, publish its limit.
-    pub fn tick(&mut self, cluster: &Cluster, previous: &Decision, now: u64) -> ClusterView {
+    /// One tick of this cluster: read its signals, step its controller (or, in a fleet, take
+    /// its share of the fleet's), publish its limit.
+    pub fn tick(
+        &mut self,
+        cluster: &Cluster,
+        previous: &Decision,
+        now: u64,
+        fleet: Option<&crate::fleet::Link>,
+    ) -> ClusterView {
         let st = &cluster.state;
         let cfg = &cluster.config;
         let window_s = cfg.signals.window.as_secs().max(1);
@@ -243,7 +272,10 @@ impl Control {
                 signals.hit_ratio = st.scraped.fresh(now, max_age);
             }
         }
-        let decision = self.controller.tick(now, &self.params, &signals);
+        let decision = match fleet {
+            None => self.controller.tick(now, &self.params, &signals),
+            Some(link) => self.fleet_step(link, &st.name, &signals, now),
+        };
         if decision.recovered {
             // The outage's failures are no evidence about the backend now that it answers.
             st.window.forget();
@@ -273,6 +305,129 @@ impl Control {
         }
     }
 
+    /// The decision of a fleet member: the leader steps the fleet's controller on the
+    /// aggregate and splits the limit; a follower applies its share of the plan; without a
+    /// lease, its own controller from a safe share.
+    fn fleet_step(
+        &mut self,
+        link: &crate::fleet::Link,
+        name: &str,
+        signals: &SignalSnapshot,
+        now: u64,
+    ) -> Decision {
+        use crate::fleet::share::{allocate, Member};
+        use crate::fleet::wire::ClusterPlan;
+        use crate::fleet::Role;
+        let me = link.config.instance.as_str();
+        let role = link.role(name, now);
+        if !matches!(role, Role::Fallback { .. }) && self.fleet.fallback {
+            self.fleet.fallback = false;
+            tracing::info!(cluster = %name, "fleet lease back: this instance takes its share of the fleet's limit again");
+        }
+        let mut plan_out = None;
+        let decision = match role {
+            Role::Joining => {
+                // Until the fleet is known, one request at a time: never a limit on top.
+                let d = self.controller.tick(now, &self.params, signals);
+                self.fleet.share = Some(1);
+                with_share(d, 1, 0)
+            }
+            Role::Leader {
+                aggregate,
+                members,
+                seed,
+            } => {
+                if let (Some(seed), false) = (&seed, self.fleet.leading) {
+                    self.controller.adopt(seed.progress, seed.engaged);
+                    self.controller.adopt_limit(seed.limit, &self.params);
+                    self.fleet.recoveries = seed.recoveries;
+                }
+                self.fleet.leading = true;
+                let d = match (aggregate, self.fleet.last) {
+                    (Some(a), _) => self.controller.tick(now, &self.params, &a),
+                    (None, Some(last)) => Decision {
+                        recovered: false,
+                        ..last
+                    },
+                    (None, None) => self.controller.tick(now, &self.params, signals),
+                };
+                self.fleet.last = Some(d);
+                if d.recovered {
+                    self.fleet.recoveries += 1;
+                }
+                let mut members = members;
+                let mine = Member {
+                    inflight: signals.inflight,
+                    waiting: signals.gate.waiting,
+                    acked: self.fleet.share.unwrap_or(0),
+                };
+                match members.iter_mut().find(|(n, _)| n == me) {
+                    Some((_, m)) => *m = mine,
+                    None => members.push((me.to_string(), mine)),
+                }
+                let ms: Vec<Member> = members.iter().map(|(_, m)| *m).collect();
+                let shares = allocate(d.limit, &ms);
+                let shares: BTreeMap<String, u32> =
+                    members.iter().map(|(n, _)| n.clone()).zip(shares).collect();
+                let share = shares.get(me).copied().unwrap_or(0);
+                plan_out = Some(ClusterPlan {
+                    limit: d.limit,
+                    engaged: d.engaged,
+                    progress: d.progress,
+                    open: d.open,
+                    eta_s: d.eta_s,
+                    rps: d.rps,
+                    recoveries: self.fleet.recoveries,
+                    shares: shares.clone(),
+                });
+                self.fleet.shares = shares;
+                self.fleet.fleet_limit = d.limit;
+                self.fleet.share = Some(share);
+                with_share(d, share, d.limit)
+            }
+            Role::Follower {
+                plan,
+                share,
+                local_ramp,
+            } => {
+                self.fleet.leading = false;
+                self.fleet.last = None;
+                if !local_ramp {
+                    self.controller.adopt(plan.progress, plan.engaged);
+                }
+                let mut d = self.controller.tick(now, &self.params, signals);
+                if !local_ramp {
+                    (d.engaged, d.progress, d.open, d.eta_s) =
+                        (plan.engaged, plan.progress, plan.open, plan.eta_s);
+                }
+                d.rps = plan.rps;
+                // The leader saw the backend come back: this window's outage goes too.
+                d.recovered = plan.recoveries > self.fleet.recoveries;
+                self.fleet.recoveries = plan.recoveries;
+                self.fleet.shares = plan.shares.clone();
+                self.fleet.fleet_limit = plan.limit;
+                self.fleet.share = Some(share);
+                with_share(d, share, plan.limit)
+            }
+            Role::Fallback { safe } => {
+                if !self.fleet.fallback {
+                    self.fleet.fallback = true;
+                    if safe > 0 {
+                        self.controller.adopt_limit(safe, &self.params);
+                    }
+                    tracing::warn!(cluster = %name, safe_share = safe, "no fleet lease: this instance steers alone from a safe share (the last fleet limit over the last instance count)");
+                }
+                self.fleet.leading = false;
+                self.fleet.last = None;
+                self.fleet.share = None;
+                self.controller.tick(now, &self.params, signals)
+            }
+        };
+        let applied = self.fleet.share.unwrap_or(decision.limit);
+        link.gathered(name, signals, applied, plan_out);
+        decision
+    }
+
     /// The rate limiter for `rps`, rebuilt only when the rate moves by more than 5 %.
     fn rate_for(&mut self, rps: Option<u32>) -> Option<Arc<DefaultDirectRateLimiter>> {
         let Some(r) = rps.and_then(NonZeroU32::new) else {
@@ -293,6 +448,22 @@ impl Control {
         }
         self.rate.clone()
     }
+}
+
+/// A fleet decision applied as this instance's share: the share is the limit (no growth on
+/// the data path past it), and a request-rate cap is split in the same proportion.
+pub fn with_share(mut d: Decision, share: u32, fleet_limit: u32) -> Decision {
+    d.rps = d.rps.map(|r| {
+        if fleet_limit == 0 {
+            r
+        } else {
+            ((u64::from(r) * u64::from(share)).div_ceil(u64::from(fleet_limit)) as u32).max(1)
+        }
+    });
+    d.limit = share.max(1);
+    d.ceiling = d.limit;
+    d.slow_start = false;
+    d
 }
 
 fn publish_metrics(cluster: &Cluster, d: &Decision, s: &SignalSnapshot, now: u64) {

@@ -91,6 +91,8 @@ pub struct Shared {
     /// The gates of clusters a reload removed, by name: one added back gets its own again
     /// (a gate lives as long as the process).
     retired: Mutex<BTreeMap<String, Retired>>,
+    /// The fleet this instance steers with (`[fleet]`; set at start, a reload keeps it).
+    pub fleet: Option<Arc<crate::fleet::Link>>,
 }
 
 impl Shared {
@@ -105,6 +107,10 @@ impl Shared {
             None => None,
         };
         let clock = Clock::new();
+        let fleet = config
+            .fleet
+            .clone()
+            .map(|f| Arc::new(crate::fleet::Link::new(f, clock.now_ms())));
         let hasher = ClientHasher::random();
         let retired = Mutex::new(BTreeMap::new());
         let mut control = Controls {
@@ -120,6 +126,7 @@ impl Shared {
             hasher: &hasher,
             retired: &retired,
             now_ms: clock.now_ms(),
+            in_fleet: fleet.is_some(),
         };
         let snapshot = parts.compile(&mut control, None, config);
         Ok(Arc::new(Self {
@@ -132,6 +139,7 @@ impl Shared {
             draining: std::sync::atomic::AtomicBool::new(false),
             access,
             retired,
+            fleet,
         }))
     }
 
@@ -156,7 +164,9 @@ impl Shared {
             .iter()
             .zip(control.clusters.iter_mut())
             .zip(cur.clusters.iter())
-            .map(|((cluster, ctl), view)| ctl.tick(cluster, &view.decision, now))
+            .map(|((cluster, ctl), view)| {
+                ctl.tick(cluster, &view.decision, now, self.fleet.as_deref())
+            })
             .collect();
         let (first, retry) = (
             self.metrics.attempts_first.get(),
@@ -171,6 +181,9 @@ impl Shared {
             control.retry_share = dr as f64 / (df + dr) as f64;
         }
         self.metrics.retry_share.set(control.retry_share);
+        if let Some(link) = &self.fleet {
+            self.metrics.fleet_store_up.set(i64::from(link.store_up()));
+        }
         if now / 1000 != control.history_s {
             control.history_s = now / 1000;
             let unix_ms = std::time::SystemTime::now()
@@ -210,6 +223,7 @@ impl Shared {
             hasher: &self.hasher,
             retired: &self.retired,
             now_ms: self.clock.now_ms(),
+            in_fleet: self.fleet.is_some(),
         };
         let next = parts.compile(&mut control, Some(&cur), config);
         self.snapshot.store(Arc::new(next));
@@ -228,6 +242,8 @@ struct Parts<'a> {
     hasher: &'a ClientHasher,
     retired: &'a Mutex<BTreeMap<String, Retired>>,
     now_ms: u64,
+    /// This instance steers with a fleet (`[fleet]` at start).
+    in_fleet: bool,
 }
 
 impl Parts<'_> {
@@ -268,7 +284,17 @@ impl Parts<'_> {
                     let state = self.cluster_state(cc, config.client_table_size);
                     let cluster = Cluster::new(cc.clone(), state, None);
                     let mut ctl = Control::new(cc.control.clone());
-                    let view = ctl.first_view(&cluster, self.now_ms);
+                    let mut view = ctl.first_view(&cluster, self.now_ms);
+                    if self.in_fleet {
+                        // One at a time until the fleet is known: a new instance must not
+                        // add its own starting limit on top of a fleet at its knee.
+                        view.decision = cluster::with_share(view.decision, 1, 0);
+                        let d = &view.decision;
+                        cluster
+                            .state
+                            .gate
+                            .set_limit(d.limit, d.ceiling, d.slow_start);
+                    }
                     (cluster, ctl, view)
                 }
             };

@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 
 pub mod clusters;
 pub mod process;
+pub mod redis;
 pub mod tls;
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
