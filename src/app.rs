@@ -350,6 +350,17 @@ pub fn needs_restart(running: &Config, new: &Config) -> Vec<String> {
             show(new.tls.is_some())
         ));
     }
+    let fleet = |c: &Config| {
+        c.fleet.as_ref().map(|f| {
+            format!(
+                "{} {} {} {:?} {:?}",
+                f.store_text, f.name, f.instance, f.sync, f.lease
+            )
+        })
+    };
+    if fleet(running) != fleet(new) {
+        out.push("fleet (the store, name, instance, sync and lease are read at start)".into());
+    }
     if running.server.workers != new.server.workers {
         let show = |w: Option<usize>| w.map_or("one per CPU".to_string(), |w| w.to_string());
         out.push(format!(

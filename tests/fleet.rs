@@ -48,12 +48,16 @@ async fn knee_backend(knee: usize, service: Duration) -> Backend {
 }
 
 fn config(upstream: &str, redis: u16, instance: &str) -> String {
+    config_with(upstream, redis, instance, "")
+}
+
+fn config_with(upstream: &str, redis: u16, instance: &str, ramp: &str) -> String {
     format!(
         "listen = \"127.0.0.1:0\"\n\
          [admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"tokens\"\n\
          [upstream]\nendpoints = [\"{upstream}\"]\n\
-         [ramp]\ntick = \"50ms\"\n\
-         [queue]\nmax_wait = {{ critical = \"5s\", low = \"5s\" }}\n\
+         [ramp]\ntick = \"50ms\"\n{ramp}\n\
+         [queue]\nmax_wait = {{ critical = \"5s\", low = \"400ms\" }}\n\
          [fleet]\nstore = \"redis://127.0.0.1:{redis}/0\"\ninstance = \"{instance}\"\nsync = \"50ms\"\nlease = \"500ms\"\n\
          [client_key]\nheader = \"x-user\"\n\
          [[feature]]\nname = \"login\"\npriority = \"critical\"\n\
@@ -375,4 +379,113 @@ async fn the_store_killed_under_traffic_fails_no_request_and_the_fleet_rejoins()
     assert_eq!(other, 0, "no request failed because of the store");
     a.stop().await;
     b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_leader_goes_another_takes_over_from_its_plan() {
+    let port = free_port();
+    let _redis = redis::start(port);
+    let backend = knee_backend(8, Duration::from_millis(50)).await;
+    let mut ps = Vec::new();
+    let mut dirs = Vec::new();
+    for name in ["a", "b", "c"] {
+        let (p, d) = instance(&backend.up, port, name).await;
+        ps.push(p);
+        dirs.push(d);
+    }
+    let stops: Vec<Arc<AtomicU64>> = (0..3).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let mut clients: Vec<Vec<_>> = ps.iter().zip(&stops).map(|(p, s)| load(p, 6, s)).collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut leader = None;
+    for (i, p) in ps.iter().enumerate() {
+        if p.status().await["fleet"]["is_leader"] == true {
+            leader = Some(i);
+        }
+    }
+    let leader = leader.expect("one of them leads");
+    let before = fleet_view(&[&ps[0], &ps[1], &ps[2]]).await.unwrap();
+    // The leader's clients leave first, then it stops.
+    stops[leader].store(1, Ordering::SeqCst);
+    for c in clients.remove(leader) {
+        c.await.unwrap();
+    }
+    let gone = ps.remove(leader);
+    gone.stop().await;
+    let took = until(Duration::from_secs(5), async || {
+        let mut leaders = 0;
+        for p in &ps {
+            let st = p.status().await;
+            let f = side(&st);
+            let listed = f["instances"].as_array().map_or(0, Vec::len);
+            if st["fleet"]["is_leader"] == true && listed == 2 {
+                leaders += 1;
+            }
+        }
+        leaders == 1
+    })
+    .await;
+    let after = fleet_view(&[&ps[0], &ps[1]]).await;
+    eprintln!("leader gone: another leads after {took:?} (lease 500 ms); fleet limit and shares {before:?} -> {after:?}");
+    assert!(took.is_some(), "a new leader plans for the two left");
+    let (limit, sum) = after.unwrap();
+    assert!(sum <= limit && limit >= 2, "{after:?}");
+    for s in &stops {
+        s.store(1, Ordering::SeqCst);
+    }
+    let mut ok = 0;
+    for c in clients.into_iter().flatten() {
+        ok += c.await.unwrap().0;
+    }
+    assert!(ok > 0);
+    for p in ps {
+        p.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_told_to_wait_by_one_instance_is_early_on_another() {
+    let port = free_port();
+    let _redis = redis::start(port);
+    let backend = knee_backend(64, Duration::from_millis(5)).await;
+    let ramp = "engage = \"on_start\"\nduration = \"10m\"";
+    let mut ps = Vec::new();
+    let mut dirs = Vec::new();
+    for name in ["a", "b"] {
+        let text = config_with(&backend.up.addr.to_string(), port, name, ramp);
+        let (p, d) = proxy_from_file(&text, &[("tokens", TOKEN)]).await;
+        ps.push(p);
+        dirs.push(d);
+    }
+    let (a, b) = (&ps[0], &ps[1]);
+    let synced = until(Duration::from_secs(5), async || {
+        a.status().await["fleet"]["last_sync_age_ms"].is_u64()
+            && b.status().await["fleet"]["last_sync_age_ms"].is_u64()
+    })
+    .await;
+    assert!(synced.is_some());
+    // A new client on b is answered at once (the low stage is closed).
+    let t = Instant::now();
+    let (resp, _) = get(&b.url("/api/recommend"), &[("x-user", "fresh")]).await;
+    assert_eq!(resp.status(), 503);
+    assert!(
+        t.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+    // Told to wait by a...
+    let (resp, _) = get(&a.url("/api/recommend"), &[("x-user", "blind")]).await;
+    assert_eq!(resp.status(), 503);
+    // ...and back on b after a few syncs, well before its time: held like an early returner.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    let (resp, _) = get(&b.url("/api/recommend"), &[("x-user", "blind")]).await;
+    assert_eq!(resp.status(), 503);
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "b knows what a told the client: held for the longest wait first ({:?})",
+        t.elapsed()
+    );
+    for p in ps {
+        p.stop().await;
+    }
 }

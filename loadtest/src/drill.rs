@@ -48,6 +48,15 @@ pub struct DrillConfig {
     /// How long the killed backend stays down, seconds.
     #[arg(long, default_value_t = 5.0, requires = "backend_restart_at")]
     pub backend_down_s: f64,
+    /// Also run N warmgate instances sharing one fleet store (a redis-server the drill starts
+    /// on a loopback port) behind a round-robin TCP balancer (HAProxy `mode tcp` when
+    /// installed, else the drill's own relay), each with one worker. Repeat to sweep N.
+    #[arg(long)]
+    pub fleet: Vec<u32>,
+    /// With --fleet: also run the N instances without the store, each steering alone (what
+    /// a fleet does without `[fleet]`).
+    #[arg(long, requires = "fleet")]
+    pub fleet_alone: bool,
     /// Where to write report.html, report.json and logs.
     #[arg(long, default_value = "drill-report")]
     pub report_dir: PathBuf,
@@ -84,6 +93,12 @@ pub struct Run {
     pub db_knee: u64,
     pub storm: StormReport,
     pub samples: Vec<Sample>,
+    /// Instances behind the balancer (`None`: one, or another proxy), and whether they
+    /// shared a fleet store.
+    #[serde(default)]
+    pub instances: Option<u32>,
+    #[serde(default)]
+    pub shared_store: bool,
 }
 
 fn warmgate_bin(cfg: &DrillConfig) -> PathBuf {
@@ -98,7 +113,12 @@ fn warmgate_bin(cfg: &DrillConfig) -> PathBuf {
 }
 
 /// The user's config with the drill's addresses.
-fn drill_config(path: &Path, listen: u16, admin: u16, upstream: &str) -> anyhow::Result<String> {
+pub fn drill_config(
+    path: &Path,
+    listen: u16,
+    admin: u16,
+    upstream: &str,
+) -> anyhow::Result<String> {
     let text =
         std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let mut t: toml::Table = text
@@ -130,7 +150,7 @@ fn drill_config(path: &Path, listen: u16, admin: u16, upstream: &str) -> anyhow:
     Ok(toml::to_string(&t)?)
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
@@ -157,7 +177,7 @@ async fn wait_for_port(port: u16, child: &mut Child, what: &str) -> anyhow::Resu
 }
 
 /// The child once it listens on `port`; stopped (and an error) if it does not.
-async fn listening(mut c: Child, port: u16, what: &str) -> anyhow::Result<Child> {
+pub async fn listening(mut c: Child, port: u16, what: &str) -> anyhow::Result<Child> {
     match wait_for_port(port, &mut c, what).await {
         Ok(()) => Ok(c),
         Err(e) => {
@@ -168,7 +188,7 @@ async fn listening(mut c: Child, port: u16, what: &str) -> anyhow::Result<Child>
 }
 
 /// Stops a child we started: SIGTERM (graceful drain), then SIGKILL after 5 s.
-fn stop_child(child: &mut Child) {
+pub fn stop_child(child: &mut Child) {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -209,6 +229,8 @@ pub enum Front {
     NginxLimit(u32),
     /// HAProxy with a static `maxconn` to the backend (queued up to `timeout queue`, then 503).
     Haproxy(u32),
+    /// N warmgate instances behind a round-robin balancer; sharing a fleet store or not.
+    Fleet(u32, bool),
 }
 
 /// HAProxy with a static `maxconn` on the one backend server, queueing the rest.
@@ -283,8 +305,10 @@ http {{\n access_log off;\n client_body_temp_path {d};\n proxy_temp_path {d};\n 
 
 /// One run: simulator, maybe warmgate, storm; everything started here is stopped here.
 pub async fn run_once(cfg: &DrillConfig, front: Front) -> anyhow::Result<Run> {
-    let with_warmgate = front == Front::Warmgate;
+    let with_warmgate = matches!(front, Front::Warmgate | Front::Fleet(..));
     let label = match front {
+        Front::Fleet(n, true) => format!("warmgate fleet of {n}"),
+        Front::Fleet(n, false) => format!("{n} warmgate instances, each alone"),
         Front::Nothing => "without warmgate".to_string(),
         Front::Warmgate => "with warmgate".to_string(),
         Front::NginxLimit(r) => format!("nginx limit_req {r} r/s"),
@@ -367,8 +391,16 @@ pub async fn run_once(cfg: &DrillConfig, front: Front) -> anyhow::Result<Run> {
     };
 
     let mut child = None;
+    let mut fleet_parts = None;
     let mut admin_url = None;
-    let target = if with_warmgate {
+    let target = if let Front::Fleet(n, shared) = front {
+        let parts =
+            crate::fleet::start(cfg, &warmgate_bin(cfg), n, shared, &sim_addr.to_string()).await?;
+        admin_url = Some(parts.status_url.clone());
+        let t = format!("http://127.0.0.1:{}", parts.port);
+        fleet_parts = Some(parts);
+        t
+    } else if with_warmgate {
         let (port, admin) = (free_port()?, free_port()?);
         let text = drill_config(&cfg.config, port, admin, &sim_addr.to_string())?;
         let path = cfg.report_dir.join("warmgate-drill.toml");
@@ -434,7 +466,10 @@ pub async fn run_once(cfg: &DrillConfig, front: Front) -> anyhow::Result<Run> {
                 if let Some(url) = &admin_url {
                     if let Some(st) = get_json(&client, url).await {
                         sample.progress = st["controller"]["progress"].as_f64();
-                        sample.limit = st["controller"]["limit"].as_u64();
+                        // In a fleet, the fleet's limit (the instance's is its share).
+                        sample.limit = st["clusters"][0]["fleet"]["fleet_limit"]
+                            .as_u64()
+                            .or_else(|| st["controller"]["limit"].as_u64());
                         sample.inflight = st["signals"]["inflight"].as_u64();
                         sample.state = st["controller"]["state"].as_str().map(String::from);
                     }
@@ -456,6 +491,9 @@ pub async fn run_once(cfg: &DrillConfig, front: Front) -> anyhow::Result<Run> {
     if let Some(mut c) = child {
         stop_child(&mut c);
     }
+    if let Some(p) = fleet_parts {
+        p.stop();
+    }
     let _ = stop_sim.send(());
     let _ = sim_thread.join();
     let storm = result?;
@@ -471,6 +509,11 @@ pub async fn run_once(cfg: &DrillConfig, front: Front) -> anyhow::Result<Run> {
         db_knee: s.db_knee,
         storm,
         samples,
+        instances: match front {
+            Front::Fleet(n, _) => Some(n),
+            _ => None,
+        },
+        shared_store: matches!(front, Front::Fleet(_, true)),
     })
 }
 
@@ -488,6 +531,12 @@ pub async fn run(cfg: DrillConfig) -> anyhow::Result<PathBuf> {
     }
     if !cfg.no_warmgate {
         runs.push(run_once(&cfg, Front::Warmgate).await?);
+    }
+    for &n in &cfg.fleet {
+        if cfg.fleet_alone {
+            runs.push(run_once(&cfg, Front::Fleet(n, false)).await?);
+        }
+        runs.push(run_once(&cfg, Front::Fleet(n, true)).await?);
     }
     std::fs::create_dir_all(&cfg.report_dir)?;
     std::fs::write(

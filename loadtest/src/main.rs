@@ -4,6 +4,7 @@
 
 mod coldsim;
 mod drill;
+mod fleet;
 mod report;
 mod rng;
 mod storm;

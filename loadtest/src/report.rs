@@ -611,7 +611,34 @@ pub fn summary(runs: &[Run]) -> Vec<String> {
             out.push(why);
         }
     }
-    let with = runs.iter().find(|r| r.with_warmgate);
+    // A fleet against one instance: the same storm, N instances behind a balancer.
+    let one = runs
+        .iter()
+        .find(|r| r.with_warmgate && r.instances.is_none());
+    for f in runs.iter().filter(|r| r.instances.is_some()) {
+        let Some(one) = one else { break };
+        let (a, b) = (&f.storm.summary, &one.storm.summary);
+        let fmt_t = |t: Option<f64>| t.map_or("never".to_string(), secs);
+        let fmt_w = |w: Option<f64>| w.map_or("-".to_string(), |w| format!("{w:.1} s"));
+        let db_max = |r: &Run| r.samples.iter().map(|s| s.db_active).max().unwrap_or(0);
+        out.push(format!(
+            "{}: everyone in by {} (one instance: {}), login wait p99 {} ({}), {:.2} requests per success ({:.2}), the database's queue at most {} ({}; its knee is {}).",
+            capitalise(&f.label),
+            fmt_t(a.time_to_logged_in_s[3]),
+            fmt_t(b.time_to_logged_in_s[3]),
+            fmt_w(a.login_wait_s[1]),
+            fmt_w(b.login_wait_s[1]),
+            a.retry_amplification,
+            b.retry_amplification,
+            db_max(f),
+            db_max(one),
+            f.db_knee
+        ));
+    }
+    let with = runs
+        .iter()
+        .find(|r| r.with_warmgate && r.instances.is_none())
+        .or_else(|| runs.iter().find(|r| r.with_warmgate));
     let best_other = runs.iter().filter(|r| !r.with_warmgate).min_by(|a, b| {
         // Soonest to have everyone in; among those that never did, the most users in.
         let t = |r: &Run| r.storm.summary.time_to_logged_in_s[3].unwrap_or(f64::INFINITY);

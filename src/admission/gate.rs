@@ -228,7 +228,13 @@ pub struct Gate {
     budget: ClientBudget,
     /// Its number among the process's gates (`u32::MAX`: not one of them).
     id: AtomicU32,
+    /// In a fleet: what this gate told clients (when to come back, their first arrival), for
+    /// the tick to share with the other instances (a bounded lock-free queue; full: dropped).
+    told: std::sync::OnceLock<crossbeam_queue::ArrayQueue<(u64, ClientEntry)>>,
 }
+
+/// How many told entries wait for the next tick at most.
+const TOLD_QUEUE: usize = 16_384;
 
 /// Every process-lifetime gate, by id: what lets a slot held by a connection be released from
 /// that connection's write path (one lock at gate creation and at a stall, never per request).
@@ -363,7 +369,34 @@ impl Gate {
             grace: ClientTable::new(client_slots, 0),
             budget: ClientBudget::new(client_slots),
             id: AtomicU32::new(u32::MAX),
+            told: std::sync::OnceLock::new(),
         }
+    }
+
+    /// From now on, note what clients are told so the fleet can share it.
+    pub fn share_told(&self) {
+        let _ = self.told.set(crossbeam_queue::ArrayQueue::new(TOLD_QUEUE));
+    }
+
+    /// What clients were told since the last call (client memory key, entry), oldest first.
+    pub fn drain_told(&self) -> Vec<(u64, ClientEntry)> {
+        let Some(q) = self.told.get() else {
+            return Vec::new();
+        };
+        std::iter::from_fn(|| q.pop()).take(TOLD_QUEUE).collect()
+    }
+
+    /// What another instance told a client: remembered as if told here (the earlier first
+    /// arrival and the later return time win).
+    pub fn learn(&self, key: u64, e: ClientEntry, now_ms: u64) {
+        let e = match self.early.get(key, now_ms) {
+            Some(mine) => ClientEntry {
+                until_ms: mine.until_ms.max(e.until_ms),
+                first_ms: mine.first_ms.min(e.first_ms),
+            },
+            None => e,
+        };
+        self.early.put(key, e);
     }
 
     /// A process-lifetime gate (one per process; reloads keep it).
@@ -768,8 +801,11 @@ impl Gate {
         // clock rounds differently from counting as early.
         let ms = u64::from(retry_after_s) * 1000;
         let until_ms = ask.now_ms + ms - (ms / 4).min(1000);
-        self.early
-            .put(early_key(ask), ClientEntry { until_ms, first_ms });
+        let told = ClientEntry { until_ms, first_ms };
+        self.early.put(early_key(ask), told);
+        if let Some(q) = self.told.get() {
+            let _ = q.push((early_key(ask), told));
+        }
         Reject {
             reason,
             retry_after_s,

@@ -25,6 +25,11 @@ pub struct State {
     pub ops_seq: u64,
     /// Where to read operator writes from next (`None`: not synced yet).
     pub ops_cursor: Option<u64>,
+    /// What clients were told here, to send (per cluster), and what other instances told
+    /// theirs, to learn; where to read the latter from next.
+    pub told_out: BTreeMap<String, Vec<[u64; 3]>>,
+    pub told_in: BTreeMap<String, Vec<[u64; 3]>>,
+    pub told_cursor: Option<u64>,
     /// The plan the leader (this instance) makes for the next sync to write.
     pub plan_out: Option<Plan>,
     /// The last plan read, and when (process clock, ms).
@@ -46,6 +51,9 @@ pub struct State {
     /// whether the fallback was logged.
     pub last_fleet: BTreeMap<String, (u32, usize)>,
 }
+
+/// Told entries kept per cluster between syncs at most (either way).
+pub const MAX_TOLD: usize = 50_000;
 
 /// The link between this instance and its fleet.
 #[derive(Debug)]
@@ -142,6 +150,20 @@ impl Link {
         }
     }
 
+    /// Shares what clients were told here; takes what other instances told theirs.
+    pub fn swap_told(&self, cluster: &str, out: Vec<[u64; 3]>) -> Vec<[u64; 3]> {
+        let Ok(mut st) = self.state.lock() else {
+            return Vec::new();
+        };
+        if !out.is_empty() {
+            let q = st.told_out.entry(cluster.to_string()).or_default();
+            if q.len() < MAX_TOLD {
+                q.extend(out.into_iter().take(MAX_TOLD - q.len()));
+            }
+        }
+        st.told_in.remove(cluster).unwrap_or_default()
+    }
+
     /// An operator write taken here, for every other instance.
     pub fn publish(&self, op: Op) {
         if let Ok(mut st) = self.state.lock() {
@@ -175,7 +197,8 @@ pub fn role(st: &mut State, me: &str, cluster: &str, now_ms: u64, lease_ms: u64)
     }
     if let (true, Some((p, c))) = (fresh, plan) {
         if !c.shares.is_empty() {
-            st.last_fleet.insert(cluster.to_string(), (c.limit, c.shares.len()));
+            st.last_fleet
+                .insert(cluster.to_string(), (c.limit, c.shares.len()));
         }
         return Role::Follower {
             share: c.shares.get(me).copied().unwrap_or(0),

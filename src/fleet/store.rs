@@ -8,9 +8,11 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 
 /// The keys of one fleet, in one hash slot (`{…}`) so a Redis Cluster can hold them too.
-pub fn keys(name: &str) -> [String; 7] {
-    ["reports", "seen", "leader", "epoch", "plan", "ops", "opseq"]
-        .map(|k| format!("{{warmgate:{name}}}:{k}"))
+pub fn keys(name: &str) -> [String; 9] {
+    [
+        "reports", "seen", "leader", "epoch", "plan", "ops", "opseq", "told", "toldseq",
+    ]
+    .map(|k| format!("{{warmgate:{name}}}:{k}"))
 }
 
 const SCRIPT: &str = r"
@@ -55,6 +57,19 @@ local ops = {}
 if from >= 0 and last > from then
   ops = redis.call('LRANGE', KEYS[6], -math.min(last - from, 1000), -1)
 end
+if ARGV[8] ~= '' then
+  local seq = redis.call('INCR', KEYS[9])
+  redis.call('RPUSH', KEYS[8], seq .. ' ' .. ARGV[8])
+  redis.call('LTRIM', KEYS[8], -500, -1)
+  redis.call('PEXPIRE', KEYS[8], 60000)
+  redis.call('PEXPIRE', KEYS[9], 60000)
+end
+local tlast = tonumber(redis.call('GET', KEYS[9]) or '0')
+local tfrom = tonumber(ARGV[9])
+local told = {}
+if tfrom >= 0 and tlast > tfrom then
+  told = redis.call('LRANGE', KEYS[8], -math.min(tlast - tfrom, 500), -1)
+end
 local reports = {}
 if leader == me then
   for _, m in ipairs(live) do
@@ -62,7 +77,7 @@ if leader == me then
     reports[#reports + 1] = redis.call('HGET', KEYS[1], m) or ''
   end
 end
-return {now, leader, epoch, redis.call('GET', KEYS[5]) or '', last, ops, reports}
+return {now, leader, epoch, redis.call('GET', KEYS[5]) or '', last, ops, reports, tlast, told}
 ";
 
 /// What one sync sends.
@@ -77,6 +92,10 @@ pub struct Outgoing<'a> {
     pub ops: String,
     /// The last operator write applied here (`None`: none yet; skip the history).
     pub ops_from: Option<u64>,
+    /// What clients were told here since the last sync (JSON; empty: nothing), and the last
+    /// batch of other instances' read (`None`: skip the history).
+    pub told: String,
+    pub told_from: Option<u64>,
 }
 
 /// What one sync brings back.
@@ -91,6 +110,9 @@ pub struct Incoming {
     pub ops: Vec<String>,
     /// Leader only: (instance, report JSON) of every live instance.
     pub reports: Vec<(String, String)>,
+    pub told_last: u64,
+    /// `seq json` lines of what instances told clients.
+    pub told: Vec<String>,
 }
 
 /// The script, hashed once.
@@ -102,7 +124,7 @@ pub fn script() -> redis::Script {
 pub async fn exchange(
     con: &mut ConnectionManager,
     script: &redis::Script,
-    keys: &[String; 7],
+    keys: &[String; 9],
     out: Outgoing<'_>,
 ) -> redis::RedisResult<Incoming> {
     let mut inv = script.prepare_invoke();
@@ -116,9 +138,22 @@ pub async fn exchange(
         .arg(out.plan)
         .arg(out.ops)
         .arg(out.epoch)
-        .arg(from);
-    type Answer = (u64, String, u64, String, u64, Vec<String>, Vec<String>);
-    let (now_ms, leader, epoch, plan, ops_last, ops, flat): Answer = inv.invoke_async(con).await?;
+        .arg(from)
+        .arg(out.told)
+        .arg(out.told_from.map_or(-1, |f| f as i64));
+    type Answer = (
+        u64,
+        String,
+        u64,
+        String,
+        u64,
+        Vec<String>,
+        Vec<String>,
+        u64,
+        Vec<String>,
+    );
+    let (now_ms, leader, epoch, plan, ops_last, ops, flat, told_last, told): Answer =
+        inv.invoke_async(con).await?;
     let reports = flat
         .chunks(2)
         .filter_map(|c| match c {
@@ -134,6 +169,8 @@ pub async fn exchange(
         ops_last,
         ops,
         reports,
+        told_last,
+        told,
     })
 }
 

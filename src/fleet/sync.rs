@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::link::{Link, State};
 use super::share::Member;
 use super::store::{self, Incoming, Outgoing};
-use super::wire::{aggregate, ClusterReport, Op, Plan, Report};
+use super::wire::{aggregate, ClusterReport, Op, Plan, Report, Told};
 use crate::runtime::Shared;
 
 /// Applies an operator write from another instance (the admin API's own path).
@@ -50,10 +50,11 @@ pub async fn run(shared: Arc<Shared>, link: Arc<Link>, apply: Apply) {
             }
             continue;
         };
-        let (out, sent, ops) = {
+        let (out, sent, ops, told) = {
             let Ok(mut st) = link.state.lock() else {
                 return;
             };
+            let told = std::mem::take(&mut st.told_out);
             let mut report = st.pending.clone();
             report.seq += 1;
             let plan = st.plan_out.take();
@@ -71,12 +72,23 @@ pub async fn run(shared: Arc<Shared>, link: Arc<Link>, apply: Apply) {
                     plan.map_or(0, |p| p.epoch),
                     lines.join("\n"),
                     st.ops_cursor,
+                    st.told_cursor,
                 ),
                 report,
                 ops,
+                told,
             )
         };
-        let (report_text, plan_text, epoch, ops_text, ops_from) = out;
+        let (report_text, plan_text, epoch, ops_text, ops_from, told_from) = out;
+        let told_text = if told.is_empty() {
+            String::new()
+        } else {
+            serde_json::to_string(&Told {
+                instance: link.config.instance.clone(),
+                clusters: told.clone(),
+            })
+            .unwrap_or_default()
+        };
         let answer = tokio::time::timeout(
             timeout,
             store::exchange(
@@ -91,6 +103,8 @@ pub async fn run(shared: Arc<Shared>, link: Arc<Link>, apply: Apply) {
                     epoch,
                     ops: ops_text,
                     ops_from,
+                    told: told_text,
+                    told_from,
                 },
             ),
         )
@@ -110,11 +124,13 @@ pub async fn run(shared: Arc<Shared>, link: Arc<Link>, apply: Apply) {
                 };
                 down(&link, &why);
                 if let Ok(mut st) = link.state.lock() {
-                    // Unsent writes go out with the next sync.
+                    // Unsent writes go out with the next sync; what clients were told is
+                    // stale by then and goes.
                     let mut ops = ops;
                     ops.append(&mut st.ops_out);
                     st.ops_out = ops;
                 }
+                drop(told);
             }
         }
     }
@@ -189,6 +205,30 @@ fn taken(
     }
     st.ops_cursor = Some(inc.ops_last);
     st.ops_seq = inc.ops_last;
+    let told_from = match st.told_cursor {
+        Some(c) if c <= inc.told_last => c,
+        _ => inc.told_last,
+    };
+    for line in &inc.told {
+        let Some((seq, json)) = line.split_once(' ') else {
+            continue;
+        };
+        if seq.parse::<u64>().map_or(true, |s| s <= told_from) {
+            continue;
+        }
+        let Ok(t) = serde_json::from_str::<Told>(json) else {
+            continue;
+        };
+        if t.instance == *me {
+            continue;
+        }
+        for (cluster, entries) in t.clusters {
+            let q = st.told_in.entry(cluster).or_default();
+            let room = super::link::MAX_TOLD.saturating_sub(q.len());
+            q.extend(entries.into_iter().take(room));
+        }
+    }
+    st.told_cursor = Some(inc.told_last);
     if st.leader.is_some() {
         lead(st, counted, &inc.reports);
     }

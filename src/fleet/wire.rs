@@ -120,6 +120,15 @@ pub struct Op {
     pub body: serde_json::Value,
 }
 
+/// What one instance told clients since its last sync, per cluster: (client memory key,
+/// return time, first arrival), wall-clock ms, so that a client who retries on another
+/// instance is known there as early (and keeps its place in line).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Told {
+    pub instance: String,
+    pub clusters: BTreeMap<String, Vec<[u64; 3]>>,
+}
+
 /// The fleet's aggregate signals for one cluster, from every live instance's report.
 pub fn aggregate(reports: &[&ClusterReport], limit: u32) -> SignalSnapshot {
     let mut s = SignalSnapshot::default();

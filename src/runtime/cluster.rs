@@ -274,7 +274,10 @@ impl Control {
         }
         let decision = match fleet {
             None => self.controller.tick(now, &self.params, &signals),
-            Some(link) => self.fleet_step(link, &st.name, &signals, now),
+            Some(link) => {
+                share_told(link, st, now);
+                self.fleet_step(link, &st.name, &signals, now)
+            }
         };
         if decision.recovered {
             // The outage's failures are no evidence about the backend now that it answers.
@@ -447,6 +450,33 @@ impl Control {
             self.rate_rps = Some(r.get());
         }
         self.rate.clone()
+    }
+}
+
+/// Sends what this cluster's gate told clients to the fleet (wall-clock times) and learns
+/// what the other instances told theirs: a client that retries on another instance is known
+/// there as early and keeps its first arrival.
+fn share_told(link: &crate::fleet::Link, st: &ClusterState, now: u64) {
+    let unix = crate::ticket::unix_ms() as i128;
+    let (now_i, to_unix) = (now as i128, |ms: u64| {
+        (unix + ms as i128 - now as i128).max(0) as u64
+    });
+    let out: Vec<[u64; 3]> = st
+        .gate
+        .drain_told()
+        .into_iter()
+        .map(|(k, e)| [k, to_unix(e.until_ms), to_unix(e.first_ms)])
+        .collect();
+    for [k, until, first] in link.swap_told(&st.name, out) {
+        let back = |u: u64| (now_i + u as i128 - unix).max(1) as u64;
+        st.gate.learn(
+            k,
+            crate::admission::clients::ClientEntry {
+                until_ms: back(until),
+                first_ms: back(first),
+            },
+            now,
+        );
     }
 }
 

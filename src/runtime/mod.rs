@@ -283,6 +283,9 @@ impl Parts<'_> {
                 None => {
                     let state = self.cluster_state(cc, config.client_table_size);
                     let cluster = Cluster::new(cc.clone(), state, None);
+                    if self.in_fleet {
+                        cluster.state.gate.share_told();
+                    }
                     let mut ctl = Control::new(cc.control.clone());
                     let mut view = ctl.first_view(&cluster, self.now_ms);
                     if self.in_fleet {
@@ -345,11 +348,15 @@ impl Parts<'_> {
             config.routes.clone(),
             config.default_feature,
             config.client_key.clone(),
-            // With tickets, every instance (and the next process) hashes a client alike.
-            config
-                .ticket
-                .as_ref()
-                .map_or(*self.hasher, |t| ClientHasher::keyed(&t.client_secret)),
+            // With tickets or a fleet, every instance (and the next process) hashes a
+            // client alike: a client's memory is shared, and its ticket is its own anywhere.
+            match (&config.ticket, &config.fleet) {
+                (Some(t), _) => ClientHasher::keyed(&t.client_secret),
+                (None, Some(f)) => {
+                    ClientHasher::keyed(&format!("warmgate fleet {} {}", f.name, f.store_text))
+                }
+                (None, None) => *self.hasher,
+            },
         );
         let tickets = config
             .ticket
