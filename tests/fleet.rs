@@ -214,10 +214,14 @@ async fn three_instances_find_one_knee_and_share_it_and_a_fourth_joins_within_it
             "the shares add up to no more than the fleet limit: {limit} < {sum}"
         );
     }
+    let mean = samples.iter().map(|s| s.0 as f64).sum::<f64>() / samples.len() as f64;
     let max = samples.iter().map(|s| s.0).max().unwrap();
-    // One knee for the fleet (alone on this machine the fleet limit reads 8-10 for a knee of
-    // 8), not three instances' limits on top of each other (24 and more).
-    assert!((5..=13).contains(&max), "fleet limit: {samples:?}");
+    eprintln!("fleet limit mean {mean:.1}, max {max}");
+    // One knee for the fleet (alone on this machine the mean reads 8.9-10.6 for a knee of 8:
+    // the limit's 20 % latency tolerance lets it sit a little above, as one instance does),
+    // not three instances' limits on top of each other (24 and more).
+    assert!((6.0..=11.0).contains(&mean), "fleet limit: {samples:?}");
+    assert!(max <= 16, "fleet limit: {samples:?}");
     assert!(
         peak3 <= 16,
         "the backend holds {peak3} at once: not held to one knee"

@@ -35,7 +35,8 @@ fn find(names: &[&str]) -> Option<PathBuf> {
     names.iter().map(PathBuf::from).find(|p| p.exists())
 }
 
-/// Starts the store (when `shared`), `n` instances and the balancer.
+/// Starts the store (when `shared`), `n` instances and the balancer; on an error, stops
+/// whatever it had started.
 pub async fn start(
     cfg: &DrillConfig,
     bin: &Path,
@@ -43,13 +44,30 @@ pub async fn start(
     shared: bool,
     upstream: &str,
 ) -> anyhow::Result<Parts> {
-    let dir = std::fs::canonicalize(&cfg.report_dir)?;
     let mut parts = Parts {
         port: 0,
         status_url: String::new(),
         children: Vec::new(),
         relay: None,
     };
+    match start_into(&mut parts, cfg, bin, n, shared, upstream).await {
+        Ok(()) => Ok(parts),
+        Err(e) => {
+            parts.stop();
+            Err(e)
+        }
+    }
+}
+
+async fn start_into(
+    parts: &mut Parts,
+    cfg: &DrillConfig,
+    bin: &Path,
+    n: u32,
+    shared: bool,
+    upstream: &str,
+) -> anyhow::Result<()> {
+    let dir = std::fs::canonicalize(&cfg.report_dir)?;
     let mut store = None;
     if shared {
         let redis =
@@ -151,7 +169,7 @@ backend fleet\n  balance roundrobin\n{servers}"
         }
     }
     parts.port = port;
-    Ok(parts)
+    Ok(())
 }
 
 /// A round-robin TCP relay: each connection goes to the next instance.

@@ -25,6 +25,8 @@ pub struct State {
     pub ops_seq: u64,
     /// Where to read operator writes from next (`None`: not synced yet).
     pub ops_cursor: Option<u64>,
+    /// Operator writes taken here are on their way to the store (the sync holds them).
+    pub ops_sending: bool,
     /// What clients were told here, to send (per cluster), and what other instances told
     /// theirs, to learn; where to read the latter from next.
     pub told_out: BTreeMap<String, Vec<[u64; 3]>>,
@@ -200,9 +202,12 @@ pub fn role(st: &mut State, me: &str, cluster: &str, now_ms: u64, lease_ms: u64)
             st.last_fleet
                 .insert(cluster.to_string(), (c.limit, c.shares.len()));
         }
+        // A write taken here or applied from another instance stands here until the leader's
+        // plan has it.
+        let unplanned = !st.ops_out.is_empty() || st.ops_sending || st.ops_seq > p.ops_seq;
         return Role::Follower {
             share: c.shares.get(me).copied().unwrap_or(0),
-            local_ramp: st.ops_seq > p.ops_seq,
+            local_ramp: unplanned,
             plan: c.clone(),
         };
     }

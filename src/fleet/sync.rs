@@ -59,6 +59,7 @@ pub async fn run(shared: Arc<Shared>, link: Arc<Link>, apply: Apply) {
             report.seq += 1;
             let plan = st.plan_out.take();
             let ops = std::mem::take(&mut st.ops_out);
+            st.ops_sending = !ops.is_empty();
             let lines: Vec<String> = ops
                 .iter()
                 .filter_map(|o| serde_json::to_string(o).ok())
@@ -129,6 +130,7 @@ pub async fn run(shared: Arc<Shared>, link: Arc<Link>, apply: Apply) {
                     let mut ops = ops;
                     ops.append(&mut st.ops_out);
                     st.ops_out = ops;
+                    st.ops_sending = false;
                 }
                 drop(told);
             }
@@ -164,6 +166,7 @@ fn taken(
         return Vec::new();
     };
     let st = &mut *st;
+    st.ops_sending = false;
     st.last_ok_ms = now;
     st.last_error = None;
     for (name, r) in &sent.clusters {

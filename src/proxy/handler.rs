@@ -112,7 +112,7 @@ async fn handle_inner(
     let capped = share < 1.0 && !c.config.shadow;
     let over_share = capped && {
         let held = cluster.state.per_client.held(client);
-        held >= ClientInflight::cap(view.decision.limit, share)
+        held >= ClientInflight::cap(view.decision.limit.max(view.fleet_limit), share)
             && gate.inflight() + gate.waiting() > held
     };
     let ask = Ask {

@@ -137,6 +137,9 @@ pub struct ClusterView {
     /// Per class, the latency under which a completion counts as fast for slow start
     /// (0: no baseline learned yet, so the data path does not grow the limit).
     pub fast_us: [u64; CLASSES],
+    /// In a fleet, the fleet's limit (the decision's is this instance's share; a client's
+    /// share of the backend is reckoned on the whole); 0 otherwise.
+    pub fleet_limit: u32,
 }
 
 /// What operators changed live on one cluster, kept across reloads of the file until released.
@@ -237,6 +240,7 @@ impl Control {
         ClusterView {
             rate: self.rate_for(decision.rps),
             fast_us: [0; CLASSES],
+            fleet_limit: 0,
             decision,
         }
     }
@@ -304,6 +308,11 @@ impl Control {
         ClusterView {
             rate: self.rate_for(decision.rps),
             fast_us: self.controller.fast_us(&self.params),
+            fleet_limit: if self.fleet.share.is_some() {
+                self.fleet.fleet_limit
+            } else {
+                0
+            },
             decision,
         }
     }
