@@ -304,3 +304,49 @@ async fn the_dashboard_shows_every_cluster_and_steers_the_one_picked() {
     page.close().await;
     p.stop().await;
 }
+
+#[tokio::test]
+#[cfg_attr(
+    not(chromium_available),
+    ignore = "Chromium is not installed (apt-get install -y chromium chromium-driver); CI installs it"
+)]
+async fn the_dashboard_shows_the_fleet_and_every_instances_share() {
+    let port = free_port();
+    let _redis = common::redis::start(port);
+    let up = ok_upstream(Duration::from_millis(2)).await;
+    let tokens = format!("ops:{SECRET}\n");
+    let mut ps = Vec::new();
+    let mut dirs = Vec::new();
+    for name in ["edge-a", "edge-b"] {
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"tokens\"\n[upstream]\nendpoints = [\"{}\"]\n[ramp]\ntick = \"50ms\"\n[fleet]\nstore = \"redis://127.0.0.1:{port}/0\"\ninstance = \"{name}\"\n",
+            up.addr
+        );
+        let (p, d) = proxy_from_file(&text, &[("tokens", &tokens)]).await;
+        ps.push(p);
+        dirs.push(d);
+    }
+    let page = Page::open(ps[0].admin).await;
+    let (base, s) = (page.base.clone(), page.session.clone());
+    let t = Instant::now();
+    loop {
+        let shown = exec(&base, &s, "return [document.getElementById('fleet-card').hidden, document.getElementById('fleet-line').textContent, Array.from(document.querySelectorAll('#fleet tr')).slice(1).map(r => r.cells[0].textContent)]", json!([])).await;
+        let line = shown[1].as_str().unwrap_or("");
+        if shown[0] == json!(false)
+            && line.contains("instance edge-a")
+            && line.contains(" up")
+            && shown[2] == json!(["edge-a (this one)", "edge-b"])
+        {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(8),
+            "the page shows {shown}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    page.close().await;
+    for p in ps {
+        p.stop().await;
+    }
+}

@@ -173,3 +173,17 @@ async fn without_a_ticket_section_no_ticket_is_issued_or_read() {
     assert_eq!(holder.await.unwrap().status(), 200);
     p.stop().await;
 }
+
+#[tokio::test]
+async fn a_503_for_a_backend_found_down_carries_a_ticket_too() {
+    // A port nothing listens on: the connection is refused.
+    let dead = free_port();
+    let text = config(&format!("127.0.0.1:{dead}"), "0s")
+        .replace("full_capacity = 1", "full_capacity = 8");
+    let (p, _dir) = proxy_from_file(&text, &[("keys", KEYS)]).await;
+    let (resp, body) = get(&p.url("/"), &[("x-user", "erin")]).await;
+    assert_eq!(resp.status(), 503, "{}", String::from_utf8_lossy(&body));
+    assert!(resp.headers().contains_key("warmgate-ticket"));
+    assert!(resp.headers().contains_key("retry-after"));
+    p.stop().await;
+}

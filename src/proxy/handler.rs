@@ -183,10 +183,31 @@ async fn handle_inner(
         client: client_slot,
     };
     let sent = note.on.then(Instant::now);
-    let resp = forward(
+    let mut resp = forward(
         &shared, &snap, cluster, view, &conn, req, host, held, feature,
     )
     .await;
+    // Our own 503 after admission (the backend found down) carries a ticket too: the client
+    // keeps its place for its retry, wherever it lands.
+    if let (Some(t), true) = (
+        &c.tickets,
+        resp.status() == http::StatusCode::SERVICE_UNAVAILABLE
+            && matches!(resp.body(), ProxyBody::Local(_)),
+    ) {
+        let first = if ask.ticket_ms > 0 {
+            ask.ticket_ms.min(now_ms)
+        } else {
+            now_ms
+        };
+        let now = shared.clock.now_ms();
+        t.stamp(
+            resp.headers_mut(),
+            (first, now),
+            feature.key,
+            client,
+            &shared.metrics,
+        );
+    }
     if let Some(t) = sent {
         note.upstream = Some(t.elapsed());
         note.outcome = "forwarded";
