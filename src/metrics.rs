@@ -116,6 +116,8 @@ struct ClusterFamilies {
     p99: GaugeVec,
     lowest_admitted_priority: IntGaugeVec,
     state: IntGaugeVec,
+    fleet_limit: IntGaugeVec,
+    fleet_share: IntGaugeVec,
 }
 
 /// One cluster's series, resolved once when the cluster is first configured.
@@ -130,6 +132,9 @@ pub struct ClusterMetrics {
     pub queue_len: [IntGauge; 4],
     /// Early returners held before their reject.
     pub held: IntGauge,
+    /// With `[fleet]`: the fleet's limit and this instance's share of it.
+    pub fleet_limit: IntGauge,
+    pub fleet_share: IntGauge,
     /// Endpoints ejected by passive health right now.
     pub endpoints_ejected: IntGauge,
     pub engaged: IntGauge,
@@ -222,6 +227,14 @@ impl Metrics {
                     cp,
                 )?,
             ),
+            fleet_limit: int_gauge(
+                "warmgate_fleet_limit",
+                "With [fleet]: the fleet's limit on requests in flight to the cluster (0: steering alone)",
+            )?,
+            fleet_share: int_gauge(
+                "warmgate_fleet_share",
+                "With [fleet]: this instance's share of the fleet's limit (0: steering alone)",
+            )?,
             held: int_gauge(
                 "warmgate_held_early_returners",
                 "Clients that came back before their Retry-After, held before the answer",
@@ -289,7 +302,7 @@ impl Metrics {
                 &r,
                 IntGauge::new(
                     "warmgate_fleet_store_up",
-                    "1 while the fleet store answered the last sync (0 without [fleet] or when it did not)",
+                    "1 while the fleet store answered the last sync, 0 when it did not; -1 without [fleet]",
                 )?,
             ),
             tickets_issued: tickets.with_label_values(&["issued"]),
@@ -363,6 +376,8 @@ impl Metrics {
                 .map(|p| f.queue_timeouts.with_label_values(&[name, p.as_str()])),
             queue_len: per_p(&f.queue_len),
             held: f.held.with_label_values(&[name]),
+            fleet_limit: f.fleet_limit.with_label_values(&[name]),
+            fleet_share: f.fleet_share.with_label_values(&[name]),
             endpoints_ejected: f.endpoints_ejected.with_label_values(&[name]),
             engaged: f.engaged.with_label_values(&[name]),
             stage_eta: Priority::ALL.map(|p| f.stage_eta.with_label_values(&[name, p.as_str()])),
@@ -385,6 +400,8 @@ impl Metrics {
         let _ = f.upstream_latency.remove_label_values(&[name]);
         for g in [
             &f.held,
+            &f.fleet_limit,
+            &f.fleet_share,
             &f.endpoints_ejected,
             &f.engaged,
             &f.limit,

@@ -280,7 +280,7 @@ impl Control {
             None => self.controller.tick(now, &self.params, &signals),
             Some(link) => {
                 share_told(link, st, now);
-                self.fleet_step(link, &st.name, &signals, now)
+                self.fleet_step(link, &st.metrics, &st.name, &signals, now)
             }
         };
         if decision.recovered {
@@ -323,6 +323,7 @@ impl Control {
     fn fleet_step(
         &mut self,
         link: &crate::fleet::Link,
+        cluster_metrics: &ClusterMetrics,
         name: &str,
         signals: &SignalSnapshot,
         now: u64,
@@ -436,6 +437,17 @@ impl Control {
             }
         };
         let applied = self.fleet.share.unwrap_or(decision.limit);
+        let m = &cluster_metrics;
+        match self.fleet.share {
+            Some(share) => {
+                m.fleet_share.set(i64::from(share));
+                m.fleet_limit.set(i64::from(self.fleet.fleet_limit));
+            }
+            None => {
+                m.fleet_share.set(0);
+                m.fleet_limit.set(0);
+            }
+        }
         link.gathered(name, signals, applied, plan_out);
         decision
     }
