@@ -111,6 +111,9 @@ pub struct Decision {
     /// The backend answers again after an outage: the signals recorded during it are no
     /// evidence about its capacity and are to be forgotten.
     pub recovered: bool,
+    /// The backend is down (nothing but failures for [`OUTAGE_MS`] and [`OUTAGE_FAILURES`]):
+    /// one request at a time probes it, the rest keep their places in line.
+    pub outage: bool,
 }
 
 impl Decision {
@@ -281,9 +284,16 @@ impl Controller {
         self.step_drain(dt, s);
         self.step_engage(dt, params, s, demand);
         let state = self.step_progress(dt, params, s, health);
+        let outage = self.outage.is_some_and(|o| {
+            o.answering_since_ms.is_none()
+                && now_ms.saturating_sub(o.since_ms) >= OUTAGE_MS
+                && o.failures >= OUTAGE_FAILURES
+        });
+        let d = self.decide(params, state, health);
         Decision {
             recovered,
-            ..self.decide(params, state, health)
+            outage,
+            ..if outage { probing(d) } else { d }
         }
     }
 
@@ -540,7 +550,18 @@ impl Controller {
             inflation: self.knee.inflation(),
             rps,
             recovered: false,
+            outage: false,
         }
+    }
+}
+
+/// During an outage: one request in flight at a time, a probe of whether the backend is back.
+fn probing(d: Decision) -> Decision {
+    Decision {
+        limit: 1,
+        ceiling: 1,
+        slow_start: false,
+        ..d
     }
 }
 
@@ -659,12 +680,16 @@ mod tests {
         let d = run(&mut c, &p, &down(), 1_000, 5);
         assert_eq!(d.state, CtlState::BackingOff);
         assert!(d.progress < 0.4, "{}", d.progress);
+        // Down: one probe at a time, the line held.
+        assert!(d.outage);
+        assert_eq!((d.limit, d.ceiling), (1, 1));
         // The first answers, with the last failures of requests sent while it was down...
         let mut back = healthy();
         back.error_rate = Some(0.9);
         back.dropped = 5;
         let d = c.tick(6_000, &p, &back);
         assert!(!d.recovered);
+        assert!(!d.outage, "answers are coming: no longer held to one probe");
         // ...then answers only: the outage is over. The window still holds its failures (the
         // shell forgets them on this flag); the limit starts over in slow start.
         back.dropped = 0;

@@ -224,13 +224,19 @@ pub(super) async fn forward(
             if ep.endpoint.first_failure_this_second(now_ms) {
                 tracing::warn!(endpoint = %ep.endpoint.authority, error = %error_chain(&e), "upstream request failed (at most one line a second per endpoint)");
             }
-            respond::error(if !connect {
+            let err = if !connect {
                 ProxyError::UpstreamBroken
             } else if backend_down(&e) {
                 ProxyError::UpstreamDown
             } else {
                 ProxyError::UpstreamConnect
-            })
+            };
+            if err == ProxyError::UpstreamDown && view.decision.outage {
+                // This request was the outage's probe: its slot is held a moment longer, so
+                // the line waits for the backend instead of draining into refused connects.
+                tokio::time::sleep(PROBE_GAP).await;
+            }
+            respond::error(err)
         }
         Err(_) => {
             ep.failure(ej, now_ms);
@@ -245,6 +251,10 @@ pub(super) async fn forward(
         }
     }
 }
+
+/// While the backend is down, a failed probe holds its slot this long: at most a few probes a
+/// second, and the requests in line keep their places until it is back or their wait ends.
+const PROBE_GAP: Duration = Duration::from_millis(200);
 
 fn path_and_query(uri: &Uri) -> PathAndQuery {
     uri.path_and_query()

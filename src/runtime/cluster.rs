@@ -511,7 +511,8 @@ pub fn with_share(mut d: Decision, share: u32, fleet_limit: u32) -> Decision {
             ((u64::from(r) * u64::from(share)).div_ceil(u64::from(fleet_limit)) as u32).max(1)
         }
     });
-    d.limit = share.max(1);
+    // A backend found down here is probed one request at a time, whatever the share.
+    d.limit = if d.outage { 1 } else { share.max(1) };
     d.ceiling = d.limit;
     d.slow_start = false;
     d

@@ -129,7 +129,9 @@ impl Shared {
             in_fleet: fleet.is_some(),
         };
         let snapshot = parts.compile(&mut control, None, config);
-        metrics.fleet_store_up.set(if fleet.is_some() { 0 } else { -1 });
+        metrics
+            .fleet_store_up
+            .set(if fleet.is_some() { 0 } else { -1 });
         Ok(Arc::new(Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
