@@ -98,6 +98,7 @@ path_prefix = "/api/recommend"
     // 16 clients, half feed and half recommend, each noting when it got a 200.
     let start = Instant::now();
     let oks: Arc<Mutex<Vec<(Duration, bool)>>> = Arc::default();
+    let downs: Arc<Mutex<Vec<Duration>>> = Arc::default();
     let stop = Arc::new(AtomicU64::new(0));
     let clients: Vec<_> = (0..16)
         .map(|i| {
@@ -106,15 +107,19 @@ path_prefix = "/api/recommend"
             } else {
                 "/api/recommend"
             };
-            let (url, oks, stop) = (p.url(path), oks.clone(), stop.clone());
+            let (url, oks, downs, stop) = (p.url(path), oks.clone(), downs.clone(), stop.clone());
             tokio::spawn(async move {
                 let client = h1();
                 let user = format!("u{i}");
                 while stop.load(Ordering::SeqCst) == 0 {
-                    let (r, _) = send(&client, "GET", &url, &[("x-user", &user)], full("")).await;
+                    let (r, body) =
+                        send(&client, "GET", &url, &[("x-user", &user)], full("")).await;
                     if r.status() == 200 {
                         oks.lock().unwrap().push((start.elapsed(), i % 2 == 1));
                     } else {
+                        if String::from_utf8_lossy(&body).contains("upstream down") {
+                            downs.lock().unwrap().push(start.elapsed());
+                        }
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 }
@@ -147,6 +152,16 @@ path_prefix = "/api/recommend"
         .map(|t| t - back);
     assert!(before > 50.0, "served before the kill: {before}/s");
     assert_eq!(down, 0.0, "nothing is served while the backend is down");
+    // Once the outage is established, one probe at a time: the line is not drained into
+    // refused connections (16 clients retrying every 20 ms would meet ~800 a second).
+    let refused = downs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|t| **t >= killed + Duration::from_secs(1) && **t < back)
+        .count();
+    eprintln!("upstream-down answers in the 2 s of outage after the first second: {refused}");
+    assert!(refused <= 40, "{refused} requests sent to a dead backend");
     let recovered_at = recovered_at.unwrap_or_else(|| panic!("never back to {before}/s"));
     assert!(
         recovered_at <= Duration::from_secs(2),
