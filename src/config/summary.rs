@@ -221,6 +221,16 @@ pub fn settings_json(c: &Config) -> serde_json::Value {
             "trusted_proxies": c.server.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
         },
         "tick_s": secs(c.tick),
+        // Key ids only: secrets never leave the process.
+        "ticket": c.ticket.as_ref().map(|t| json!({
+            "key_ids": t.keys.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            "ttl_s": secs(t.ttl),
+            "cookie": t.cookie,
+        })),
+        "fleet": c.fleet.as_ref().map(|f| json!({
+            "store": f.store_text, "name": f.name, "instance": f.instance,
+            "sync_s": secs(f.sync), "lease_s": secs(f.lease),
+        })),
         "per_client_share": c.first_cluster().gate.per_client_share,
         "retry": {
             "min_retry_after_s": c.first_cluster().gate.retry.min_s,

@@ -186,12 +186,20 @@ pub fn fleet(
     }
     Some(FleetConfig {
         store: info?,
-        store_text: store,
+        store_text: redacted(&store),
         name,
         instance,
         sync,
         lease,
     })
+}
+
+/// The address for status and logs: a password written in it is not shown.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
 }
 
 /// Host name and process id: unique on a machine, readable in a list.
@@ -240,6 +248,15 @@ mod tests {
         assert_eq!(f.sync, c.tick);
         assert!(f.lease >= f.sync * 3);
         assert_eq!(f.store.redis_settings().db(), 2);
+        let c = load_str(
+            "w.toml",
+            &format!("{BASE}[fleet]\nstore = \"redis://:hunter2secret@127.0.0.1:6390/0\"\n"),
+        )
+        .unwrap();
+        let f = c.fleet.unwrap();
+        assert_eq!(f.store_text, "redis://***@127.0.0.1:6390/0");
+        assert!(!format!("{f:?}").contains("hunter2"));
+        assert_eq!(f.store.redis_settings().password(), Some("hunter2secret"));
     }
 
     #[test]
