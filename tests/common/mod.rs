@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 pub mod clusters;
+pub mod fleet;
 pub mod process;
 pub mod redis;
 pub mod tls;
