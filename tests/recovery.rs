@@ -31,7 +31,9 @@ fn backend(port: u16) -> tokio::task::JoinHandle<()> {
             };
             conns.spawn(async move {
                 let svc = service_fn(|_req| async {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    // 25 ms: a busy machine's scheduling noise is small beside it (it would
+                    // read as queueing at 5 ms and hold the limit down).
+                    tokio::time::sleep(Duration::from_millis(25)).await;
                     Ok::<_, Infallible>(
                         Response::builder()
                             .header("x-cache", "HIT")
@@ -286,7 +288,7 @@ async fn a_backend_that_answers_503_for_a_while_is_served_again_when_it_recovers
     let up = upstream(Arc::new(move |_req| {
         let failing = f.load(Ordering::SeqCst);
         Box::pin(async move {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(Duration::from_millis(25)).await;
             let status = if failing { 503 } else { 200 };
             Response::builder()
                 .status(status)
@@ -348,60 +350,4 @@ async fn a_backend_that_answers_503_for_a_while_is_served_again_when_it_recovers
     let st = p.status().await;
     assert_ne!(st["controller"]["state"], "backing_off", "{st}");
     p.stop().await;
-}
-
-/// warmgate itself restarted under traffic: SIGTERM lets every request it accepted finish,
-/// and the next process on the same port admits from its first request in front of a warm
-/// backend (no ramp: nothing says the backend is cold).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn warmgate_restarted_under_traffic_answers_what_it_took_and_the_next_admits_at_once() {
-    use common::process::{signal, spawn};
-    let up = ok_upstream(Duration::from_millis(300)).await;
-    let port = free_port();
-    let config = format!(
-        "listen = \"127.0.0.1:{port}\"\n[upstream]\nendpoints = [\"{}\"]\n[client_key]\nheader = \"x-user\"\n[gate]\nper_client_share = 1.0\n",
-        up.addr
-    );
-    let burst = |n: usize, tag: &'static str| {
-        (0..n)
-            .map(|i| {
-                let url = format!("http://127.0.0.1:{port}/x");
-                tokio::spawn(async move {
-                    let user = format!("{tag}{i}");
-                    // A connection of its own: a request it sends was accepted.
-                    let client = h1();
-                    send(&client, "GET", &url, &[("x-user", &user)], full(""))
-                        .await
-                        .0
-                        .status()
-                })
-            })
-            .collect::<Vec<_>>()
-    };
-    let (mut first, _dir) = spawn(&config, port);
-    // Warm: a first round through the new process.
-    for s in burst(8, "w") {
-        assert_eq!(s.await.unwrap(), 200);
-    }
-    // 32 in flight (300 ms each) when SIGTERM arrives: every one is answered.
-    let inflight = burst(32, "a");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    signal(&first, "TERM");
-    for s in inflight {
-        assert_eq!(
-            s.await.unwrap(),
-            200,
-            "a request taken before SIGTERM is answered"
-        );
-    }
-    let t = Instant::now();
-    while first.try_wait().unwrap().is_none() {
-        assert!(t.elapsed() < Duration::from_secs(10), "did not exit");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // The next process: its first 32 requests all admitted, none refused or queued out.
-    let (_second, _dir2) = spawn(&config, port);
-    for s in burst(32, "b") {
-        assert_eq!(s.await.unwrap(), 200, "admitted from the first request");
-    }
 }
