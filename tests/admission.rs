@@ -198,25 +198,6 @@ async fn no_traffic_no_progress() {
     p.stop().await;
 }
 
-/// An upstream that logs the order requests arrive in and answers after `delay`.
-async fn ordered_upstream(delay: Duration, log: Arc<Mutex<Vec<String>>>) -> Upstream {
-    upstream(Arc::new(move |req| {
-        let log = log.clone();
-        Box::pin(async move {
-            let user = req
-                .headers()
-                .get("x-user")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string();
-            log.lock().unwrap().push(user);
-            tokio::time::sleep(delay).await;
-            Response::new(full("ok"))
-        })
-    }))
-    .await
-}
-
 #[tokio::test]
 async fn a_freed_slot_goes_to_the_highest_priority_and_a_wait_that_runs_out_gets_retry_after() {
     let log = Arc::new(Mutex::new(Vec::new()));

@@ -25,25 +25,6 @@ fn config(upstream: &str, max_wait: &str) -> String {
     )
 }
 
-/// An upstream that logs who it served, in order, and answers after `delay`.
-async fn ordered(delay: Duration, log: Arc<Mutex<Vec<String>>>) -> Upstream {
-    upstream(Arc::new(move |req| {
-        let log = log.clone();
-        Box::pin(async move {
-            let user = req
-                .headers()
-                .get("x-user")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string();
-            log.lock().unwrap().push(user);
-            tokio::time::sleep(delay).await;
-            Response::new(full("ok"))
-        })
-    }))
-    .await
-}
-
 fn spawn_get(
     url: String,
     headers: Vec<(&'static str, String)>,
@@ -62,8 +43,8 @@ async fn metrics(p: &Proxy) -> String {
 async fn a_ticket_from_one_instance_gives_its_holder_its_place_on_another() {
     let log_a = Arc::new(Mutex::new(Vec::new()));
     let log_b = Arc::new(Mutex::new(Vec::new()));
-    let up_a = ordered(Duration::from_millis(400), log_a.clone()).await;
-    let up_b = ordered(Duration::from_millis(400), log_b.clone()).await;
+    let up_a = ordered_upstream(Duration::from_millis(400), log_a.clone()).await;
+    let up_b = ordered_upstream(Duration::from_millis(400), log_b.clone()).await;
 
     // Instance A, full and with no line: alice is refused with a ticket.
     let (a, _dir_a) =
@@ -154,7 +135,7 @@ async fn a_ticket_from_one_instance_gives_its_holder_its_place_on_another() {
 
 #[tokio::test]
 async fn without_a_ticket_section_no_ticket_is_issued_or_read() {
-    let up = ordered(Duration::from_millis(300), Arc::new(Mutex::new(Vec::new()))).await;
+    let up = ordered_upstream(Duration::from_millis(300), Arc::new(Mutex::new(Vec::new()))).await;
     let text = config(&up.addr.to_string(), "0s").replace(
         "[ticket]\nkeys_file = \"keys\"\ncookie = true\nttl = \"5m\"\n",
         "",

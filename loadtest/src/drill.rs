@@ -187,6 +187,24 @@ pub async fn listening(mut c: Child, port: u16, what: &str) -> anyhow::Result<Ch
     }
 }
 
+/// Starts `warmgate run --config path`, its log to `log`.
+pub fn start_warmgate(bin: &Path, path: &Path, log: &Path) -> anyhow::Result<Child> {
+    let log = std::fs::File::create(log)?;
+    Command::new(bin)
+        .arg("run")
+        .arg("--config")
+        .arg(path)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot start {}: {e} (build it: cargo build --release)",
+                bin.display()
+            )
+        })
+}
+
 /// Stops a child we started: SIGTERM (graceful drain), then SIGKILL after 5 s.
 pub fn stop_child(child: &mut Child) {
     let _ = Command::new("kill")
@@ -405,21 +423,11 @@ pub async fn run_once(cfg: &DrillConfig, front: Front) -> anyhow::Result<Run> {
         let text = drill_config(&cfg.config, port, admin, &sim_addr.to_string())?;
         let path = cfg.report_dir.join("warmgate-drill.toml");
         std::fs::write(&path, text)?;
-        let log = std::fs::File::create(cfg.report_dir.join("warmgate.log"))?;
-        let bin = warmgate_bin(cfg);
-        let c = Command::new(&bin)
-            .arg("run")
-            .arg("--config")
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot start {}: {e} (build it: cargo build --release)",
-                    bin.display()
-                )
-            })?;
+        let c = start_warmgate(
+            &warmgate_bin(cfg),
+            &path,
+            &cfg.report_dir.join("warmgate.log"),
+        )?;
         child = Some(listening(c, port, "warmgate").await?);
         admin_url = Some(format!("http://127.0.0.1:{admin}/status"));
         format!("http://127.0.0.1:{port}")

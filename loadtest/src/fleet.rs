@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::drill::{drill_config, free_port, listening, stop_child, DrillConfig};
+use crate::drill::{drill_config, free_port, listening, start_warmgate, stop_child, DrillConfig};
 
 /// What a fleet run started.
 pub struct Parts {
@@ -114,20 +114,7 @@ async fn start_into(
         }
         let path = dir.join(format!("warmgate-fleet-{i}.toml"));
         std::fs::write(&path, toml::to_string(&t)?)?;
-        let log = std::fs::File::create(dir.join(format!("warmgate-fleet-{i}.log")))?;
-        let c = Command::new(bin)
-            .arg("run")
-            .arg("--config")
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot start {}: {e} (build it: cargo build --release)",
-                    bin.display()
-                )
-            })?;
+        let c = start_warmgate(bin, &path, &dir.join(format!("warmgate-fleet-{i}.log")))?;
         parts.children.push(listening(c, port, "warmgate").await?);
         if i == 0 {
             parts.status_url = format!("http://127.0.0.1:{admin}/status");

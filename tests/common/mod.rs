@@ -52,6 +52,29 @@ pub async fn knee_upstream(knee: usize, service: Duration) -> Upstream {
     .await
 }
 
+/// An upstream that logs the `x-user` of each request in the order they arrive, and answers
+/// after `delay`.
+pub async fn ordered_upstream(
+    delay: Duration,
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+) -> Upstream {
+    upstream(Arc::new(move |req| {
+        let log = log.clone();
+        Box::pin(async move {
+            let user = req
+                .headers()
+                .get("x-user")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            log.lock().unwrap().push(user);
+            tokio::time::sleep(delay).await;
+            Response::new(full("ok"))
+        })
+    }))
+    .await
+}
+
 /// A running test upstream.
 pub struct Upstream {
     pub addr: SocketAddr,
