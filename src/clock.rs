@@ -37,3 +37,11 @@ impl Clock {
         now_ms.saturating_sub(age_ms).max(1)
     }
 }
+
+/// Wall-clock milliseconds: for what other machines and later processes read (tickets, the
+/// fleet's shared client memory, history points).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

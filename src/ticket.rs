@@ -295,12 +295,7 @@ impl std::hash::BuildHasher for ClientHasher {
     }
 }
 
-/// Wall-clock milliseconds (tickets are read by other machines and later processes).
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use crate::clock::unix_ms;
 
 #[cfg(test)]
 mod tests {

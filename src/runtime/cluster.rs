@@ -478,7 +478,7 @@ impl Control {
 /// what the other instances told theirs: a client that retries on another instance is known
 /// there as early and keeps its first arrival.
 fn share_told(link: &crate::fleet::Link, st: &ClusterState, now: u64) {
-    let unix = crate::ticket::unix_ms() as i128;
+    let unix = crate::clock::unix_ms() as i128;
     let (now_i, to_unix) = (now as i128, |ms: u64| {
         (unix + ms as i128 - now as i128).max(0) as u64
     });

@@ -189,9 +189,7 @@ impl Shared {
         }
         if now / 1000 != control.history_s {
             control.history_s = now / 1000;
-            let unix_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
+            let unix_ms = crate::clock::unix_ms();
             for (i, (cluster, ctl)) in cur
                 .compiled
                 .clusters
