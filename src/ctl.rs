@@ -378,6 +378,29 @@ pub fn status_table(st: &Value) -> String {
             "           (the lines above the clusters are the first cluster's; --cluster NAME for another)"
         );
     }
+    let f = &st["fleet"];
+    if f.is_object() {
+        let side = if st["fleet_side"].is_object() {
+            &st["fleet_side"]
+        } else {
+            &st["clusters"][0]["fleet"]
+        };
+        let _ = writeln!(
+            s,
+            "fleet      {} on {} ({}), leader {}, this instance {} ({}), share {} of {}",
+            f["name"].as_str().unwrap_or("?"),
+            f["store"].as_str().unwrap_or("?"),
+            if f["store_up"] == true { "up" } else { "DOWN" },
+            f["leader"]
+                .as_str()
+                .filter(|l| !l.is_empty())
+                .unwrap_or("none"),
+            f["instance"].as_str().unwrap_or("?"),
+            side["role"].as_str().unwrap_or("joining"),
+            side["share"],
+            side["fleet_limit"],
+        );
+    }
     let _ = writeln!(s, "version    {}", st["version"]);
     s
 }
@@ -413,6 +436,13 @@ async fn status_of(t: &Target) -> Result<Value, Failure> {
         o.insert("features".into(), features.into());
         o.insert("version".into(), st["version"].clone());
         o.insert("mode".into(), st["mode"].clone());
+        // The cluster's share beside the fleet-wide part.
+        if let Some(side) = o.remove("fleet") {
+            o.insert("fleet_side".into(), side);
+        }
+        if !st["fleet"].is_null() {
+            o.insert("fleet".into(), st["fleet"].clone());
+        }
     }
     Ok(one)
 }
@@ -544,4 +574,28 @@ pub async fn run(t: &Target, action: Action) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_status_table_names_the_fleet_and_this_instances_share() {
+        let st = json!({
+            "controller": {}, "signals": {}, "stages": {}, "features": [], "overrides": {},
+            "version": 3,
+            "clusters": [{"name": "default", "fleet": {"role": "follower", "share": 3, "fleet_limit": 8}}],
+            "fleet": {"name": "edge", "store": "redis://127.0.0.1:6379/0", "store_up": true,
+                      "leader": "b", "instance": "a"},
+        });
+        let t = status_table(&st);
+        assert!(
+            t.contains("fleet      edge on redis://127.0.0.1:6379/0 (up), leader b, this instance a (follower), share 3 of 8"),
+            "{t}"
+        );
+        let alone = json!({"controller": {}, "signals": {}, "stages": {}, "version": 1});
+        assert!(!status_table(&alone).contains("fleet"));
+    }
 }
