@@ -47,17 +47,6 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    /// Label for metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Valid(_) => "valid",
-            Verdict::Invalid => "invalid",
-            Verdict::Expired => "expired",
-            Verdict::Foreign => "foreign_key",
-            Verdict::Mismatch => "mismatch",
-        }
-    }
-
     /// Index into [`Verdict::LABELS`].
     pub fn index(self) -> usize {
         match self {
@@ -69,6 +58,7 @@ impl Verdict {
         }
     }
 
+    /// Labels for metrics, by [`Verdict::index`].
     pub const LABELS: [&'static str; 5] =
         ["valid", "invalid", "expired", "foreign_key", "mismatch"];
 }
