@@ -350,3 +350,159 @@ async fn the_dashboard_shows_the_fleet_and_every_instances_share() {
         p.stop().await;
     }
 }
+
+/// Polls the page until `js` returns what `done` accepts.
+async fn until(base: &str, s: &str, js: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let t = Instant::now();
+    loop {
+        let v = exec(base, s, js, json!([])).await;
+        if done(&v) {
+            return v;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(6),
+            "{what}: the page shows {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(chromium_available),
+    ignore = "Chromium is not installed (apt-get install -y chromium chromium-driver); CI installs it"
+)]
+async fn the_dashboard_draws_the_ramp_curve_and_applies_an_edit_only_when_asked() {
+    let up = ok_upstream(Duration::from_millis(2)).await;
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\n[upstream]\nendpoints = [\"{}\"]\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"tokens\"\n[ramp]\nengage = \"on_start\"\ncurve = \"linear\"\nstart_fraction = 0.2\n",
+        up.addr
+    );
+    let tokens = format!("ops:{SECRET}\n");
+    let (p, _dir) = proxy_from_file(&text, &[("tokens", &tokens)]).await;
+    let page = Page::open(p.admin).await;
+    let (base, s) = (page.base.clone(), page.session.clone());
+
+    // The curve in force, where the ramp is, and where each of the four stages opens.
+    let drawn = until(&base, &s,
+        "const o = document.getElementById('curve-old'); return o ? [o.getAttribute('points').split(' ').length, document.querySelectorAll('#curve .curve-stage').length, !!document.getElementById('curve-now'), !!document.getElementById('curve-new'), document.getElementById('curve-kind').value] : null",
+        "the curve drawn", |v| !v.is_null()).await;
+    assert_eq!(drawn, json!([41, 4, true, false, "linear"]));
+    // Linear from the start fraction: the first point sits at 0.2 of the full limit, the last
+    // at the full limit (the page's y axis runs from 168 at 0 to 8 at full).
+    let ends = exec(&base, &s, "const p = document.getElementById('curve-old').getAttribute('points').split(' '); return [p[0].split(',')[1], p[40].split(',')[1]]", json!([])).await;
+    assert_eq!(ends, json!(["136.0", "8.0"]));
+    let old = exec(
+        &base,
+        &s,
+        "return document.getElementById('curve-old').getAttribute('points')",
+        json!([]),
+    )
+    .await;
+
+    // An edit is drawn beside the curve in force and changes nothing in warmgate.
+    exec(&base, &s,
+        "document.getElementById('token').value = arguments[0]; const k = document.getElementById('curve-kind'); k.value = 'points'; k.dispatchEvent(new Event('change')); const i = document.getElementById('curve-points'); i.value = '0:0.1 0.5:0.2 1:1'; i.dispatchEvent(new Event('input')); return true",
+        json!([SECRET])).await;
+    let preview = until(&base, &s,
+        "const n = document.getElementById('curve-new'); return n ? [n.getAttribute('points'), document.getElementById('curve-old').getAttribute('points')] : null",
+        "the edit drawn", |v| !v.is_null()).await;
+    assert_ne!(
+        preview[0], preview[1],
+        "the edit is drawn apart from the curve in force"
+    );
+    assert_eq!(
+        preview[1], old,
+        "the curve in force is still drawn as it was"
+    );
+    // Through at least one refresh, the edit stays an edit.
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    assert_eq!(
+        p.status().await["controller"]["curve"],
+        "linear",
+        "nothing applied yet"
+    );
+    let still = exec(&base, &s, "return [document.getElementById('curve-kind').value, document.getElementById('curve-points').value, !!document.getElementById('curve-new')]", json!([])).await;
+    assert_eq!(
+        still,
+        json!(["points", "0:0.1 0.5:0.2 1:1", true]),
+        "a refresh keeps the edit"
+    );
+
+    // Applied: warmgate runs the new curve, and the page draws it as the one in force.
+    exec(
+        &base,
+        &s,
+        "document.getElementById('curve-apply').click(); return true",
+        json!([]),
+    )
+    .await;
+    let t = Instant::now();
+    loop {
+        let st = p.status().await;
+        if st["controller"]["curve"] == "points" {
+            assert_eq!(
+                st["controller"]["points"],
+                json!([[0.0, 0.1], [0.5, 0.2], [1.0, 1.0]])
+            );
+            assert_eq!(st["controller"]["curve_points"][10], json!([0.5, 0.2]));
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the curve was not applied: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let preview_points = preview[0].clone();
+    until(&base, &s,
+        "const o = document.getElementById('curve-old'); return [o.getAttribute('points'), !!document.getElementById('curve-new')]",
+        "the applied curve drawn as the one in force",
+        |v| v[0] == preview_points && v[1] == json!(false)).await;
+    let (_, body) = get(
+        &format!("http://{}/api/v1/audit", p.admin),
+        &[("authorization", &format!("Bearer {SECRET}"))],
+    )
+    .await;
+    assert!(
+        String::from_utf8_lossy(&body).contains("ramp/curve"),
+        "the write is audited"
+    );
+
+    // A curve warmgate would refuse in the file is refused here, naming the field, and the
+    // curve in force stays.
+    exec(&base, &s,
+        "const i = document.getElementById('curve-points'); i.value = '0:0.5 0.6:0.2 0.3:1'; i.dispatchEvent(new Event('input')); document.getElementById('curve-apply').click(); return true",
+        json!([])).await;
+    let msg = until(
+        &base,
+        &s,
+        "return document.getElementById('curve-msg').textContent",
+        "the refusal shown",
+        |v| v.as_str().is_some_and(|m| m.starts_with("400")),
+    )
+    .await;
+    assert!(msg.as_str().unwrap_or("").contains("points"), "{msg}");
+    assert_eq!(
+        p.status().await["controller"]["points"][1],
+        json!([0.5, 0.2])
+    );
+    // And a typo is caught on the page before anything is sent.
+    exec(&base, &s,
+        "const i = document.getElementById('curve-points'); i.value = '0:0.1 half:1'; i.dispatchEvent(new Event('input')); return true",
+        json!([])).await;
+    let typo = until(
+        &base,
+        &s,
+        "return document.getElementById('curve-msg').textContent",
+        "the typo shown",
+        |v| v.as_str().is_some_and(|m| m.contains("half")),
+    )
+    .await;
+    assert!(
+        typo.as_str().unwrap_or("").contains("progress:fraction"),
+        "{typo}"
+    );
+    page.close().await;
+    p.stop().await;
+}

@@ -195,6 +195,11 @@ fn cluster_doc(cluster: &Cluster, view: &ClusterView, ctl: &Control, now: u64) -
             "rps_limit": d.rps,
             "curve": params.curve.name(),
             "curve_points": curve_points(&params.curve, params.start_fraction),
+            "points": match &params.curve {
+                crate::admission::curve::Curve::Points(ps) => Some(ps.iter().map(|&(x, y)| [x, y]).collect::<Vec<_>>()),
+                _ => None,
+            },
+            "start_fraction": params.start_fraction,
             "ramp_duration_s": params.ramp_duration_s,
         },
         "stages": stages,

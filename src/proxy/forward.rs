@@ -154,6 +154,11 @@ pub(super) async fn forward(
             } else {
                 let class = class_of(feature.priority.index(), cache as usize);
                 st.completions.ok(class, us);
+                if view.decision.outage {
+                    // The outage's probe got an answer: the controller learns it now, not a
+                    // tick later, and the line starts moving.
+                    shared.wake.notify_one();
+                }
                 if view.decision.slow_start {
                     // Only against a learned baseline: before the first tick has one, growth
                     // waits for the tick (a cold backend must not see the limit run ahead blind).
@@ -254,7 +259,7 @@ pub(super) async fn forward(
 
 /// While the backend is down, a failed probe holds its slot this long: at most a few probes a
 /// second, and the requests in line keep their places until it is back or their wait ends.
-const PROBE_GAP: Duration = Duration::from_millis(200);
+const PROBE_GAP: Duration = Duration::from_millis(100);
 
 fn path_and_query(uri: &Uri) -> PathAndQuery {
     uri.path_and_query()

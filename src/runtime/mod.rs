@@ -93,6 +93,9 @@ pub struct Shared {
     retired: Mutex<BTreeMap<String, Retired>>,
     /// The fleet this instance steers with (`[fleet]`; set at start, a reload keeps it).
     pub fleet: Option<Arc<crate::fleet::Link>>,
+    /// Wakes the controller before its tick: a probe got an answer during an outage, and the
+    /// line should not wait up to a tick to learn that the backend is back.
+    pub wake: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -143,6 +146,7 @@ impl Shared {
             access,
             retired,
             fleet,
+            wake: tokio::sync::Notify::new(),
         }))
     }
 
