@@ -57,6 +57,15 @@ pub struct DrillConfig {
     /// a fleet does without `[fleet]`).
     #[arg(long, requires = "fleet")]
     pub fleet_alone: bool,
+    /// Two clusters on two cold backends: an auth database (knee `--db-knee`) for login and
+    /// sync, and a feed database (knee `--feed-db-knee`) for feed and recommend. warmgate runs
+    /// them as two `[[cluster]]`s; HAProxy as two backends routed by path, the feed one with
+    /// `maxconn` scaled by the ratio of the knees. A `--backend-restart-at` restarts the auth one.
+    #[arg(long, conflicts_with_all = ["fleet", "compare", "no_warmgate", "nginx_limit_rps"])]
+    pub clusters: bool,
+    /// With --clusters: the feed database's knee (queries at once before it slows down).
+    #[arg(long, default_value_t = 32)]
+    pub feed_db_knee: u64,
     /// Where to write report.html, report.json and logs.
     #[arg(long, default_value = "drill-report")]
     pub report_dir: PathBuf,
@@ -79,6 +88,20 @@ pub struct Sample {
     pub limit: Option<u64>,
     pub inflight: Option<u64>,
     pub state: Option<String>,
+    /// With --clusters: each cluster's backend and, behind warmgate, its limit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clusters: Vec<ClusterSample>,
+}
+
+/// One cluster's part of a [`Sample`].
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ClusterSample {
+    pub name: String,
+    pub db_active: u64,
+    pub backend_rps: f64,
+    pub backend_p99_ms: f64,
+    pub limit: Option<u64>,
+    pub inflight: Option<u64>,
 }
 
 /// One run of the drill.
@@ -99,6 +122,9 @@ pub struct Run {
     pub instances: Option<u32>,
     #[serde(default)]
     pub shared_store: bool,
+    /// With --clusters: each cluster's name and its database's knee, in sample order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clusters: Vec<(String, u64)>,
 }
 
 fn warmgate_bin(cfg: &DrillConfig) -> PathBuf {
@@ -251,19 +277,25 @@ pub enum Front {
     Fleet(u32, bool),
 }
 
-/// HAProxy with a static `maxconn` on the one backend server, queueing the rest.
+/// HAProxy with a static `maxconn` on the one backend server, queueing the rest (with
+/// --clusters, two backends routed by path).
 fn start_haproxy(
     cfg: &DrillConfig,
     maxconn: u32,
     port: u16,
-    upstream: &str,
+    upstreams: &[(&str, String)],
 ) -> anyhow::Result<Child> {
     let dir = std::fs::canonicalize(&cfg.report_dir)?;
+    let routing = if cfg.clusters {
+        crate::clusters::haproxy_backends(cfg, maxconn, upstreams)
+    } else {
+        let upstream = upstreams.first().map_or("", |u| u.1.as_str());
+        format!("  default_backend sim\n\nbackend sim\n  server s1 {upstream} maxconn {maxconn}\n")
+    };
     let conf = format!(
         "global\n  maxconn 9000\n\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 60s\n  \
 timeout server 60s\n  timeout queue {q}ms\n  option http-keep-alive\n\n\
-frontend storm\n  bind 127.0.0.1:{port}\n  default_backend sim\n\n\
-backend sim\n  server s1 {upstream} maxconn {maxconn}\n",
+frontend storm\n  bind 127.0.0.1:{port}\n{routing}",
         q = cfg.haproxy_queue_ms
     );
     let path = dir.join(format!("haproxy-{maxconn}.cfg"));
@@ -330,6 +362,10 @@ pub async fn run_once(cfg: &DrillConfig, front: Front) -> anyhow::Result<Run> {
         Front::Nothing => "without warmgate".to_string(),
         Front::Warmgate => "with warmgate".to_string(),
         Front::NginxLimit(r) => format!("nginx limit_req {r} r/s"),
+        Front::Haproxy(n) if cfg.clusters => format!(
+            "HAProxy maxconn {n} / {}",
+            crate::clusters::feed_maxconn(cfg, n)
+        ),
         Front::Haproxy(n) => format!("HAProxy maxconn {n}"),
     };
     eprintln!(
@@ -337,77 +373,167 @@ pub async fn run_once(cfg: &DrillConfig, front: Front) -> anyhow::Result<Run> {
         cfg.storm.users, cfg.storm.duration_s
     );
     std::fs::create_dir_all(&cfg.report_dir)?;
-    // The simulator gets its own runtime thread, as a separate data center would: the storm's
-    // thousands of client tasks must not delay its clock.
-    let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    std_listener.set_nonblocking(true)?;
-    let sim_addr = std_listener.local_addr()?;
-    let sim = Sim::new(SimConfig {
-        listen: sim_addr,
-        ..cfg.sim.clone()
-    });
-    let (stop_sim, mut sim_stopped) = tokio::sync::oneshot::channel::<()>();
     let restart = cfg.backend_restart_at.map(|at| {
         (
             Duration::from_secs_f64(at),
             Duration::from_secs_f64(cfg.backend_down_s),
         )
     });
-    let sim_thread = {
-        let sim = Arc::clone(&sim);
-        std::thread::spawn(move || -> anyhow::Result<()> {
-            let started = std::time::Instant::now();
-            let mut listener = Some(std_listener);
-            // Each life of the backend on its own runtime: dropping it kills every connection
-            // and every query in progress, as a process that dies would.
-            loop {
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(1)
-                    .enable_all()
-                    .build()?;
-                let std_l = match listener.take() {
-                    Some(l) => l,
-                    None => {
-                        let l = std::net::TcpListener::bind(sim_addr)?;
-                        l.set_nonblocking(true)?;
-                        l
-                    }
-                };
-                let kill_at = restart
-                    .map(|(at, _)| at)
-                    .filter(|at| started.elapsed() < *at);
-                let stopped = rt.block_on(async {
-                    let l = TcpListener::from_std(std_l)?;
-                    let kill = async {
-                        match kill_at {
-                            Some(at) => {
-                                tokio::time::sleep(at.saturating_sub(started.elapsed())).await
-                            }
-                            None => std::future::pending().await,
+    let backends = if cfg.clusters {
+        let feed = SimConfig {
+            db_knee: cfg.feed_db_knee,
+            sim_seed: cfg.sim.sim_seed.wrapping_add(1),
+            ..cfg.sim.clone()
+        };
+        vec![
+            Backend::spawn("auth", cfg.sim.clone(), restart)?,
+            Backend::spawn("feed", feed, None)?,
+        ]
+    } else {
+        vec![Backend::spawn("default", cfg.sim.clone(), restart)?]
+    };
+    let result = run_with(cfg, front, &backends).await;
+    for b in backends {
+        b.stop();
+    }
+    let (storm, samples) = result?;
+    let s = &cfg.sim;
+    let bound_s =
+        cfg.storm.users as f64 * s.login_cost * s.db_ms / 1000.0 / s.db_knee.max(1) as f64
+            + cfg.storm.arrival_s;
+    Ok(Run {
+        label,
+        with_warmgate,
+        bound_s,
+        db_knee: s.db_knee,
+        storm,
+        samples,
+        instances: match front {
+            Front::Fleet(n, _) => Some(n),
+            _ => None,
+        },
+        shared_store: matches!(front, Front::Fleet(_, true)),
+        clusters: if cfg.clusters {
+            vec![
+                ("auth".into(), s.db_knee),
+                ("feed".into(), cfg.feed_db_knee),
+            ]
+        } else {
+            Vec::new()
+        },
+    })
+}
+
+/// One simulated backend on its own runtime thread, as a separate data center would be: the
+/// storm's thousands of client tasks must not delay its clock.
+struct Backend {
+    name: &'static str,
+    addr: std::net::SocketAddr,
+    sim: Arc<Sim>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Backend {
+    /// Starts it; with `restart` (at, down for), it is killed at `at` and comes back cold.
+    fn spawn(
+        name: &'static str,
+        sim_cfg: SimConfig,
+        restart: Option<(Duration, Duration)>,
+    ) -> anyhow::Result<Backend> {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        std_listener.set_nonblocking(true)?;
+        let sim_addr = std_listener.local_addr()?;
+        let sim = Sim::new(SimConfig {
+            listen: sim_addr,
+            ..sim_cfg
+        });
+        let (stop, mut sim_stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = {
+            let sim = Arc::clone(&sim);
+            std::thread::spawn(move || -> anyhow::Result<()> {
+                let started = std::time::Instant::now();
+                let mut listener = Some(std_listener);
+                // Each life of the backend on its own runtime: dropping it kills every
+                // connection and every query in progress, as a process that dies would.
+                loop {
+                    let rt = tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(1)
+                        .enable_all()
+                        .build()?;
+                    let std_l = match listener.take() {
+                        Some(l) => l,
+                        None => {
+                            let l = std::net::TcpListener::bind(sim_addr)?;
+                            l.set_nonblocking(true)?;
+                            l
                         }
                     };
-                    tokio::select! {
-                        _ = coldsim::serve(l, Arc::clone(&sim)) => Ok::<_, anyhow::Error>(true),
-                        _ = &mut sim_stopped => Ok(true),
-                        () = kill => Ok(false),
+                    let kill_at = restart
+                        .map(|(at, _)| at)
+                        .filter(|at| started.elapsed() < *at);
+                    let stopped = rt.block_on(async {
+                        let l = TcpListener::from_std(std_l)?;
+                        let kill = async {
+                            match kill_at {
+                                Some(at) => {
+                                    tokio::time::sleep(at.saturating_sub(started.elapsed())).await
+                                }
+                                None => std::future::pending().await,
+                            }
+                        };
+                        tokio::select! {
+                            _ = coldsim::serve(l, Arc::clone(&sim)) => Ok::<_, anyhow::Error>(true),
+                            _ = &mut sim_stopped => Ok(true),
+                            () = kill => Ok(false),
+                        }
+                    })?;
+                    drop(rt);
+                    if stopped {
+                        return Ok(());
                     }
-                })?;
-                drop(rt);
-                if stopped {
-                    return Ok(());
+                    let down = restart.map_or(Duration::ZERO, |(_, d)| d);
+                    eprintln!(
+                        "   backend {name} killed at {:.1} s, back cold in {:.1} s",
+                        started.elapsed().as_secs_f64(),
+                        down.as_secs_f64()
+                    );
+                    std::thread::sleep(down);
+                    sim.restart_cold();
                 }
-                let down = restart.map_or(Duration::ZERO, |(_, d)| d);
-                eprintln!(
-                    "   backend killed at {:.1} s, back cold in {:.1} s",
-                    started.elapsed().as_secs_f64(),
-                    down.as_secs_f64()
-                );
-                std::thread::sleep(down);
-                sim.restart_cold();
-            }
+            })
+        };
+        Ok(Backend {
+            name,
+            addr: sim_addr,
+            sim,
+            stop,
+            thread,
         })
-    };
+    }
 
+    fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
+}
+
+/// What stands in front of `backends` for one storm, started, sampled and stopped here.
+async fn run_with(
+    cfg: &DrillConfig,
+    front: Front,
+    backends: &[Backend],
+) -> anyhow::Result<(StormReport, Vec<Sample>)> {
+    let with_warmgate = matches!(front, Front::Warmgate | Front::Fleet(..));
+    let sim_addr = backends
+        .first()
+        .map(|b| b.addr)
+        .ok_or_else(|| anyhow::anyhow!("no backend"))?;
+    let sim = Arc::clone(&backends[0].sim);
+    let upstreams: Vec<(&str, String)> = backends
+        .iter()
+        .map(|b| (b.name, b.addr.to_string()))
+        .collect();
     let mut child = None;
     let mut fleet_parts = None;
     let mut admin_url = None;
@@ -420,7 +546,11 @@ pub async fn run_once(cfg: &DrillConfig, front: Front) -> anyhow::Result<Run> {
         t
     } else if with_warmgate {
         let (port, admin) = (free_port()?, free_port()?);
-        let text = drill_config(&cfg.config, port, admin, &sim_addr.to_string())?;
+        let text = if cfg.clusters {
+            crate::clusters::drill_config(&cfg.config, port, admin, &upstreams)?
+        } else {
+            drill_config(&cfg.config, port, admin, &sim_addr.to_string())?
+        };
         let path = cfg.report_dir.join("warmgate-drill.toml");
         std::fs::write(&path, text)?;
         let c = start_warmgate(
@@ -433,7 +563,7 @@ pub async fn run_once(cfg: &DrillConfig, front: Front) -> anyhow::Result<Run> {
         format!("http://127.0.0.1:{port}")
     } else if let Front::Haproxy(n) = front {
         let port = free_port()?;
-        let c = start_haproxy(cfg, n, port, &sim_addr.to_string())?;
+        let c = start_haproxy(cfg, n, port, &upstreams)?;
         child = Some(listening(c, port, "haproxy").await?);
         format!("http://127.0.0.1:{port}")
     } else if let Front::NginxLimit(rps) = front {
@@ -448,19 +578,25 @@ pub async fn run_once(cfg: &DrillConfig, front: Front) -> anyhow::Result<Run> {
     let samples = Arc::new(Mutex::new(Vec::<Sample>::new()));
     let sampler = {
         let (samples, sim, admin_url) = (samples.clone(), sim.clone(), admin_url.clone());
+        let sims: Vec<(&'static str, Arc<Sim>)> = if cfg.clusters {
+            backends
+                .iter()
+                .map(|b| (b.name, Arc::clone(&b.sim)))
+                .collect()
+        } else {
+            Vec::new()
+        };
         tokio::spawn(async move {
             let client =
                 hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                     .build_http();
             let start = Instant::now();
             let mut last_done = 0u64;
+            let mut last_each = vec![0u64; sims.len()];
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let s = sim.stats();
-                let total: u64 = ["login", "sync", "feed", "recommend"]
-                    .iter()
-                    .map(|k| s["endpoints"][k]["requests"].as_u64().unwrap_or(0))
-                    .sum();
+                let total = requests_done(&s);
                 let mut sample = Sample {
                     t: start.elapsed().as_secs_f64(),
                     backend_p50_ms: s["latency_last_1s"]["p50_ms"].as_f64().unwrap_or(0.0),
@@ -471,8 +607,29 @@ pub async fn run_once(cfg: &DrillConfig, front: Front) -> anyhow::Result<Run> {
                     ..Default::default()
                 };
                 last_done = total;
+                for ((name, sim), last) in sims.iter().zip(last_each.iter_mut()) {
+                    let s = sim.stats();
+                    let total = requests_done(&s);
+                    sample.clusters.push(ClusterSample {
+                        name: (*name).to_string(),
+                        db_active: s["db_active"].as_u64().unwrap_or(0),
+                        backend_rps: total.saturating_sub(*last) as f64,
+                        backend_p99_ms: s["latency_last_1s"]["p99_ms"].as_f64().unwrap_or(0.0),
+                        ..Default::default()
+                    });
+                    *last = total;
+                }
                 if let Some(url) = &admin_url {
                     if let Some(st) = get_json(&client, url).await {
+                        for c in &mut sample.clusters {
+                            let one = st["clusters"]
+                                .as_array()
+                                .and_then(|l| l.iter().find(|x| x["name"] == c.name.as_str()));
+                            if let Some(one) = one {
+                                c.limit = one["controller"]["limit"].as_u64();
+                                c.inflight = one["signals"]["inflight"].as_u64();
+                            }
+                        }
                         sample.progress = st["controller"]["progress"].as_f64();
                         // In a fleet, the fleet's limit (the instance's is its share).
                         sample.limit = st["clusters"][0]["fleet"]["fleet_limit"]
@@ -502,27 +659,17 @@ pub async fn run_once(cfg: &DrillConfig, front: Front) -> anyhow::Result<Run> {
     if let Some(p) = fleet_parts {
         p.stop();
     }
-    let _ = stop_sim.send(());
-    let _ = sim_thread.join();
     let storm = result?;
     let samples = samples.lock().map(|v| v.clone()).unwrap_or_default();
-    let s = &cfg.sim;
-    let bound_s =
-        cfg.storm.users as f64 * s.login_cost * s.db_ms / 1000.0 / s.db_knee.max(1) as f64
-            + cfg.storm.arrival_s;
-    Ok(Run {
-        label,
-        with_warmgate,
-        bound_s,
-        db_knee: s.db_knee,
-        storm,
-        samples,
-        instances: match front {
-            Front::Fleet(n, _) => Some(n),
-            _ => None,
-        },
-        shared_store: matches!(front, Front::Fleet(_, true)),
-    })
+    Ok((storm, samples))
+}
+
+/// Requests the simulator has answered, over all its endpoints.
+fn requests_done(stats: &serde_json::Value) -> u64 {
+    ["login", "sync", "feed", "recommend"]
+        .iter()
+        .map(|k| stats["endpoints"][k]["requests"].as_u64().unwrap_or(0))
+        .sum()
 }
 
 /// `warmgate-loadtest drill`.
@@ -678,5 +825,74 @@ mod tests {
             );
             assert!(page.contains("warmgate ramp progress"));
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_short_clusters_drill_reports_each_cluster() {
+        let Some(bin) = built_warmgate() else {
+            assert!(
+                std::env::var("CI").is_err(),
+                "the warmgate binary must be built in CI"
+            );
+            eprintln!("warmgate binary not built: nothing to drill");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/warmgate.toml");
+        let args = [
+            "drill",
+            "--config",
+            config,
+            "--report-dir",
+            &dir.path().display().to_string(),
+            "--users",
+            "200",
+            "--duration-s",
+            "5",
+            "--arrival-s",
+            "1",
+            "--quiet",
+            "--clusters",
+            "--db-knee",
+            "4",
+            "--feed-db-knee",
+            "32",
+            "--warmgate-bin",
+            &bin.display().to_string(),
+        ];
+        let cfg = P::parse_from(args).d;
+        let html = run(cfg).await.unwrap();
+        let page = std::fs::read_to_string(&html).unwrap();
+        assert!(page.contains("feed database: peak / mean busy queries at once (knee 32)"));
+        assert!(page.contains("Per cluster, the auth database (knee 4)"));
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap())
+                .unwrap();
+        let run = &json[0];
+        assert_eq!(
+            run["clusters"],
+            serde_json::json!([["auth", 4], ["feed", 32]])
+        );
+        let last = &run["samples"][3]["clusters"];
+        assert_eq!(last[1]["name"], "feed");
+        assert!(
+            last[0]["limit"].is_u64() && last[1]["limit"].is_u64(),
+            "each cluster's limit polled: {last}"
+        );
+        // Both backends served: logins reached auth, feeds reached feed.
+        let served = |i: usize| {
+            run["samples"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["clusters"][i]["backend_rps"].as_f64().unwrap_or(0.0))
+                .sum::<f64>()
+        };
+        assert!(
+            served(0) > 0.0 && served(1) > 0.0,
+            "auth {} feed {}",
+            served(0),
+            served(1)
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! storm, `drill` runs both (with and without warmgate) and writes a report with plots.
 #![forbid(unsafe_code)]
 
+mod clusters;
 mod coldsim;
 mod drill;
 mod fleet;

@@ -505,6 +505,7 @@ pub fn table(runs: &[Run]) -> String {
             })
             .collect(),
     ));
+    rows.extend(crate::clusters::rows(runs));
     let mut s = format!(
         "| | {} |\n|---|{}\n",
         runs.iter()
@@ -571,12 +572,14 @@ pub fn summary(runs: &[Run]) -> Vec<String> {
             format!("No request succeeded ({} sent).", s.requests_sent)
         };
         out.push(format!(
-            "{}: {} of {} users logged in, {all_in}{waits}. The database ran {mean:.1} queries at once on average while busy (its knee is {}), {peak} at the peak, and its p99 was over 500 ms for {slow} s. {amplification}",
+            "{}: {} of {} users logged in, {all_in}{waits}. The {} ran {mean:.1} queries at once on average while busy (its knee is {}), {peak} at the peak, and its p99 was over 500 ms for {slow} s. {amplification}",
             capitalise(&r.label),
             s.logged_in,
             s.users,
+            if r.clusters.is_empty() { "database" } else { "auth database (login and sync)" },
             r.db_knee,
         ));
+        out.extend(crate::clusters::sentence(r));
         if r.with_warmgate {
             let first = first_success(r);
             let opened: Vec<String> = (1..4)
