@@ -611,6 +611,17 @@ pub fn summary(runs: &[Run]) -> Vec<String> {
                 Some(t) => why.push_str(&format!("; the ramp completed at {}.", secs(t))),
                 None => why.push('.'),
             }
+            if !r.clusters.is_empty() {
+                // Two clusters: the stages above are the auth cluster's; feed and recommend
+                // have their own, and wait for each user's sync anyway.
+                why = format!(
+                    "Why: in the auth cluster warmgate admitted logins first, at its database's knee{}{}. Feed and recommend go to the feed cluster, with its own limit, line and ramp; their first answers came at {} and {}, once users had logged in and synced (each user's feed waits for its sync).",
+                    first[0].map_or(String::new(), |t| format!(" (the first at {})", secs(t))),
+                    first[1].map_or(String::new(), |t| format!(", then sync at {}", secs(t))),
+                    first[2].map_or("never".to_string(), secs),
+                    first[3].map_or("never".to_string(), secs),
+                );
+            }
             out.push(why);
         }
     }
@@ -756,7 +767,8 @@ pub fn write_charts(runs: &[Run], dir: &std::path::Path) -> anyhow::Result<()> {
         } else if r.label.starts_with("nginx") {
             "nginx".to_string()
         } else if let Some(n) = r.label.strip_prefix("HAProxy maxconn ") {
-            format!("haproxy-{n}")
+            // "12", or "4 / 32" with --clusters: a file name either way.
+            format!("haproxy-{}", n.replace(" / ", "-"))
         } else {
             "without".to_string()
         };

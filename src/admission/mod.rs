@@ -1,6 +1,7 @@
 //! Admission decisions: pure and synchronous, time passed in, no I/O. The proxy calls into
 //! these; tests and benches drive them directly.
 
+pub mod admit;
 pub mod budget;
 pub mod classify;
 pub mod clients;

@@ -14,9 +14,9 @@ use super::forward::forward;
 use super::headers::ConnHeaders;
 use super::phases::Phase;
 use super::respond::{self, ProxyError};
-use crate::admission::per_client::ClientInflight;
+use crate::admission::admit::{self, Step};
 use crate::admission::Decision;
-use crate::admission::{Admission, Ask, Permit, Reject, RejectReason, Ticket};
+use crate::admission::{Ask, Permit, Reject, RejectReason, Ticket};
 use crate::metrics::Outcome;
 use crate::runtime::{Cluster, ClusterView, FeatureRt, Shared, Snapshot};
 
@@ -103,18 +103,20 @@ async fn handle_inner(
         .as_ref()
         .is_some_and(|h| req.headers().contains_key(h));
 
-    // What this client key holds (in flight and in line), for its share of the limit: over
-    // it while others hold or wait for slots too, it may take a free slot but not a place in
-    // line ahead of them. (Alone, it may queue behind itself: there is no one to protect.)
-    // A request is counted once admitted or in line (a refused one never is); two arriving at
+    // The per-client cap, decided before the request may join the line (see `admit`). A
+    // request is counted once admitted or in line (a refused one never is); two arriving at
     // once may both pass, which only lets the client one past its share.
     let share = policy.per_client_share;
-    let capped = share < 1.0 && !c.config.shadow;
-    let over_share = capped && {
-        let held = cluster.state.per_client.held(client);
-        held >= ClientInflight::cap(view.decision.limit.max(view.fleet_limit), share)
-            && gate.inflight() + gate.waiting() > held
-    };
+    let capped = admit::capped(share, c.config.shadow);
+    let over_share = capped
+        && admit::over_share(admit::ShareFacts {
+            held: cluster.state.per_client.held(client),
+            limit: view.decision.limit,
+            fleet_limit: view.fleet_limit,
+            share,
+            inflight: gate.inflight(),
+            waiting: gate.waiting(),
+        });
     let ask = Ask {
         priority: feature.priority,
         state: feature.state.get(),
@@ -130,28 +132,28 @@ async fn handle_inner(
     };
     let rate = view.rate.as_deref();
     let rate_ok = || rate.is_none_or(|r| r.check().is_ok());
-    let admission = gate.admit(&view.decision, policy, ask, rate_ok);
-    let early = match &admission {
-        Admission::Queued(t) => t.early,
-        Admission::Rejected(r) => r.early,
-        Admission::Admitted(_) => false,
-    };
-    if marked_retry || early {
+    let (step, retry) = admit::step(
+        gate.admit(&view.decision, policy, ask, rate_ok),
+        admit::Context {
+            shadow: c.config.shadow,
+            marked_retry,
+            max_wait_ms: policy.max_wait_ms[feature.priority.index()],
+        },
+    );
+    if retry {
         shared.metrics.attempts_retry.inc();
     } else {
         shared.metrics.attempts_first.inc();
     }
-    let client_slot = (capped && !matches!(admission, Admission::Rejected(_)))
+    let client_slot = (capped && !matches!(step, Step::Refuse { .. }))
         .then(|| cluster.state.per_client.enter(client).0);
-    let permit = match admission {
-        Admission::Admitted(p) => p,
-        // Shadow mode: the decision is recorded, the request goes through (a ticket dropped
-        // here leaves the line at once).
-        _ if c.config.shadow => {
+    let permit = match step {
+        Step::Forward(p) => p,
+        Step::Shadow => {
             feature.counters.inc(Outcome::ShadowReject);
             gate.admit_unchecked()
         }
-        Admission::Queued(ticket) => {
+        Step::Wait(ticket) => {
             let waited = Instant::now();
             let r = wait(&shared, cluster, ticket, ask).await;
             note.queue_wait = Some(waited.elapsed());
@@ -159,22 +161,24 @@ async fn handle_inner(
                 Ok(p) => p,
                 Err(r) => {
                     note.outcome = r.reason.as_str();
-                    return Ok(rejected(
-                        &shared,
-                        &snap,
-                        (cluster, view),
-                        feature,
-                        client,
-                        r,
-                        false,
-                    )
-                    .await);
+                    return Ok(
+                        rejected(&shared, &snap, (cluster, view), feature, client, r, 0).await,
+                    );
                 }
             }
         }
-        Admission::Rejected(r) => {
-            note.outcome = r.reason.as_str();
-            return Ok(rejected(&shared, &snap, (cluster, view), feature, client, r, true).await);
+        Step::Refuse { reject, hold_ms } => {
+            note.outcome = reject.reason.as_str();
+            return Ok(rejected(
+                &shared,
+                &snap,
+                (cluster, view),
+                feature,
+                client,
+                reject,
+                hold_ms,
+            )
+            .await);
         }
     };
     let held = Held {
@@ -258,10 +262,9 @@ async fn wait(
     r
 }
 
-/// Answers a reject. A client that came back before its time and was refused without waiting
-/// is held for its priority's longest wait first (bounded by `queue.max_held`): a blind retrier
-/// is slowed to the pace of the wait bound instead of being answered in microseconds.
-/// With `[ticket]`, the answer carries the client's return ticket.
+/// Answers a reject, after holding it `hold_ms` (an early returner refused without waiting,
+/// see [`admit::hold_ms`]) when a place among `queue.max_held` is free. With `[ticket]`, the
+/// answer carries the client's return ticket.
 async fn rejected(
     shared: &Shared,
     snap: &Snapshot,
@@ -269,13 +272,11 @@ async fn rejected(
     feature: &FeatureRt,
     client: u64,
     r: Reject,
-    immediate: bool,
+    hold_ms: u64,
 ) -> Response<ProxyBody> {
     feature.counters.inc(Outcome::of(r.reason));
-    let cc = &cluster.config;
-    let hold_ms = cc.gate.max_wait_ms[feature.priority.index()];
-    if r.early && immediate && hold_ms > 0 && r.reason != RejectReason::FeatureOff {
-        if let Some(_hold) = cluster.state.gate.hold(cc.queue.max_held) {
+    if hold_ms > 0 {
+        if let Some(_hold) = cluster.state.gate.hold(cluster.config.queue.max_held) {
             tokio::time::sleep(Duration::from_millis(hold_ms)).await;
         }
     }
