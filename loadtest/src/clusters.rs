@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::drill::{DrillConfig, Run};
+use crate::drill::{take_table, with_addresses, DrillConfig, Run};
 
 /// The features each cluster serves (the storm's four kinds; anything else goes to feed).
 const AUTH_FEATURES: [&str; 2] = ["login", "sync"];
@@ -20,15 +20,15 @@ pub fn drill_config(
     admin: u16,
     upstreams: &[(&str, String)],
 ) -> anyhow::Result<String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let mut t: toml::Table = text
-        .parse()
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    t.insert(
-        "listen".into(),
-        toml::Value::String(format!("127.0.0.1:{listen}")),
-    );
+    with_addresses(path, listen, admin, |t| set_clusters(t, path, upstreams))
+}
+
+/// Puts the two clusters (with their endpoints) into `t`, and each feature in its cluster.
+fn set_clusters(
+    t: &mut toml::Table,
+    path: &Path,
+    upstreams: &[(&str, String)],
+) -> anyhow::Result<()> {
     let endpoints = |addr: &str| toml::Value::Array(vec![toml::Value::String(addr.into())]);
     match t.remove("cluster") {
         Some(toml::Value::Array(mut clusters)) => {
@@ -53,11 +53,7 @@ pub fn drill_config(
         }
         Some(_) => anyhow::bail!("{}: cluster must be an array of tables", path.display()),
         None => {
-            let base = match t.remove("upstream") {
-                Some(toml::Value::Table(u)) => u,
-                None => toml::Table::new(),
-                Some(_) => anyhow::bail!("{}: upstream must be a table", path.display()),
-            };
+            let base = take_table(t, "upstream", path)?;
             let clusters = upstreams
                 .iter()
                 .map(|(name, addr)| {
@@ -82,17 +78,7 @@ pub fn drill_config(
             }
         }
     }
-    let mut admin_t = match t.remove("admin") {
-        Some(toml::Value::Table(x)) => x,
-        None => toml::Table::new(),
-        Some(_) => anyhow::bail!("{}: admin must be a table", path.display()),
-    };
-    admin_t.insert(
-        "listen".into(),
-        toml::Value::String(format!("127.0.0.1:{admin}")),
-    );
-    t.insert("admin".into(), toml::Value::Table(admin_t));
-    Ok(toml::to_string(&t)?)
+    Ok(())
 }
 
 /// The feed backend's `maxconn` for an auth `maxconn` of `n`: scaled by the ratio of the

@@ -145,6 +145,25 @@ pub fn drill_config(
     admin: u16,
     upstream: &str,
 ) -> anyhow::Result<String> {
+    with_addresses(path, listen, admin, |t| {
+        let mut up = take_table(t, "upstream", path)?;
+        up.insert(
+            "endpoints".into(),
+            toml::Value::Array(vec![toml::Value::String(upstream.into())]),
+        );
+        t.insert("upstream".into(), toml::Value::Table(up));
+        Ok(())
+    })
+}
+
+/// Reads the config at `path`, puts the drill's listen and admin addresses in, lets `edit` put
+/// the upstreams in, and writes it out again.
+pub fn with_addresses(
+    path: &Path,
+    listen: u16,
+    admin: u16,
+    edit: impl FnOnce(&mut toml::Table) -> anyhow::Result<()>,
+) -> anyhow::Result<String> {
     let text =
         std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let mut t: toml::Table = text
@@ -154,26 +173,23 @@ pub fn drill_config(
         "listen".into(),
         toml::Value::String(format!("127.0.0.1:{listen}")),
     );
-    let table = |t: &mut toml::Table, k: &str| -> anyhow::Result<toml::Table> {
-        match t.remove(k) {
-            Some(toml::Value::Table(x)) => Ok(x),
-            None => Ok(toml::Table::new()),
-            Some(_) => anyhow::bail!("{}: {k} must be a table", path.display()),
-        }
-    };
-    let mut up = table(&mut t, "upstream")?;
-    up.insert(
-        "endpoints".into(),
-        toml::Value::Array(vec![toml::Value::String(upstream.into())]),
-    );
-    t.insert("upstream".into(), toml::Value::Table(up));
-    let mut admin_t = table(&mut t, "admin")?;
+    edit(&mut t)?;
+    let mut admin_t = take_table(&mut t, "admin", path)?;
     admin_t.insert(
         "listen".into(),
         toml::Value::String(format!("127.0.0.1:{admin}")),
     );
     t.insert("admin".into(), toml::Value::Table(admin_t));
     Ok(toml::to_string(&t)?)
+}
+
+/// Removes the table `k` from `t` (empty if absent); an error if it is not a table.
+pub fn take_table(t: &mut toml::Table, k: &str, path: &Path) -> anyhow::Result<toml::Table> {
+    match t.remove(k) {
+        Some(toml::Value::Table(x)) => Ok(x),
+        None => Ok(toml::Table::new()),
+        Some(_) => anyhow::bail!("{}: {k} must be a table", path.display()),
+    }
 }
 
 pub fn free_port() -> anyhow::Result<u16> {
