@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod body;
+mod connection;
 pub mod edge;
 pub mod forward;
 pub mod h2_guard;
@@ -10,6 +11,7 @@ pub mod handler;
 pub mod headers;
 pub mod idle;
 pub mod lot;
+mod park;
 pub mod phases;
 pub mod request_body;
 pub mod respond;

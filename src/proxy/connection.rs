@@ -1,0 +1,252 @@
+//! One client connection served: HTTP/1 sessions (parked when idle) or an HTTP/2 session,
+//! inside the connection's timers, until the client closes, shutdown or the keep-alive timeout.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
+
+use super::h2_guard::H2Guard;
+use super::handler::{handle, ConnInfo};
+use super::park::{Parkable, Parked, ParkingLot, Resume, PARK_AFTER};
+use super::phases::{Phase, Phases, Tracked};
+use super::send_timeout::{SendTimeout, Stall};
+use super::server::Proto;
+use super::until::{Done, Until};
+use crate::config::ServerConfig;
+use crate::runtime::Shared;
+
+/// Streams a client may reset before we accept them, per connection (rapid reset).
+const H2_MAX_PENDING_RESETS: usize = 20;
+/// Streams we may reset for protocol errors before the connection is closed.
+const H2_MAX_LOCAL_RESETS: usize = 256;
+
+/// hyper's limit on request header lines when none is set.
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
+/// What a connection task holds: its place under the connection cap, its part in the drain,
+/// and the shutdown signal.
+pub(super) struct Conn {
+    pub(super) stop: watch::Receiver<bool>,
+    pub(super) _live: mpsc::Sender<()>,
+    pub(super) _slot: OwnedSemaphorePermit,
+    pub(super) gauge: prometheus::IntGauge,
+    pub(super) parked: prometheus::IntGauge,
+}
+
+impl Conn {
+    pub(super) fn open(self) -> Self {
+        self.gauge.inc();
+        self
+    }
+
+    /// Resolves once shutdown has begun.
+    async fn stopping(&mut self) {
+        let _ = self.stop.wait_for(|s| *s).await;
+    }
+
+    /// Resolves once shutdown has begun or the connection has been idle for the keep-alive
+    /// timeout: either way its session is asked to finish and close.
+    async fn closing(&mut self, phase: &Phase) {
+        tokio::select! {
+            () = self.stopping() => {}
+            () = phase.idle.notified() => {}
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// Serves one accepted connection (cleartext or TLS) as `proto` until it closes or is parked
+/// in `lot`.
+pub(super) async fn serve_io<I>(
+    io: I,
+    proto: Proto,
+    server_cfg: &ServerConfig,
+    shared: Arc<Shared>,
+    info: Arc<ConnInfo>,
+    mut conn: Conn,
+    lot: Option<Arc<ParkingLot>>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: AsyncRead + AsyncWrite + Parkable + Unpin + Send + Sync + 'static,
+{
+    let phase = Arc::clone(&info.phase);
+    let (peer, trusted) = (info.peer, info.headers.trusted);
+    let stalled = shared.metrics.stalled_released.clone();
+    let idle = Arc::clone(&phase);
+    let answer = move |req| {
+        // Busy from here until the response body ends: no idle timer meanwhile.
+        let active = info.phase.enter();
+        let answer = handle(Arc::clone(&shared), Arc::clone(&info), req);
+        async move {
+            let resp = answer.await?;
+            Ok::<_, std::convert::Infallible>(resp.map(|b| Tracked::new(b, active)))
+        }
+    };
+    match proto {
+        Proto::H1 => {
+            let stall = Stall {
+                phase: Arc::clone(&phase),
+                after: server_cfg.stall_release,
+                released: stalled,
+            };
+            let mut io = phased(io, phase, true, server_cfg, Some(PARK_AFTER), Some(stall));
+            let lot = lot.filter(|_| I::BARE);
+            loop {
+                // Boxed: while parked, the task holds none of a session's state.
+                // hyper's HTTP/1 server boxes the request's future itself.
+                let svc = service_fn(answer.clone());
+                let session = h1_session(io, server_cfg, svc, &idle, &mut conn);
+                let Some(parked) = Box::pin(session).await? else {
+                    return Ok(());
+                };
+                if let Some(lot) = lot {
+                    let phases = parked.into_inner().into_inner();
+                    let deadline = phases.idle_deadline();
+                    let tcp = phases.into_inner().into_tcp().map(TcpStream::into_std);
+                    if let Some(Ok(tcp)) = tcp {
+                        // The task ends here (its connection's state with it); the lot holds the
+                        // socket and resumes it on a new one.
+                        let parked = Resume {
+                            peer,
+                            trusted,
+                            conn,
+                        };
+                        lot.park(tcp, deadline.into_std(), parked);
+                    }
+                    return Ok(());
+                }
+                io = parked;
+                let phases = io.inner().get_ref();
+                let deadline = phases.idle_deadline();
+                let _parked = Parked::new(&conn.parked);
+                tokio::select! {
+                    r = phases.get_ref().readable() => r?,
+                    () = tokio::time::sleep_until(deadline) => return Ok(()),
+                    () = conn.stopping() => return Ok(()),
+                }
+            }
+        }
+        Proto::H2 => {
+            let c = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(server_cfg.h2_max_concurrent_streams)
+                .max_header_list_size(server_cfg.max_header_bytes as u32)
+                .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+                .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
+                .keep_alive_interval(Some(Duration::from_secs(30)))
+                .serve_connection(
+                    phased(H2Guard::new(io), phase, false, server_cfg, None, None),
+                    // Boxed: a request's future is large (about 6 KB), and each stream's is
+                    // spawned as a task, moved whole by value several times on the way; a box
+                    // is one pointer to move.
+                    service_fn(move |req| Box::pin(answer(req))),
+                );
+            // Boxed: an HTTP/2 session is large, and the connection task is as large as its
+            // largest state (a parked HTTP/1 connection's included).
+            let mut c = Box::pin(c);
+            let closing = std::pin::pin!(conn.closing(&idle));
+            match Until::new(c.as_mut(), closing).await {
+                Done::Main(r) => r.map_err(Into::into),
+                Done::Signal(()) => {
+                    c.as_mut().graceful_shutdown();
+                    c.await.map_err(Into::into)
+                }
+            }
+        }
+    }
+}
+
+/// One HTTP/1 session on `io`: requests until the client closes, shutdown or the keep-alive
+/// timeout ends it (`None`), or until it is parked (the stream back, the session's buffers
+/// freed).
+async fn h1_session<I, S, B>(
+    io: H1Io<I>,
+    server_cfg: &ServerConfig,
+    svc: S,
+    phase: &Phase,
+    conn: &mut Conn,
+) -> Result<Option<H1Io<I>>, BoxError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B> + Unpin,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(TokioTimer::new())
+        // The head and idle timers are `Phases`' (hyper's would also run while idle, and
+        // close without a 408).
+        .header_read_timeout(None)
+        .max_buf_size(server_cfg.max_header_bytes)
+        .keep_alive(true);
+    // hyper parses into an array on the stack for its default of 100, and into a vector
+    // allocated per request for any other figure set here.
+    if server_cfg.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+        b.max_headers(server_cfg.max_headers);
+    }
+    let mut c = b.serve_connection(io, svc).with_upgrades();
+    let closing = std::pin::pin!(conn.closing(phase));
+    match Until::new(&mut c, closing).await {
+        Done::Main(r) => r?,
+        Done::Signal(()) => {
+            Pin::new(&mut c).graceful_shutdown();
+            c.await?;
+            return Ok(None);
+        }
+    }
+    // Upgraded (the tunnel has the stream), or closed by the client.
+    let Some(parts) = c.into_parts() else {
+        return Ok(None);
+    };
+    if !parts.io.inner().get_ref().parked() {
+        return Ok(None);
+    }
+    if !parts.read_buf.is_empty() {
+        // Cannot happen: a session is parked only with nothing read since its last answer.
+        // Closing is the safe answer if it ever does.
+        tracing::debug!("parked with unparsed bytes; closing");
+        return Ok(None);
+    }
+    Ok(Some(parts.io))
+}
+
+pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(super) type H1Io<I> = TokioIo<SendTimeout<Phases<I>>>;
+
+/// The connection's timers around `io`: idle and head ([`Phases`]), then stalled writes.
+fn phased<I>(
+    io: I,
+    phase: Arc<Phase>,
+    h1: bool,
+    cfg: &ServerConfig,
+    park_after: Option<Duration>,
+    stall: Option<Stall>,
+) -> TokioIo<SendTimeout<Phases<I>>> {
+    let io = Phases::new(
+        io,
+        phase,
+        h1,
+        cfg.keepalive_timeout,
+        cfg.client_header_timeout,
+        park_after,
+    );
+    let io = SendTimeout::new(io, cfg.send_timeout);
+    TokioIo::new(match stall {
+        Some(s) => io.with_stall(s),
+        None => io,
+    })
+}
