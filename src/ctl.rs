@@ -10,7 +10,9 @@ use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
+
+use crate::admin::command::{Command, Switch};
 
 /// Exit code: the admin API refused the request (4xx, except 401 and 409).
 pub const REFUSED: u8 = 1;
@@ -66,16 +68,6 @@ pub struct Target {
     pub cluster: Option<String>,
 }
 
-impl Target {
-    /// The admin path of a cluster's write: `/api/v1/clusters/{cluster}/…` when one is named.
-    fn scoped(&self, rest: &str) -> String {
-        match &self.cluster {
-            Some(c) => format!("/api/v1/clusters/{c}{rest}"),
-            None => format!("/api/v1{rest}"),
-        }
-    }
-}
-
 fn refused(message: String) -> Failure {
     Failure {
         code: REFUSED,
@@ -95,9 +87,9 @@ fn pair<'a>(field: &str, v: &'a str) -> Result<(&'a str, &'a str), Failure> {
 }
 
 /// The curve write's body.
-fn curve_body(name: &str, points: &[String]) -> Result<Value, Failure> {
+fn curve_body(name: &str, points: &[String]) -> Result<Map<String, Value>, Failure> {
     match name {
-        "linear" | "exponential" if points.is_empty() => Ok(json!({ "curve": name })),
+        "linear" | "exponential" if points.is_empty() => Ok(object(json!({ "curve": name }))),
         "linear" | "exponential" => Err(refused(format!(
             "points: only a curve of points takes them, not {name}"
         ))),
@@ -120,7 +112,7 @@ fn curve_body(name: &str, points: &[String]) -> Result<Value, Failure> {
                         .into(),
                 ));
             }
-            Ok(json!({ "curve": "points", "points": out }))
+            Ok(object(json!({ "curve": "points", "points": out })))
         }
         other => Err(refused(format!(
             "curve: {other:?} is not a curve (linear, exponential or points)"
@@ -129,7 +121,7 @@ fn curve_body(name: &str, points: &[String]) -> Result<Value, Failure> {
 }
 
 /// The stages write's body: `current` (from the status) with `edits` over it.
-fn stages_body(current: &Value, edits: &[String]) -> Result<Value, Failure> {
+fn stages_body(current: &Value, edits: &[String]) -> Result<Map<String, Value>, Failure> {
     const PRIORITIES: [&str; 4] = ["critical", "high", "normal", "low"];
     let mut stages = serde_json::Map::new();
     for p in PRIORITIES {
@@ -156,11 +148,14 @@ fn stages_body(current: &Value, edits: &[String]) -> Result<Value, Failure> {
         };
         stages.insert(p.into(), json!(v));
     }
-    Ok(json!({ "stages": stages }))
+    Ok(object(json!({ "stages": stages })))
 }
 
 /// The signals write's body.
-fn signals_body(latency_p99: Option<&str>, error_rate: Option<&str>) -> Result<Value, Failure> {
+fn signals_body(
+    latency_p99: Option<&str>,
+    error_rate: Option<&str>,
+) -> Result<Map<String, Value>, Failure> {
     let mut body = serde_json::Map::new();
     if let Some(l) = latency_p99 {
         let (w, c) = pair("latency_p99", l)?;
@@ -182,7 +177,15 @@ fn signals_body(latency_p99: Option<&str>, error_rate: Option<&str>) -> Result<V
             "signals: give --latency-p99 warn:critical and/or --error-rate warn:critical".into(),
         ));
     }
-    Ok(Value::Object(body))
+    Ok(body)
+}
+
+/// The fields of a JSON object (anything else has none).
+fn object(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
 }
 
 /// A failed call, with the exit code it maps to.
@@ -190,6 +193,16 @@ fn signals_body(latency_p99: Option<&str>, error_rate: Option<&str>) -> Result<V
 pub struct Failure {
     pub code: u8,
     pub message: String,
+}
+
+/// Sends an operator command to the cluster `t` names.
+async fn send(t: &Target, cmd: Command) -> Result<Value, Failure> {
+    let method = if cmd.method() == "POST" {
+        Method::POST
+    } else {
+        Method::PUT
+    };
+    call(t, method, &cmd.path(t.cluster.as_deref()), Some(cmd.body())).await
 }
 
 async fn call(
@@ -465,72 +478,51 @@ pub async fn run(t: &Target, action: Action) -> Result<(), Failure> {
                 print!("{}", status_table(&st));
             }
         }
-        Action::Engage => write(&call(t, Method::POST, &t.scoped("/ramp/engage"), None).await?),
-        Action::Disengage => {
-            write(&call(t, Method::POST, &t.scoped("/ramp/disengage"), None).await?)
-        }
-        Action::Pause => write(&call(t, Method::POST, &t.scoped("/ramp/pause"), None).await?),
-        Action::Resume => write(&call(t, Method::POST, &t.scoped("/ramp/resume"), None).await?),
-        Action::Progress(p) => write(
-            &call(
-                t,
-                Method::PUT,
-                &t.scoped("/ramp/progress"),
-                Some(json!({ "value": p })),
-            )
-            .await?,
-        ),
+        Action::Engage => write(&send(t, Command::Engage).await?),
+        Action::Disengage => write(&send(t, Command::Disengage).await?),
+        Action::Pause => write(&send(t, Command::Pause).await?),
+        Action::Resume => write(&send(t, Command::Resume).await?),
+        Action::Progress(p) => write(&send(t, Command::Progress(p)).await?),
         Action::Curve { name, points } => {
-            let body = curve_body(&name, &points)?;
-            write(&call(t, Method::PUT, &t.scoped("/ramp/curve"), Some(body)).await?);
+            write(&send(t, Command::Curve(curve_body(&name, &points)?)).await?);
         }
         Action::Stages(edits) => {
             let st = status_of(t).await?;
             let body = stages_body(&st["stages"], &edits)?;
-            write(&call(t, Method::PUT, &t.scoped("/ramp/stages"), Some(body)).await?);
+            write(&send(t, Command::Stages(body)).await?);
         }
         Action::Signals {
             latency_p99,
             error_rate,
         } => {
             let body = signals_body(latency_p99.as_deref(), error_rate.as_deref())?;
-            write(&call(t, Method::PUT, &t.scoped("/signals"), Some(body)).await?);
+            write(&send(t, Command::Signals(body)).await?);
         }
-        Action::Feature { name, state } => write(
-            &call(
-                t,
-                Method::PUT,
-                &format!("/api/v1/features/{name}"),
-                Some(json!({ "state": state })),
-            )
-            .await?,
-        ),
+        Action::Feature { name, state } => {
+            let Some(state) = Switch::parse(&state) else {
+                return Err(refused(format!(
+                    "state: {state:?} is not a state (on, off, auto, or release for the file's)"
+                )));
+            };
+            write(&send(t, Command::Feature { name, state }).await?);
+        }
         Action::Limit(v) => {
-            let value = if v == "auto" {
-                json!("auto")
+            let pin = if v == "auto" {
+                None
             } else {
-                match v.parse::<u64>() {
-                    Ok(n) => json!(n),
+                match v.parse::<u32>() {
+                    Ok(n) => Some(n),
                     Err(_) => {
-                        return Err(Failure {
-                            code: REFUSED,
-                            message: format!("{v:?} is not a number of requests or \"auto\""),
-                        })
+                        return Err(refused(format!(
+                            "{v:?} is not a number of requests or \"auto\""
+                        )))
                     }
                 }
             };
-            write(
-                &call(
-                    t,
-                    Method::PUT,
-                    &t.scoped("/limit"),
-                    Some(json!({ "value": value })),
-                )
-                .await?,
-            );
+            write(&send(t, Command::Limit(pin)).await?);
         }
         Action::Reload => {
-            let v = call(t, Method::POST, "/api/v1/reload", None).await?;
+            let v = send(t, Command::Reload).await?;
             let changed = v["changed"].as_array().cloned().unwrap_or_default();
             if changed.is_empty() {
                 println!("reloaded: nothing changed");

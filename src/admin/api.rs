@@ -10,7 +10,7 @@ use http::StatusCode;
 use serde_json::{json, Value};
 
 use super::audit::{Audit, Caller};
-use crate::admission::FeatureState;
+use super::command::{scoped, Command, Refusal, Switch};
 use crate::runtime::Shared;
 
 /// Every route the admin listener answers: (method, path). The OpenAPI document lists exactly
@@ -49,18 +49,6 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/api/v1/clusters/{cluster}/ramp/stages"),
     ("PUT", "/api/v1/clusters/{cluster}/signals"),
 ];
-
-/// A cluster's write (`/api/v1/clusters/{cluster}/…`) as the cluster's name and the unscoped
-/// path it stands for; an unscoped write steers the first cluster.
-fn scoped(path: &str) -> (Option<&str>, std::borrow::Cow<'_, str>) {
-    match path
-        .strip_prefix("/api/v1/clusters/")
-        .and_then(|rest| rest.split_once('/'))
-    {
-        Some((name, rest)) => (Some(name), format!("/api/v1/{rest}").into()),
-        None => (None, path.into()),
-    }
-}
 
 /// The document served at `/api/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
@@ -146,13 +134,13 @@ impl Admin {
     ) -> Answer {
         let action = format!("{method} {path}");
         let (cluster, unscoped) = scoped(path);
-        let answer = match unknown_field(&unscoped, &v) {
-            Some(a) => a,
-            None => self.apply(method, cluster, &unscoped, &v),
+        let answer = match Command::decode(method, &unscoped, &v) {
+            Ok(cmd) => self.apply(&cmd, cluster, &v),
+            Err(r) => refusal(r),
         };
         // Fleet state: an accepted write goes to every instance (a reload is each one's own).
         if let (Some(link), true) = (&self.shared.fleet, publish && answer.0.is_success()) {
-            if unscoped != "/api/v1/reload" {
+            if unscoped != Command::Reload.path(None) {
                 if let Some(o) = v.as_object_mut() {
                     o.remove("if_version");
                 }
@@ -182,8 +170,8 @@ impl Admin {
         answer
     }
 
-    fn apply(&self, method: &str, cluster: Option<&str>, path: &str, v: &Value) -> Answer {
-        if method == "POST" && path == "/api/v1/reload" {
+    fn apply(&self, cmd: &Command, cluster: Option<&str>, v: &Value) -> Answer {
+        if *cmd == Command::Reload {
             if let Some(refused) = self.stale(v) {
                 return refused;
             }
@@ -235,59 +223,32 @@ impl Admin {
                 "controller state unavailable",
             );
         };
-        let (before, after) = match (method, path) {
-            ("POST", "/api/v1/ramp/engage") => {
+        let (before, after) = match cmd {
+            Command::Engage | Command::Disengage => {
+                let engage = *cmd == Command::Engage;
                 let before = json!({ "engaged": cc.controller.engaged() });
-                cc.controller.set_engaged(true);
-                (before, json!({ "engaged": true }))
+                cc.controller.set_engaged(engage);
+                (before, json!({ "engaged": engage }))
             }
-            ("POST", "/api/v1/ramp/disengage") => {
-                let before = json!({ "engaged": cc.controller.engaged() });
-                cc.controller.set_engaged(false);
-                (before, json!({ "engaged": false }))
-            }
-            ("POST", "/api/v1/ramp/pause" | "/api/v1/ramp/resume") => {
-                let pause = path.ends_with("pause");
+            Command::Pause | Command::Resume => {
+                let pause = *cmd == Command::Pause;
                 let before = json!({ "paused": cc.params.paused });
                 cc.params.paused = pause;
                 (before, json!({ "paused": pause }))
             }
-            ("PUT", "/api/v1/ramp/progress") => {
-                let Some(p) = v.get("value").and_then(Value::as_f64) else {
-                    return field_error(
-                        "value",
-                        "a progress between 0 and 1 is required, e.g. {\"value\": 0.4}",
-                    );
-                };
-                if !(0.0..=1.0).contains(&p) {
-                    return field_error("value", format!("{p} is not between 0 and 1"));
-                }
+            Command::Progress(p) => {
                 let before = json!({ "progress": view.decision.progress });
-                cc.controller.set_progress(p);
+                cc.controller.set_progress(*p);
                 (before, json!({ "progress": p }))
             }
-            ("PUT", "/api/v1/limit") => {
+            Command::Limit(pin) => {
                 let before = json!({ "limit": view.decision.limit, "fixed": cc.overrides.limit });
-                let pin = match v.get("value") {
-                    Some(Value::String(s)) if s == "auto" => None,
-                    Some(n) => match n.as_u64() {
-                        Some(n) if (1..=1_000_000).contains(&n) => Some(n as u32),
-                        _ => {
-                            return field_error(
-                                "value",
-                                "a whole number of requests in flight between 1 and 1000000, or \"auto\"",
-                            )
-                        }
-                    },
-                    None => return field_error("value", "required: a number, or \"auto\" to release"),
-                };
-                cc.controller.pin_limit(pin);
-                cc.overrides.limit = pin;
+                cc.controller.pin_limit(*pin);
+                cc.overrides.limit = *pin;
                 (before, json!({ "fixed": pin }))
             }
-            ("PUT", p) if p.starts_with("/api/v1/features/") => {
-                let name = &p["/api/v1/features/".len()..];
-                let Some(f) = snap.compiled.features.iter().find(|f| f.name == name) else {
+            Command::Feature { name, state } => {
+                let Some(f) = snap.compiled.features.iter().find(|f| &f.name == name) else {
                     let known: Vec<&str> = snap
                         .compiled
                         .features
@@ -299,48 +260,39 @@ impl Admin {
                         format!("no feature {name:?} (features: {})", known.join(", ")),
                     );
                 };
-                let Some(state) = v.get("state").and_then(Value::as_str) else {
-                    return field_error(
-                        "state",
-                        "required: \"on\", \"off\", \"auto\" or \"release\"",
-                    );
-                };
                 let before = json!({ "state": f.state.get().as_str() });
-                let new = if state == "release" {
-                    ctl.features.remove(name);
-                    f.configured
-                } else {
-                    let Some(s) = FeatureState::parse(state) else {
-                        return field_error(
-                            "state",
-                            format!("{state:?} is not a state (on, off, auto, or release for the file's)"),
-                        );
-                    };
-                    ctl.features.insert(name.to_string(), s);
-                    s
+                let new = match state {
+                    Switch::Release => {
+                        ctl.features.remove(name);
+                        f.configured
+                    }
+                    Switch::Set(s) => {
+                        ctl.features.insert(name.clone(), *s);
+                        *s
+                    }
                 };
                 f.state.set(new);
                 (before, json!({ "state": new.as_str() }))
             }
-            ("PUT", "/api/v1/ramp/curve" | "/api/v1/ramp/stages" | "/api/v1/signals") => {
-                let table = if path.ends_with("signals") {
+            Command::Curve(fields) | Command::Stages(fields) | Command::Signals(fields) => {
+                let table = if matches!(cmd, Command::Signals(_)) {
                     "signals"
                 } else {
                     "ramp"
                 };
-                let parsed = match validate_fragment(table, v) {
+                let parsed = match validate_fragment(table, fields) {
                     Ok(p) => p,
                     Err(a) => return a,
                 };
                 let (p, o) = (&mut cc.params, &mut cc.overrides);
-                match path {
-                    "/api/v1/ramp/curve" => {
+                match cmd {
+                    Command::Curve(_) => {
                         let before = json!({ "curve": p.curve.name() });
                         p.curve = parsed.curve.clone();
                         o.curve = Some(parsed.curve);
                         (before, json!({ "curve": p.curve.name() }))
                     }
-                    "/api/v1/ramp/stages" => {
+                    Command::Stages(_) => {
                         let show = |s: [f64; 4]| json!({ "critical": s[3], "high": s[2], "normal": s[1], "low": s[0] });
                         let before = show(p.stages);
                         p.stages = parsed.stages;
@@ -357,11 +309,11 @@ impl Admin {
                                 })
                             };
                         let before = show(&p.latency_p99_ms, &p.error_rate);
-                        if v.get("latency_p99").is_some() {
+                        if fields.contains_key("latency_p99") {
                             p.latency_p99_ms = parsed.latency_p99_ms;
                             o.latency_p99_ms = Some(parsed.latency_p99_ms);
                         }
-                        if v.get("error_rate").is_some() {
+                        if fields.contains_key("error_rate") {
                             p.error_rate = parsed.error_rate;
                             o.error_rate = Some(parsed.error_rate);
                         }
@@ -369,7 +321,7 @@ impl Admin {
                     }
                 }
             }
-            _ => return error(StatusCode::NOT_FOUND, "no such write"),
+            Command::Reload => return error(StatusCode::NOT_FOUND, "no such write"),
         };
         ctl.version += 1;
         (
@@ -430,12 +382,11 @@ impl Admin {
 
 /// Validates a write's settings exactly as the file would: the body's fields become a `[table]`
 /// of a minimal config, whose errors name the field.
-fn validate_fragment(table: &str, v: &Value) -> Result<crate::admission::ControlParams, Answer> {
-    let mut fields = v.clone();
-    if let Some(o) = fields.as_object_mut() {
-        o.remove("if_version");
-    }
-    let t: toml::Value = toml::Value::try_from(&fields).map_err(|e| {
+fn validate_fragment(
+    table: &str,
+    fields: &serde_json::Map<String, Value>,
+) -> Result<crate::admission::ControlParams, Answer> {
+    let t: toml::Value = toml::Value::try_from(fields).map_err(|e| {
         error(
             StatusCode::BAD_REQUEST,
             format!("cannot use these values: {e}"),
@@ -466,25 +417,13 @@ fn validate_fragment(table: &str, v: &Value) -> Result<crate::admission::Control
         })
 }
 
-/// A field the write does not take: 400 naming it (a typo must not pass as "nothing to do").
-fn unknown_field(path: &str, v: &Value) -> Option<Answer> {
-    let takes: &[&str] = match path {
-        "/api/v1/ramp/curve" => &["curve", "points", "if_version"],
-        "/api/v1/ramp/stages" => &["stages", "if_version"],
-        "/api/v1/signals" => &["latency_p99", "error_rate", "if_version"],
-        "/api/v1/ramp/progress" | "/api/v1/limit" => &["value", "if_version"],
-        p if p.starts_with("/api/v1/features/") => &["state", "if_version"],
-        _ => &["if_version"],
-    };
-    let obj = v.as_object()?;
-    let bad = obj.keys().find(|k| !takes.contains(&k.as_str()))?;
-    Some(field_error(
-        bad,
-        format!(
-            "unknown field `{bad}` (this write takes {})",
-            takes.join(", ")
-        ),
-    ))
+/// A write refused before anything was applied.
+fn refusal(r: Refusal) -> Answer {
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST);
+    match r.field {
+        Some(f) => (status, json!({ "error": r.message, "field": f })),
+        None => error(status, r.message),
+    }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod command;
 pub mod status;
 
 use std::convert::Infallible;
