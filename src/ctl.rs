@@ -13,6 +13,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Map, Value};
 
 use crate::admin::command::{Command, Switch};
+use crate::admin::schema::{Overrides, Stages, Status};
 
 /// Exit code: the admin API refused the request (4xx, except 401 and 409).
 pub const REFUSED: u8 = 1;
@@ -121,12 +122,12 @@ fn curve_body(name: &str, points: &[String]) -> Result<Map<String, Value>, Failu
 }
 
 /// The stages write's body: `current` (from the status) with `edits` over it.
-fn stages_body(current: &Value, edits: &[String]) -> Result<Map<String, Value>, Failure> {
+fn stages_body(current: &Stages, edits: &[String]) -> Result<Map<String, Value>, Failure> {
     const PRIORITIES: [&str; 4] = ["critical", "high", "normal", "low"];
     let mut stages = serde_json::Map::new();
     for p in PRIORITIES {
-        if let Some(v) = current[p]["stage"].as_f64() {
-            stages.insert(p.into(), json!(v));
+        if let Some(v) = current.get(p) {
+            stages.insert(p.into(), json!(v.stage));
         }
     }
     if edits.is_empty() {
@@ -288,72 +289,58 @@ async fn call(
 }
 
 /// The status as a person reads it.
-pub fn status_table(st: &Value) -> String {
+pub fn status_table(st: &Status) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    let c = &st["controller"];
+    let c = &st.controller;
     let _ = writeln!(
         s,
         "state      {} ({}), ramp {}{}, progress {:.2}",
-        c["state"].as_str().unwrap_or("?"),
-        c["health"].as_str().unwrap_or("?"),
-        if c["engaged"] == true {
-            "engaged"
-        } else {
-            "not engaged"
-        },
-        if c["paused"] == true { ", paused" } else { "" },
-        c["progress"].as_f64().unwrap_or(0.0)
+        c.state,
+        c.health,
+        if c.engaged { "engaged" } else { "not engaged" },
+        if c.paused { ", paused" } else { "" },
+        c.progress
     );
     let _ = writeln!(
         s,
         "limit      {} in flight (algorithm {}, {}), in flight now {}, queued {}",
-        c["limit"],
-        c["limit_algorithm"],
-        c["limit_mode"].as_str().unwrap_or("?"),
-        st["signals"]["inflight"],
-        st["signals"]["queued"]
+        c.limit, c.limit_algorithm, c.limit_mode, st.signals.inflight, st.signals.queued
     );
-    let sig = &st["signals"];
+    let sig = &st.signals;
     let _ = writeln!(
         s,
         "signals    p50 {:.1} ms, p99 {:.1} ms, errors {}, hit ratio {}",
-        sig["p50_ms"].as_f64().unwrap_or(0.0),
-        sig["p99_ms"].as_f64().unwrap_or(0.0),
-        sig["error_rate"]
-            .as_f64()
+        sig.p50_ms,
+        sig.p99_ms,
+        sig.error_rate
             .map_or("-".into(), |e| format!("{:.1} %", e * 100.0)),
-        sig["hit_ratio"]
-            .as_f64()
-            .map_or("-".into(), |h| format!("{h:.2}")),
+        sig.hit_ratio.map_or("-".into(), |h| format!("{h:.2}")),
     );
     for p in ["critical", "high", "normal", "low"] {
-        if let Some(v) = st["stages"].get(p) {
+        if let Some(v) = st.stages.get(p) {
             let _ = writeln!(
                 s,
-                "stage      {:<9} {:<9} waiting {:<5} eta {}",
+                "stage      {:<9} {:<9} waiting {:<5} eta {:.0} s",
                 p,
-                if v["admitted"] == true {
-                    "admitted"
-                } else {
-                    "closed"
-                },
-                v["waiting"],
-                v["eta_s"]
-                    .as_f64()
-                    .map_or("-".into(), |e| format!("{e:.0} s"))
+                if v.admitted { "admitted" } else { "closed" },
+                v.waiting,
+                v.eta_s
             );
         }
     }
-    for f in st["features"].as_array().into_iter().flatten() {
-        let name = f["name"].as_str().unwrap_or("?");
-        let overridden = st["overrides"]["features"].get(name).is_some();
+    for f in &st.features {
+        let overridden = st
+            .overrides
+            .features
+            .as_ref()
+            .is_some_and(|o| o.contains_key(&f.name));
         let _ = writeln!(
             s,
             "feature    {:<12} {:<8} {:<4}{}",
-            name,
-            f["priority"].as_str().unwrap_or("?"),
-            f["state"].as_str().unwrap_or("?"),
+            f.name,
+            f.priority,
+            f.state,
             if overridden {
                 "  (operator override)"
             } else {
@@ -361,26 +348,25 @@ pub fn status_table(st: &Value) -> String {
             }
         );
     }
-    if let Some(l) = st["overrides"]["limit"].as_u64() {
+    if let Some(l) = st.overrides.limit {
         let _ = writeln!(
             s,
             "override   limit fixed at {l} (release: warmgate ctl limit auto)"
         );
     }
-    let clusters = st["clusters"].as_array().map_or(&[][..], Vec::as_slice);
-    if clusters.len() > 1 {
-        for c in clusters {
-            let ctl = &c["controller"];
+    if st.clusters.len() > 1 {
+        for c in &st.clusters {
+            let ctl = &c.controller;
             let _ = writeln!(
                 s,
                 "cluster    {:<12} {:<12} limit {:<5} in flight {:<5} queued {:<5} {}",
-                c["name"].as_str().unwrap_or("?"),
-                ctl["state"].as_str().unwrap_or("?"),
-                ctl["limit"],
-                c["signals"]["inflight"],
-                c["signals"]["queued"],
-                if ctl["engaged"] == true {
-                    format!("ramp at {:.2}", ctl["progress"].as_f64().unwrap_or(0.0))
+                c.name,
+                ctl.state,
+                ctl.limit,
+                c.signals.inflight,
+                c.signals.queued,
+                if ctl.engaged {
+                    format!("ramp at {:.2}", ctl.progress)
                 } else {
                     "ramp not engaged".to_string()
                 }
@@ -391,73 +377,74 @@ pub fn status_table(st: &Value) -> String {
             "           (the lines above the clusters are the first cluster's; --cluster NAME for another)"
         );
     }
-    let f = &st["fleet"];
-    if f.is_object() {
-        let side = if st["fleet_side"].is_object() {
-            &st["fleet_side"]
-        } else {
-            &st["clusters"][0]["fleet"]
-        };
+    if let Some(f) = &st.fleet {
+        let side = st.clusters.first().and_then(|c| c.fleet.clone());
+        let side = side.unwrap_or_default();
         let _ = writeln!(
             s,
             "fleet      {} on {} ({}), leader {}, this instance {} ({}), share {} of {}",
-            f["name"].as_str().unwrap_or("?"),
-            f["store"].as_str().unwrap_or("?"),
-            if f["store_up"] == true { "up" } else { "DOWN" },
-            f["leader"]
-                .as_str()
-                .filter(|l| !l.is_empty())
-                .unwrap_or("none"),
-            f["instance"].as_str().unwrap_or("?"),
-            side["role"].as_str().unwrap_or("joining"),
-            side["share"],
-            side["fleet_limit"],
+            f.name,
+            f.store,
+            if f.store_up { "up" } else { "DOWN" },
+            if f.leader.is_empty() {
+                "none"
+            } else {
+                &f.leader
+            },
+            f.instance,
+            if side.role.is_empty() {
+                "joining"
+            } else {
+                &side.role
+            },
+            side.share.map_or("-".into(), |n| n.to_string()),
+            side.fleet_limit,
         );
     }
-    let _ = writeln!(s, "version    {}", st["version"]);
+    let _ = writeln!(s, "version    {}", st.version);
     s
 }
 
-/// The status document, or with `--cluster` that cluster's part of it (with the features sent
-/// to it, the version and the mode).
-async fn status_of(t: &Target) -> Result<Value, Failure> {
-    let st = call(t, Method::GET, "/api/v1/status", None).await?;
+/// The status document, or with `--cluster` that cluster's part of it: its state at the top
+/// level, the features sent to it, and itself alone under `clusters`.
+async fn status_of(t: &Target) -> Result<Status, Failure> {
+    let v = call(t, Method::GET, "/api/v1/status", None).await?;
+    let st: Status = serde_json::from_value(v).map_err(|e| {
+        refused(format!(
+            "the status from {} is not one this ctl reads: {e}",
+            t.admin
+        ))
+    })?;
     let Some(name) = &t.cluster else {
         return Ok(st);
     };
-    let clusters = st["clusters"].as_array().cloned().unwrap_or_default();
-    let Some(mut one) = clusters.into_iter().find(|c| c["name"] == name.as_str()) else {
-        let names: Vec<&str> = st["clusters"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|c| c["name"].as_str())
-            .collect();
+    let Some(one) = st.cluster(name).cloned() else {
+        let names: Vec<&str> = st.clusters.iter().map(|c| c.name.as_str()).collect();
         return Err(refused(format!(
             "no cluster {name:?} (clusters: {})",
             names.join(", ")
         )));
     };
-    if let Some(o) = one.as_object_mut() {
-        let features: Vec<Value> = st["features"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|f| f["cluster"] == name.as_str())
+    Ok(Status {
+        controller: one.controller.clone(),
+        stages: one.stages.clone(),
+        signals: one.signals.clone(),
+        overrides: Overrides {
+            features: st.overrides.features.clone(),
+            note: st.overrides.note.clone(),
+            ..one.overrides.clone()
+        },
+        endpoints: one.endpoints.clone(),
+        dns: one.dns.clone(),
+        features: st
+            .features
+            .iter()
+            .filter(|f| f.cluster.as_deref() == Some(name.as_str()))
             .cloned()
-            .collect();
-        o.insert("features".into(), features.into());
-        o.insert("version".into(), st["version"].clone());
-        o.insert("mode".into(), st["mode"].clone());
-        // The cluster's share beside the fleet-wide part.
-        if let Some(side) = o.remove("fleet") {
-            o.insert("fleet_side".into(), side);
-        }
-        if !st["fleet"].is_null() {
-            o.insert("fleet".into(), st["fleet"].clone());
-        }
-    }
-    Ok(one)
+            .collect(),
+        clusters: vec![one],
+        ..st
+    })
 }
 
 /// Runs one action, printing what it did; the exit code on failure.
@@ -473,7 +460,7 @@ pub async fn run(t: &Target, action: Action) -> Result<(), Failure> {
         Action::Status { json } => {
             let st = status_of(t).await?;
             if json {
-                println!("{st}");
+                println!("{}", serde_json::to_string(&st).unwrap_or_default());
             } else {
                 print!("{}", status_table(&st));
             }
@@ -488,7 +475,7 @@ pub async fn run(t: &Target, action: Action) -> Result<(), Failure> {
         }
         Action::Stages(edits) => {
             let st = status_of(t).await?;
-            let body = stages_body(&st["stages"], &edits)?;
+            let body = stages_body(&st.stages, &edits)?;
             write(&send(t, Command::Stages(body)).await?);
         }
         Action::Signals {
@@ -575,19 +562,19 @@ mod tests {
 
     #[test]
     fn the_status_table_names_the_fleet_and_this_instances_share() {
-        let st = json!({
-            "controller": {}, "signals": {}, "stages": {}, "features": [], "overrides": {},
+        let st: Status = serde_json::from_value(json!({
             "version": 3,
             "clusters": [{"name": "default", "fleet": {"role": "follower", "share": 3, "fleet_limit": 8}}],
             "fleet": {"name": "edge", "store": "redis://127.0.0.1:6379/0", "store_up": true,
                       "leader": "b", "instance": "a"},
-        });
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
         let t = status_table(&st);
         assert!(
             t.contains("fleet      edge on redis://127.0.0.1:6379/0 (up), leader b, this instance a (follower), share 3 of 8"),
             "{t}"
         );
-        let alone = json!({"controller": {}, "signals": {}, "stages": {}, "version": 1});
-        assert!(!status_table(&alone).contains("fleet"));
+        assert!(t.contains("version    3"), "{t}");
+        assert!(!status_table(&Status::default()).contains("fleet"));
     }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde::Serialize;
 use tokio::net::TcpListener;
+use warmgate::admin::schema::Status;
 
 use crate::coldsim::{self, Sim, SimConfig};
 use crate::storm::{self, StormConfig, StormReport};
@@ -636,23 +637,26 @@ async fn run_with(
                     *last = total;
                 }
                 if let Some(url) = &admin_url {
-                    if let Some(st) = get_json(&client, url).await {
+                    let st = get_json(&client, url)
+                        .await
+                        .and_then(|v| serde_json::from_value::<Status>(v).ok());
+                    if let Some(st) = st {
                         for c in &mut sample.clusters {
-                            let one = st["clusters"]
-                                .as_array()
-                                .and_then(|l| l.iter().find(|x| x["name"] == c.name.as_str()));
-                            if let Some(one) = one {
-                                c.limit = one["controller"]["limit"].as_u64();
-                                c.inflight = one["signals"]["inflight"].as_u64();
+                            if let Some(one) = st.cluster(&c.name) {
+                                c.limit = Some(u64::from(one.controller.limit));
+                                c.inflight = Some(u64::from(one.signals.inflight));
                             }
                         }
-                        sample.progress = st["controller"]["progress"].as_f64();
+                        sample.progress = Some(st.controller.progress);
                         // In a fleet, the fleet's limit (the instance's is its share).
-                        sample.limit = st["clusters"][0]["fleet"]["fleet_limit"]
-                            .as_u64()
-                            .or_else(|| st["controller"]["limit"].as_u64());
-                        sample.inflight = st["signals"]["inflight"].as_u64();
-                        sample.state = st["controller"]["state"].as_str().map(String::from);
+                        let fleet_limit = st
+                            .clusters
+                            .first()
+                            .and_then(|c| c.fleet.as_ref())
+                            .map(|f| u64::from(f.fleet_limit));
+                        sample.limit = fleet_limit.or(Some(u64::from(st.controller.limit)));
+                        sample.inflight = Some(u64::from(st.signals.inflight));
+                        sample.state = Some(st.controller.state.clone());
                     }
                 }
                 if let Ok(mut v) = samples.lock() {

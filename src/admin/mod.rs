@@ -4,6 +4,7 @@
 pub mod api;
 pub mod audit;
 pub mod command;
+pub mod schema;
 pub mod status;
 
 use std::convert::Infallible;
