@@ -216,10 +216,7 @@ pub fn reload(shared: &Shared, path: &std::path::Path) -> Result<Reloaded, Vec<S
         .map_err(|errs| errs.iter().map(ToString::to_string).collect::<Vec<_>>())?;
     let running = &shared.snapshot.load().compiled.config;
     let restart_only = needs_restart(running, &cfg);
-    let changed = diff(
-        &crate::config::settings_json(running),
-        &crate::config::settings_json(&cfg),
-    );
+    let changes = crate::config::diff::diff(running, &cfg);
     for w in &cfg.warnings {
         tracing::warn!(path = %path.display(), "config: {w}");
     }
@@ -227,44 +224,27 @@ pub fn reload(shared: &Shared, path: &std::path::Path) -> Result<Reloaded, Vec<S
     for k in &restart_only {
         tracing::warn!(path = %path.display(), "{k}: changed in the file, takes effect on restart; the running value is kept");
     }
-    for c in &changed {
-        tracing::info!(path = %path.display(), "reload: {c}");
+    for c in &changes {
+        match &c.cluster {
+            Some(cluster) => tracing::info!(path = %path.display(), %cluster, "reload: {c}"),
+            None => tracing::info!(path = %path.display(), "reload: {c}"),
+        }
     }
-    tracing::info!(path = %path.display(), changes = changed.len(), "config reloaded");
+    let clusters: std::collections::BTreeSet<&str> = changes
+        .iter()
+        .filter_map(|c| c.cluster.as_deref())
+        .collect();
+    tracing::info!(
+        path = %path.display(),
+        changes = changes.len(),
+        clusters = %clusters.into_iter().collect::<Vec<_>>().join(","),
+        "config reloaded"
+    );
+    let changed = changes.iter().map(ToString::to_string).collect();
     Ok(Reloaded {
         changed,
         restart_only,
     })
-}
-
-/// The leaves that differ between two JSON documents, as `path: old -> new`.
-fn diff(a: &serde_json::Value, b: &serde_json::Value) -> Vec<String> {
-    fn walk(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
-        use serde_json::Value;
-        match (a, b) {
-            (Value::Object(x), Value::Object(y)) => {
-                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
-                for k in keys {
-                    let p = if prefix.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{prefix}.{k}")
-                    };
-                    walk(
-                        &p,
-                        x.get(k).unwrap_or(&Value::Null),
-                        y.get(k).unwrap_or(&Value::Null),
-                        out,
-                    );
-                }
-            }
-            _ if a != b => out.push(format!("{prefix}: {a} -> {b}")),
-            _ => {}
-        }
-    }
-    let mut out = Vec::new();
-    walk("", a, b, &mut out);
-    out
 }
 
 /// What identifies a version of the file: its modification time and length.

@@ -1,6 +1,7 @@
 //! Configuration: the TOML file model, validation into a typed [`Config`], and loading with
 //! errors that name the file, line and key.
 
+pub mod diff;
 pub mod error;
 pub mod file;
 pub mod load;
