@@ -1,6 +1,8 @@
-//! A monotonic millisecond clock shared by the data path and the controller.
+//! A monotonic millisecond clock shared by the data path and the controller. It reads tokio's
+//! clock, so an async test that pauses time (`tokio::time::pause`) moves it by advancing
+//! instead of sleeping; outside a paused runtime it is the system's monotonic clock.
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 /// Milliseconds since a day before the process started.
 #[derive(Clone, Copy, Debug)]
@@ -29,7 +31,10 @@ impl Clock {
 
     /// Milliseconds on this clock.
     pub fn now_ms(&self) -> u64 {
-        self.base.elapsed().as_millis() as u64 + Self::START_MS
+        Instant::now()
+            .saturating_duration_since(self.base)
+            .as_millis() as u64
+            + Self::START_MS
     }
 
     /// The time on this clock of a wall-clock instant `age_ms` before now (at least 1).
@@ -44,4 +49,17 @@ pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paused_test_moves_the_clock_by_advancing_it() {
+        let c = Clock::new();
+        let before = c.now_ms();
+        tokio::time::advance(std::time::Duration::from_secs(90)).await;
+        assert_eq!(c.now_ms() - before, 90_000);
+    }
 }

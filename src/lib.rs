@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod ctl;
 pub mod fleet;
+pub mod idle;
 pub mod metrics;
 pub mod proxy;
 pub mod runtime;

@@ -355,7 +355,7 @@ impl Admin {
                 "this warmgate was started without a config file",
             );
         };
-        match crate::app::reload(&self.shared, path) {
+        match crate::runtime::reload::reload(&self.shared, path) {
             Ok(outcome) => {
                 let version = self.shared.control.lock().map(|c| c.version).unwrap_or(0);
                 (
@@ -431,48 +431,4 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Reads the tokens a config names: a file of `name:secret` (or bare `secret`) lines, and/or an
-/// environment variable holding one secret (named after the variable). An error names its key.
-pub fn load_tokens(
-    file: Option<&std::path::Path>,
-    env: Option<&str>,
-) -> Result<Vec<(String, String)>, (&'static str, String)> {
-    let mut out = Vec::new();
-    if let Some(path) = file {
-        let key = "admin.token_file";
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| (key, format!("cannot read {}: {e}", path.display())))?;
-        for (i, line) in text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .enumerate()
-        {
-            let (name, secret) = line.split_once(':').map_or_else(
-                || (format!("token{}", i + 1), line),
-                |(n, s)| (n.trim().to_string(), s.trim()),
-            );
-            if secret.len() < 16 {
-                return Err((
-                    key,
-                    format!(
-                        "{}: the token {name:?} is shorter than 16 characters",
-                        path.display()
-                    ),
-                ));
-            }
-            out.push((name, secret.to_string()));
-        }
-    }
-    if let Some(var) = env {
-        let key = "admin.token_env";
-        match std::env::var(var) {
-            Ok(s) if s.trim().len() >= 16 => out.push((var.to_string(), s.trim().to_string())),
-            Ok(_) => return Err((key, format!("${var} is shorter than 16 characters"))),
-            Err(_) => return Err((key, format!("${var} is not set"))),
-        }
-    }
-    Ok(out)
 }

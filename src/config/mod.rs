@@ -8,6 +8,7 @@ pub mod load;
 pub mod locate;
 pub mod parse;
 pub mod summary;
+pub mod tokens;
 pub mod validate;
 
 use std::net::SocketAddr;

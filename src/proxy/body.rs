@@ -10,10 +10,10 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
-use super::idle::IdleTimer;
 use crate::admission::per_client::ClientSlot;
 use crate::admission::Permit;
 use crate::clock::Clock;
+use crate::idle::IdleTimer;
 use crate::upstream::pool::Lease;
 use crate::upstream::EndpointGuard;
 

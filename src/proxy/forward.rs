@@ -14,7 +14,6 @@ use super::body::{Back, Held, ProxyBody};
 use super::edge;
 use super::handler::ConnInfo;
 use super::headers;
-use super::request_body::{ClientBody, ClientBodyTimeout, SentAt};
 use super::respond::{self, ProxyError};
 use super::tunnel;
 use crate::admission::limit::class_of;
@@ -22,6 +21,7 @@ use crate::metrics::Outcome;
 use crate::runtime::{Cluster, ClusterView, FeatureRt, Shared, Snapshot};
 use crate::signals::Cache;
 use crate::upstream::pool::{millis, SendError};
+use crate::upstream::request_body::{ClientBody, ClientBodyTimeout, SentAt};
 
 static UPGRADE_TOKEN: HeaderValue = HeaderValue::from_static("upgrade");
 

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use super::access::{Note, Pending};
 use super::body::{Held, ProxyBody};
 use super::edge;
 use super::forward::forward;
@@ -18,6 +17,7 @@ use crate::admission::admit::{self, Step};
 use crate::admission::Decision;
 use crate::admission::{Ask, Permit, Reject, RejectReason, Ticket};
 use crate::metrics::Outcome;
+use crate::runtime::access::{Note, Pending};
 use crate::runtime::{Cluster, ClusterView, FeatureRt, Shared, Snapshot};
 
 /// What the handler knows about the client connection.

@@ -1,7 +1,6 @@
 //! The data path: listener, per-request handling, header hygiene, and the single place where
 //! errors and rejections become responses.
 
-pub mod access;
 pub mod body;
 mod connection;
 pub mod edge;
@@ -9,11 +8,9 @@ pub mod forward;
 pub mod h2_guard;
 pub mod handler;
 pub mod headers;
-pub mod idle;
 pub mod lot;
 mod park;
 pub mod phases;
-pub mod request_body;
 pub mod respond;
 pub mod send_timeout;
 pub mod server;

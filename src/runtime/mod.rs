@@ -2,9 +2,12 @@
 //! cluster's last controller decision) behind `ArcSwap`, plus the long-lived state that
 //! survives reloads (per cluster, by name).
 
+pub mod access;
+pub mod background;
 pub mod cluster;
 pub mod feature;
 pub mod history;
+pub mod reload;
 pub mod tickets;
 
 use std::collections::BTreeMap;
@@ -87,7 +90,7 @@ pub struct Shared {
     /// Set once shutdown has begun: not ready for new traffic.
     pub draining: std::sync::atomic::AtomicBool,
     /// The access log, when `log.access` is set (started with the process).
-    pub access: Option<crate::proxy::access::AccessLog>,
+    pub access: Option<access::AccessLog>,
     /// The gates of clusters a reload removed, by name: one added back gets its own again
     /// (a gate lives as long as the process).
     retired: Mutex<BTreeMap<String, Retired>>,
@@ -104,7 +107,7 @@ impl Shared {
         let metrics = Metrics::new()?;
         let access = match &config.log.access {
             Some(target) => Some(
-                crate::proxy::access::AccessLog::start(target)
+                access::AccessLog::start(target)
                     .map_err(|e| anyhow::anyhow!("log.access {target}: {e}"))?,
             ),
             None => None,
@@ -217,7 +220,7 @@ impl Shared {
     /// line, client memory, counters and pooled upstream connections; one that is new starts
     /// fresh; one that is gone stops being served.
     /// The listener keeps speaking what it started with: a reload that switches TLS on or off
-    /// keeps the running setting (`app::needs_restart` reports it); new certificates apply.
+    /// keeps the running setting (`reload::needs_restart` reports it); new certificates apply.
     pub fn reload(&self, config: Config) {
         let Ok(mut control) = self.control.lock() else {
             return;

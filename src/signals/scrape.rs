@@ -1,14 +1,10 @@
 //! The hit ratio read from a backend stats endpoint (JSON or Prometheus text) on an interval,
-//! for backends whose responses carry no cache header. Parsing is pure; the task is thin.
+//! for backends whose responses carry no cache header. Parsing is pure; the task that fetches
+//! it is `runtime::background::scrape_hit_ratio`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
-
-use http_body_util::{BodyExt, Empty};
 
 use crate::config::ScrapeFormat;
-use crate::runtime::Shared;
 
 /// The last scraped ratio and when it was read (0: never).
 #[derive(Default)]
@@ -59,55 +55,6 @@ pub fn parse(body: &[u8], format: &ScrapeFormat) -> Result<f64, String> {
         Ok(v)
     } else {
         Err(format!("{v} is not a ratio between 0 and 1"))
-    }
-}
-
-/// Reads the configured stats endpoint every interval while one is configured (re-read from
-/// the live config each round, so a reload can add, change or remove it).
-pub async fn run(shared: Arc<Shared>) {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Empty<bytes::Bytes>>();
-    // When each cluster's stats are next due, by cluster name.
-    let mut due: std::collections::HashMap<String, tokio::time::Instant> = Default::default();
-    loop {
-        let clusters = shared.snapshot.load().compiled.clusters.clone();
-        for cluster in clusters {
-            let Some(cfg) = cluster.config.signals.scrape.clone() else {
-                continue;
-            };
-            let now = tokio::time::Instant::now();
-            if due.get(&cluster.config.name).is_some_and(|at| *at > now) {
-                continue;
-            }
-            due.insert(cluster.config.name.clone(), now + cfg.interval);
-            let fetch = async {
-                let resp = client
-                    .get(cfg.url.clone())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if !resp.status().is_success() {
-                    return Err(format!("status {}", resp.status()));
-                }
-                let body = resp
-                    .into_body()
-                    .collect()
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .to_bytes();
-                parse(&body, &cfg.format)
-            };
-            let name = &cluster.config.name;
-            match tokio::time::timeout(cfg.interval.max(Duration::from_millis(100)), fetch).await {
-                Ok(Ok(ratio)) => cluster.state.scraped.store(ratio, shared.clock.now_ms()),
-                Ok(Err(e)) => {
-                    tracing::warn!(cluster = %name, url = %cfg.url, error = %e, "hit-ratio scrape failed")
-                }
-                Err(_) => {
-                    tracing::warn!(cluster = %name, url = %cfg.url, "hit-ratio scrape timed out")
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -10,7 +10,7 @@ use super::connector::Paced;
 use crate::config::UpstreamConfig;
 
 /// hyper-util's pooled client (h2c upstreams).
-pub type LegacyClient = Client<Paced, crate::proxy::request_body::ClientBody>;
+pub type LegacyClient = Client<Paced, super::request_body::ClientBody>;
 
 /// What forwards requests: the connector for the HTTP/1.1 pools and, for h2c, the legacy client.
 #[derive(Clone)]

@@ -16,7 +16,9 @@ use std::time::Duration;
 use http::uri::Authority;
 
 use super::{Endpoint, EndpointSet};
-use crate::runtime::{Cluster, Shared};
+use arc_swap::ArcSwap;
+
+use crate::config::ClusterConfig;
 
 /// Resolves a host name to its addresses (the port is the endpoint's own).
 pub trait Resolve: Send + Sync {
@@ -84,38 +86,13 @@ pub fn endpoints_for(
     out
 }
 
-/// Re-resolves every cluster's names on their refresh and swaps in the new endpoint sets.
-pub async fn run(shared: Arc<Shared>, resolver: Arc<dyn Resolve>) {
-    // Per cluster name: when its names are next due.
-    let mut due: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
-    loop {
-        let clusters = shared.snapshot.load().compiled.clusters.clone();
-        for cluster in clusters {
-            let cfg = &cluster.config;
-            // TLS that checks each endpoint's own name needs that name on the connection: such
-            // endpoints stay one per name, resolved by the connector on every new connection.
-            let names_for_tls = cfg
-                .upstream
-                .tls
-                .as_ref()
-                .is_some_and(|t| t.server_name.is_none());
-            if names_for_tls || !cfg.upstream.endpoints.iter().any(is_name) {
-                continue;
-            }
-            let now = tokio::time::Instant::now();
-            if due.get(&cfg.name).is_some_and(|at| *at > now) {
-                continue;
-            }
-            due.insert(cfg.name.clone(), now + cfg.upstream.dns_refresh);
-            refresh(&cluster, resolver.as_ref()).await;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Resolves one cluster's names once and publishes its endpoints if they changed.
-pub async fn refresh(cluster: &Cluster, resolver: &dyn Resolve) {
-    let cfg = &cluster.config;
+pub async fn refresh(
+    cfg: &ClusterConfig,
+    resolved_now: &ArcSwap<BTreeMap<String, Resolution>>,
+    endpoints: &ArcSwap<EndpointSet>,
+    resolver: &dyn Resolve,
+) {
     let mut names: Vec<&str> = cfg
         .upstream
         .endpoints
@@ -125,7 +102,7 @@ pub async fn refresh(cluster: &Cluster, resolver: &dyn Resolve) {
         .collect();
     names.sort_unstable();
     names.dedup();
-    let mut resolved = cluster.resolved.load().as_ref().clone();
+    let mut resolved = resolved_now.load().as_ref().clone();
     for name in names {
         let timeout = cfg.upstream.connect_timeout.max(Duration::from_secs(1));
         let outcome = match tokio::time::timeout(timeout, resolver.resolve(name)).await {
@@ -159,16 +136,16 @@ pub async fn refresh(cluster: &Cluster, resolver: &dyn Resolve) {
         };
         resolved.insert(name.to_string(), after);
     }
-    let current = cluster.endpoints.load();
+    let current = endpoints.load();
     let next = endpoints_for(&cfg.upstream.endpoints, &resolved, &current.endpoints);
     let same = next.len() == current.endpoints.len()
         && next
             .iter()
             .zip(&current.endpoints)
             .all(|(a, b)| Arc::ptr_eq(a, b));
-    cluster.resolved.store(Arc::new(resolved));
+    resolved_now.store(Arc::new(resolved));
     if !same {
-        cluster.endpoints.store(Arc::new(EndpointSet::new(
+        endpoints.store(Arc::new(EndpointSet::new(
             next,
             current.balance,
             current.ejection,

@@ -5,6 +5,7 @@ pub mod connector;
 pub mod dns;
 pub mod endpoints;
 pub mod pool;
+pub mod request_body;
 
 pub use client::{build as build_client, UpstreamClient};
 pub use endpoints::{Ejection, Endpoint, EndpointGuard, EndpointSet};

@@ -21,7 +21,7 @@ use hyper::client::conn::http1;
 use tower_service::Service;
 
 use super::connector::Paced;
-use crate::proxy::request_body::ClientBody;
+use super::request_body::ClientBody;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

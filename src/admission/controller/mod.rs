@@ -20,7 +20,7 @@ mod types;
 pub use health::classify;
 use health::hit_gate_ceiling;
 use outage::{probing, Outage, OUTAGE_FAILURES, OUTAGE_MS, RECOVERY_S};
-pub use types::{CtlState, Decision, Health, SignalSnapshot};
+pub use types::{CtlState, Decision, Health, SignalSnapshot, TickCounters};
 
 /// Controller state carried from tick to tick (and across reloads).
 #[derive(Clone, Debug)]

@@ -1,7 +1,6 @@
 //! What the controller reads (the signals of one tick) and what it decides (the limit, the
 //! stages and the drain rates the gate works from).
 
-use super::super::gate::TickCounters;
 use super::super::limit::CLASSES;
 use super::super::priority::{PerPriority, Priority};
 
@@ -115,4 +114,21 @@ impl Decision {
     pub fn drain_rps(&self, p: Priority) -> f64 {
         self.admit_rps[p.index()..].iter().sum()
     }
+}
+
+/// What the controller reads from the gate once per tick.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TickCounters {
+    /// Highest in-flight count since the last tick.
+    pub peak_inflight: u32,
+    /// Requests that found the limit full (waited or were refused for it) since the last tick.
+    pub pressed: u64,
+    /// Requests admitted by priority since the last tick (at once or from the line).
+    pub admitted: PerPriority<u64>,
+    /// Requests refused for a closed stage since the last tick: demand the ramp holds back.
+    pub shed: u64,
+    /// Requests in line now, by priority.
+    pub waiting: PerPriority<u32>,
+    /// The limit now (slow start may have raised it since the last tick).
+    pub limit: u32,
 }

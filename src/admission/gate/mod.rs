@@ -28,9 +28,10 @@ mod memory;
 mod tests;
 mod types;
 
+pub use super::controller::TickCounters;
 pub use guards::{Hold, Permit, Ticket};
 pub use memory::feature_key;
-pub use types::{Admission, Ask, FeatureState, GatePolicy, Reject, RejectReason, TickCounters};
+pub use types::{Admission, Ask, FeatureState, GatePolicy, Reject, RejectReason};
 
 /// Keeps a hot counter on its own cache line, so cores updating neighbours do not collide.
 #[repr(align(64))]

@@ -167,7 +167,7 @@ pub fn validate(f: FileConfig, base: &std::path::Path) -> Result<Config, Vec<Key
     let admin_audit_log = f.admin.audit_log.as_ref().map(|p| base.join(p));
     let admin_tokens = Tokens(
         e.take(
-            crate::admin::api::load_tokens(admin_token_file.as_deref(), admin_token_env.as_deref())
+            super::tokens::load_tokens(admin_token_file.as_deref(), admin_token_env.as_deref())
                 .map_err(|(key, msg)| bad(key, msg)),
         )
         .unwrap_or_default(),

@@ -14,8 +14,9 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::body::BoxError;
-use super::idle::IdleTimer;
+/// What a body can fail with.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::idle::IdleTimer;
 
 /// When a request body was sent in full, in microseconds after the request started (0: not
 /// yet). Shared between the body and the forwarder.
