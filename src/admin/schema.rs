@@ -75,6 +75,9 @@ pub struct ControllerStatus {
     /// What the curve allows at this progress.
     pub limit_ceiling: u32,
     pub slow_start: bool,
+    /// A baseline check holds the limit at a quarter for a moment, to see the backend's
+    /// no-load latency under a storm that never lets up.
+    pub baseline_check: bool,
     pub latency_inflation: Option<f64>,
     #[serde(deserialize_with = "lenient")]
     pub latency_inflation_smoothed: f64,

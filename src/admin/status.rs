@@ -153,6 +153,7 @@ fn cluster_status(cluster: &Cluster, view: &ClusterView, ctl: &Control, now: u64
             limit: d.limit,
             limit_ceiling: d.ceiling,
             slow_start: d.slow_start,
+            baseline_check: knee.checking(),
             latency_inflation: d.inflation,
             latency_inflation_smoothed: knee.smoothed_inflation(),
             limit_algorithm: knee.limit(),

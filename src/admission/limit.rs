@@ -19,6 +19,14 @@
 //!   reaches `drop_ratio` cuts the limit to 70 %.
 //! - After `idle_restart_ms` with no completion the limit restarts from `initial` in slow start:
 //!   a standby DC is idle until the cutover and must not meet the storm with a stale limit.
+//! - A baseline check (Envoy adaptive concurrency's min-RTT window): a storm that fills the limit
+//!   from the first request never lets the backend be seen at no load, so its first latencies
+//!   (taken at `initial`, possibly past a sharp knee) would pass for the baseline and the limit
+//!   would settle wherever it started. Under demand, when no tick has run at a quarter of the
+//!   limit for [`CHECK_FIRST_MS`] (then half a baseline window), the limit drops to that quarter
+//!   until one tick's answers come from it (at most [`CHECK_MAX_MS`]); those set the baseline,
+//!   and the next ticks measure the limit against it. It costs a few hundred milliseconds at a
+//!   quarter of the limit every half window, and nothing while demand is low.
 //!
 //! Why not plain Vegas or Gradient2: Vegas' queue thresholds (α, β in requests) are absolute,
 //! too wide for a knee of 4 and too tight for 400; Gradient2 compares against a long-term
@@ -54,6 +62,11 @@ pub trait LimitAlgorithm: Send {
     /// The limit now.
     fn limit(&self) -> u32;
 }
+
+/// The first baseline check comes this long after the first answers under demand.
+pub const CHECK_FIRST_MS: u64 = 2_000;
+/// A baseline check lasts at most this long.
+pub const CHECK_MAX_MS: u64 = 1_000;
 
 /// Parameters of [`KneeLimit`].
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -143,6 +156,11 @@ pub struct KneeLimit {
     /// The inflation averaged over the last few ticks: what grow / step back decide on, so one
     /// noisy tick does not move the limit (the big drop still acts on a single tick).
     smoothed: f64,
+    /// A baseline check in progress: the limit it holds and when it gives up.
+    check: Option<(u32, u64)>,
+    /// When the next baseline check is due: half a window after the last tick whose answers
+    /// came from a quarter of the limit or less ([`CHECK_FIRST_MS`] after the first answers).
+    next_check_ms: Option<u64>,
 }
 
 impl KneeLimit {
@@ -168,6 +186,8 @@ impl KneeLimit {
             now_ms: 0,
             inflation: None,
             smoothed: 1.0,
+            check: None,
+            next_check_ms: None,
         }
     }
 
@@ -183,9 +203,20 @@ impl KneeLimit {
             .clamp(f64::from(self.p.min), f64::from(self.p.max));
     }
 
-    /// Whether the limit is still doubling (no queueing seen yet).
+    /// Whether the limit is still doubling (no queueing seen yet). Not during a baseline
+    /// check: the data path must not grow a limit held low on purpose.
     pub fn slow_start(&self) -> bool {
-        self.slow_start
+        self.slow_start && self.check.is_none()
+    }
+
+    /// Whether a baseline check holds the limit low now.
+    pub fn checking(&self) -> bool {
+        self.check.is_some()
+    }
+
+    /// The in-flight count a baseline check holds: a quarter of the limit.
+    fn check_limit(&self) -> u32 {
+        (self.limit() / 4).max(self.p.min).max(1)
     }
 
     /// The last tick's inflation (latency over the no-load latency of the same mix).
@@ -205,7 +236,7 @@ impl KneeLimit {
 
     /// The data path raised the limit during slow start (one per fast completion).
     pub fn raise_to(&mut self, limit: u32) {
-        if self.slow_start {
+        if self.slow_start && self.check.is_none() {
             self.limit = self.limit.max(f64::from(limit).min(f64::from(self.p.max)));
         }
     }
@@ -230,10 +261,56 @@ impl KneeLimit {
 }
 
 impl KneeLimit {
+    /// The baseline check (see the module documentation): `Some(limit)` while one holds the
+    /// limit low (this tick's samples are used for the baseline only), `None` to go on.
+    fn step_check(&mut self, now_ms: u64, demand: bool) -> Option<u32> {
+        let ok: u64 = self.acc_n.iter().sum();
+        // Three answers at a quarter of the limit say what the backend does at low load.
+        let low = ok >= 3 && self.acc_peak <= self.check.map_or(self.check_limit(), |c| c.0);
+        let half = self.p.baseline_window_ms / 2;
+        if low {
+            self.next_check_ms = Some(now_ms + half);
+        }
+        let next = *self.next_check_ms.get_or_insert(now_ms + CHECK_FIRST_MS);
+        if let Some((held, until_ms)) = self.check {
+            if low {
+                for c in 0..CLASSES {
+                    if self.acc_n[c] > 0 {
+                        let mean = self.acc_ms[c] / self.acc_n[c] as f64;
+                        self.base[c].observe(mean, now_ms, half);
+                    }
+                }
+            }
+            self.clear_tick();
+            if low || now_ms >= until_ms {
+                self.check = None;
+                return Some(self.limit());
+            }
+            return Some(held);
+        }
+        if demand && now_ms >= next && self.limit() >= 2 * self.check_limit() {
+            let held = self.check_limit();
+            self.check = Some((held, now_ms + CHECK_MAX_MS));
+            self.next_check_ms = Some(now_ms + half);
+            self.clear_tick();
+            return Some(held);
+        }
+        None
+    }
+
+    fn clear_tick(&mut self) {
+        self.acc_n = [0; CLASSES];
+        self.acc_ms = [0.0; CLASSES];
+        self.acc_dropped = 0;
+        self.acc_peak = 0;
+        self.acc_since_ms = None;
+    }
+
     /// A backend that failed answers again: start over from `initial` in slow start (what it
     /// can take after a restart is unknown; the baselines are kept, so growth is fast while
     /// its latency is at them).
     pub fn restart(&mut self) {
+        self.check = None;
         self.limit = f64::from(self.p.initial.clamp(self.p.min, self.p.max));
         self.slow_start = true;
         self.inflation = None;
@@ -265,6 +342,7 @@ impl LimitAlgorithm for KneeLimit {
         if total == 0 {
             if !demand && now_ms.saturating_sub(self.last_sample_ms) >= self.p.idle_restart_ms {
                 self.limit = self.limit.min(f64::from(self.p.initial));
+                self.check = None;
                 self.slow_start = true;
                 self.inflation = None;
                 self.smoothed = 1.0;
@@ -272,6 +350,9 @@ impl LimitAlgorithm for KneeLimit {
             return self.limit();
         }
         self.last_sample_ms = now_ms;
+        if let Some(held) = self.step_check(now_ms, demand) {
+            return held;
+        }
         let age = now_ms.saturating_sub(self.acc_since_ms.unwrap_or(now_ms));
         if total < self.p.min_samples && age < 1_000 {
             return self.limit();
@@ -329,11 +410,7 @@ impl LimitAlgorithm for KneeLimit {
         self.limit = self
             .limit
             .clamp(f64::from(self.p.min), f64::from(self.p.max));
-        self.acc_n = [0; CLASSES];
-        self.acc_ms = [0.0; CLASSES];
-        self.acc_dropped = 0;
-        self.acc_peak = 0;
-        self.acc_since_ms = None;
+        self.clear_tick();
         self.limit()
     }
 
@@ -368,13 +445,15 @@ mod tests {
     fn drive(alg: &mut KneeLimit, b: &Backend, from_ms: u64, secs: u64) -> Vec<u32> {
         let mut limits = Vec::new();
         let mut prev = alg.limit();
+        let mut last = prev;
         for i in 1..=(secs * 1000 / TICK) {
             let n = f64::from(prev);
             let rtt = b.rtt(n);
             let done = (n * TICK as f64 / rtt).round().max(1.0) as u64;
             alg.sample(class_of(3, 1), rtt, done, prev, Outcome::Ok);
-            prev = alg.limit();
-            limits.push(alg.update(from_ms + i * TICK, true));
+            prev = last;
+            last = alg.update(from_ms + i * TICK, true);
+            limits.push(last);
         }
         limits
     }
@@ -410,6 +489,46 @@ mod tests {
                     "knee {knee}: {tail:?}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn a_storm_from_the_first_request_still_finds_a_sharp_knee_below_initial() {
+        // The limit starts at 10 in front of a knee of 4, past slow start, and demand fills it
+        // from the first tick: its first latencies (2.5x the no-load one) pass for the
+        // baseline, and it holds near 10 unless it goes and looks at low load.
+        let b = Backend {
+            knee: 4.0,
+            base_ms: 20.0,
+            contention: 0.0,
+        };
+        let mut alg = KneeLimit::new(KneeParams {
+            initial: 10,
+            ..Default::default()
+        });
+        alg.slow_start = false;
+        let limits = drive(&mut alg, &b, 0, 12);
+        // Before the check (2 s in), stuck near where it started.
+        assert!(limits[5..18].iter().all(|&l| l >= 8), "{limits:?}");
+        let tail = &limits[limits.len() - 30..];
+        let m = mean(tail);
+        assert!((m - 4.0).abs() <= 1.0, "mean {m:.1} of {limits:?}");
+        assert_eq!(alg.baseline_ms(class_of(3, 1)), Some(20.0));
+    }
+
+    #[test]
+    fn without_demand_there_is_no_check() {
+        let b = Backend {
+            knee: 4.0,
+            base_ms: 20.0,
+            contention: 0.3,
+        };
+        let mut alg = KneeLimit::new(KneeParams::default());
+        for t in 1..=60u64 {
+            let n = f64::from(alg.limit());
+            alg.sample(class_of(3, 1), b.rtt(n), 10, alg.limit(), Outcome::Ok);
+            assert_eq!(alg.update(t * 100, false), 8, "tick {t}");
+            assert!(!alg.checking());
         }
     }
 

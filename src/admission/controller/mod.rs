@@ -196,7 +196,10 @@ impl Controller {
         let limit = self.knee.update(now_ms, demand);
         // The latency SLO is a guard rail, not the control signal: past it the limit comes
         // down by `backoff_factor` a second whatever the inflation says.
-        if s.samples >= params.min_samples && s.p99_ms >= params.latency_p99_ms.critical {
+        if !self.knee.checking()
+            && s.samples >= params.min_samples
+            && s.p99_ms >= params.latency_p99_ms.critical
+        {
             let f = params.backoff_factor.clamp(0.1, 1.0).powf(dt);
             self.knee.set((f64::from(limit) * f).floor() as u32);
         }
