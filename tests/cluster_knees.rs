@@ -49,3 +49,62 @@ async fn each_cluster_finds_its_own_backends_knee() {
     assert!((24..=44).contains(&feed_max), "feed: {samples:?}");
     p.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_feed_cluster_leaves_logins_as_they_were() {
+    // A slow feed backend: with one limit for both, its second-long requests would hold the
+    // slots logins need and drag the latency the limit steers on.
+    let auth = knee_upstream(4, Duration::from_millis(100)).await;
+    let feed = knee_upstream(4, Duration::from_millis(1_000)).await;
+    let p = proxy(&two(&auth.addr.to_string(), &feed.addr.to_string(), "", "")).await;
+    let count = |clients: Vec<tokio::task::JoinHandle<(u64, u64)>>| async move {
+        let (mut ok, mut other) = (0, 0);
+        for c in clients {
+            let (o, x) = c.await.unwrap();
+            ok += o;
+            other += x;
+        }
+        (ok, other)
+    };
+    // Logins alone: 8 clients on a knee of 4 at 100 ms, after 2 s to find it.
+    let warm = Arc::new(AtomicU64::new(0));
+    let warming = load(&p, "/api/login", 8, &warm);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    warm.store(1, Ordering::SeqCst);
+    count(warming).await;
+    let phase = |extra: usize| {
+        let p = &p;
+        async move {
+            let stop = Arc::new(AtomicU64::new(0));
+            let logins = load(p, "/api/login", 8, &stop);
+            let feeds = load(p, "/api/feed", extra, &stop);
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
+            let st = p.status().await;
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
+            stop.store(1, Ordering::SeqCst);
+            let (ok, refused) = count(logins).await;
+            count(feeds).await;
+            (ok, refused, st)
+        }
+    };
+    let (alone, alone_refused, _) = phase(0).await;
+    // The same logins while 64 feed clients press on a feed backend that takes 4 a second.
+    let (beside, beside_refused, st) = phase(64).await;
+    eprintln!("logins in 3 s: alone {alone}, beside a saturated feed cluster {beside}");
+    assert_eq!((alone_refused, beside_refused), (0, 0), "{st}");
+    assert!(
+        beside as f64 >= 0.85 * alone as f64,
+        "logins alone {alone}, beside a saturated feed {beside}: {st}"
+    );
+    // The feed cluster was saturated meanwhile (its own line held requests), the auth one not.
+    assert_eq!(st["clusters"][1]["name"], "feed");
+    assert!(
+        st["clusters"][1]["signals"]["queued"].as_u64().unwrap() >= 32,
+        "{st}"
+    );
+    assert!(
+        st["clusters"][0]["signals"]["queued"].as_u64().unwrap() <= 8,
+        "{st}"
+    );
+    p.stop().await;
+}
