@@ -209,6 +209,11 @@ impl KneeLimit {
         self.slow_start && self.check.is_none()
     }
 
+    /// The limit found (what a baseline check returns to).
+    fn level(&self) -> u32 {
+        self.limit.floor().max(1.0) as u32
+    }
+
     /// Whether a baseline check holds the limit low now.
     pub fn checking(&self) -> bool {
         self.check.is_some()
@@ -216,7 +221,7 @@ impl KneeLimit {
 
     /// The in-flight count a baseline check holds: a quarter of the limit.
     fn check_limit(&self) -> u32 {
-        (self.limit() / 4).max(self.p.min).max(1)
+        (self.level() / 4).max(self.p.min).max(1)
     }
 
     /// The last tick's inflation (latency over the no-load latency of the same mix).
@@ -288,7 +293,7 @@ impl KneeLimit {
             }
             return Some(held);
         }
-        if demand && now_ms >= next && self.limit() >= 2 * self.check_limit() {
+        if demand && now_ms >= next && self.level() >= 2 * self.check_limit() {
             let held = self.check_limit();
             self.check = Some((held, now_ms + CHECK_MAX_MS));
             self.next_check_ms = Some(now_ms + half);
@@ -414,8 +419,9 @@ impl LimitAlgorithm for KneeLimit {
         self.limit()
     }
 
+    /// The limit in force: a baseline check's while one holds it low.
     fn limit(&self) -> u32 {
-        self.limit.floor().max(1.0) as u32
+        self.check.map_or(self.level(), |(held, _)| held)
     }
 }
 

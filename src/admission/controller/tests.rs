@@ -335,3 +335,37 @@ fn drain_is_measured_per_priority_and_above() {
         "{d:?}"
     );
 }
+
+#[test]
+fn a_baseline_check_holds_the_gates_limit_low_until_a_tick_at_low_load() {
+    // A storm from the first tick: 8 in flight (the most allowed), the line never empty, every
+    // answer at 50 ms.
+    let p = ControlParams {
+        limit: LimitMode::Adaptive(KneeParams {
+            max: 8,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut c = Controller::new(&p);
+    let mut s = healthy();
+    s.class_n = [0; 12];
+    s.class_us = [0; 12];
+    s.class_n[class_of(3, 1)] = 16;
+    s.class_us[class_of(3, 1)] = 16 * 50_000;
+    (s.gate.pressed, s.gate.peak_inflight, s.gate.limit) = (40, 8, 8);
+    let mut limits = Vec::new();
+    for t in 1..=30u64 {
+        let d = c.tick(t * 100, &p, &s);
+        limits.push(d.limit);
+        // What the gate ran at is what the decision told it.
+        s.gate.peak_inflight = d.limit;
+        s.gate.limit = d.limit;
+    }
+    // About 2 s after the first answers the gate is told a quarter of the limit, and given it
+    // back on the tick whose answers came from there.
+    let held: Vec<usize> = (0..limits.len()).filter(|&i| limits[i] <= 2).collect();
+    assert!(!held.is_empty() && held.len() <= 2, "{limits:?}");
+    assert!((18..=24).contains(&held[0]), "{limits:?}");
+    assert!(limits[held[held.len() - 1] + 1] >= 8, "{limits:?}");
+}
