@@ -210,7 +210,7 @@ impl KneeLimit {
     }
 
     /// The limit found (what a baseline check returns to).
-    fn level(&self) -> u32 {
+    pub fn level(&self) -> u32 {
         self.limit.floor().max(1.0) as u32
     }
 

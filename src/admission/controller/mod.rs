@@ -88,7 +88,8 @@ impl Controller {
     pub fn set_engaged(&mut self, engaged: bool) {
         if engaged && !self.engaged {
             self.progress = 0.0;
-            self.engage_limit = f64::from(self.knee.limit());
+            // The limit found, not a baseline check's moment at a quarter of it.
+            self.engage_limit = f64::from(self.knee.level());
         }
         self.engaged = engaged;
         self.strain_s = 0.0;
