@@ -65,8 +65,8 @@ pub trait LimitAlgorithm: Send {
 
 /// The first baseline check comes this long after the first answers under demand.
 pub const CHECK_FIRST_MS: u64 = 2_000;
-/// A baseline check lasts at most this long.
-pub const CHECK_MAX_MS: u64 = 1_000;
+/// A baseline check lasts at most this long (a backend at a second a request needs it).
+pub const CHECK_MAX_MS: u64 = 2_000;
 
 /// Parameters of [`KneeLimit`].
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -286,9 +286,14 @@ impl KneeLimit {
                     }
                 }
             }
-            self.clear_tick();
+            // Answers from the held limit are kept across ticks until there are three (a
+            // backend slower than a tick answers fewer per tick); any from before are dropped.
+            if low || self.acc_peak > held {
+                self.clear_tick();
+            }
             if low || now_ms >= until_ms {
                 self.check = None;
+                self.clear_tick();
                 return Some(self.limit());
             }
             return Some(held);
@@ -520,6 +525,23 @@ mod tests {
         let m = mean(tail);
         assert!((m - 4.0).abs() <= 1.0, "mean {m:.1} of {limits:?}");
         assert_eq!(alg.baseline_ms(class_of(3, 1)), Some(20.0));
+    }
+
+    #[test]
+    fn a_check_in_front_of_a_backend_slower_than_a_tick_gathers_answers_across_ticks() {
+        // 300 ms a request: at 2 in flight about one answer comes back per 100 ms tick.
+        let b = Backend {
+            knee: 4.0,
+            base_ms: 300.0,
+            contention: 0.0,
+        };
+        let mut alg = KneeLimit::new(KneeParams {
+            initial: 10,
+            ..Default::default()
+        });
+        alg.slow_start = false;
+        drive(&mut alg, &b, 0, 6);
+        assert_eq!(alg.baseline_ms(class_of(3, 1)), Some(300.0));
     }
 
     #[test]

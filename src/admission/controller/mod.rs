@@ -223,6 +223,10 @@ impl Controller {
             self.strain_s = 0.0;
             return;
         }
+        // A baseline check holds the limit low on purpose: the line it makes is not strain.
+        if self.knee.checking() {
+            return;
+        }
         let tol = params.tolerance();
         // Strain: the limit has found its level (a line during slow start is the limit catching
         // up, not a backend in trouble), more than one limit's worth waits, and the backend
