@@ -207,7 +207,9 @@ impl Controller {
     }
 
     fn step_drain(&mut self, dt: f64, s: &SignalSnapshot) {
-        if dt <= 0.0 {
+        // A baseline check holds admissions low on purpose for a moment: what drains then is
+        // not what a client told when to come back will meet.
+        if dt <= 0.0 || self.knee.checking() {
             return;
         }
         // An exponential average over about a second of ticks.

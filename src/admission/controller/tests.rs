@@ -369,3 +369,36 @@ fn a_baseline_check_holds_the_gates_limit_low_until_a_tick_at_low_load() {
     assert!((18..=24).contains(&held[0]), "{limits:?}");
     assert!(limits[held[held.len() - 1] + 1] >= 8, "{limits:?}");
 }
+
+#[test]
+fn a_baseline_check_does_not_slow_the_measured_drain() {
+    let p = ControlParams {
+        limit: LimitMode::Adaptive(KneeParams {
+            max: 8,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut c = Controller::new(&p);
+    let mut s = healthy();
+    (s.gate.pressed, s.gate.peak_inflight, s.gate.limit) = (40, 8, 8);
+    // Answers from 2 in flight come slowly: the check holds for several ticks.
+    s.class_n[class_of(3, 0)] = 1;
+    s.class_us[class_of(3, 0)] = 5_000;
+    let (mut before, mut held) = (0.0, 0);
+    for t in 1..=40u64 {
+        let d = c.tick(t * 100, &p, &s);
+        let drain = d.admit_rps[Priority::Critical.index()];
+        if d.limit <= 2 {
+            held += 1;
+            // Held low, a tick admitting next to nothing: the drain clients are told stays.
+            assert!(drain >= 0.95 * before, "{before} then {drain}");
+            s.gate.admitted[Priority::Critical.index()] = 1;
+        } else {
+            before = drain;
+            s.gate.admitted[Priority::Critical.index()] = 16;
+        }
+        s.gate.peak_inflight = d.limit;
+    }
+    assert!(held >= 2 && before > 100.0, "held {held}, drain {before}");
+}
