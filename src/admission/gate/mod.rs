@@ -379,20 +379,12 @@ impl Gate {
     fn admitted_now(&'static self, policy: &GatePolicy, ask: Ask) -> Permit {
         let p = ask.priority.index();
         self.admitted[p].0.fetch_add(1, Ordering::Relaxed);
-        if ask.priority == Priority::Critical && policy.session_grace_ms > 0 {
-            let until_ms = ask.now_ms + policy.session_grace_ms;
-            self.grace.put(
-                ask.client,
-                ClientEntry {
-                    until_ms,
-                    first_ms: 0,
-                },
-            );
-        }
+        self.note_queued_admit(policy, ask);
         Permit { gate: self }
     }
 
-    /// Records a slot taken from the line for a queued request of `ask` (critical grace).
+    /// Records a slot taken by `ask`, at once or from the line: an admitted critical request
+    /// opens its client's session grace.
     pub fn note_queued_admit(&self, policy: &GatePolicy, ask: Ask) {
         if ask.priority == Priority::Critical && policy.session_grace_ms > 0 {
             let until_ms = ask.now_ms + policy.session_grace_ms;
