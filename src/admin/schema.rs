@@ -119,17 +119,6 @@ impl Stages {
             _ => return None,
         })
     }
-
-    /// The stage of a priority by name, to fill in.
-    pub fn get_mut(&mut self, priority: &str) -> Option<&mut Stage> {
-        Some(match priority {
-            "critical" => &mut self.critical,
-            "high" => &mut self.high,
-            "normal" => &mut self.normal,
-            "low" => &mut self.low,
-            _ => return None,
-        })
-    }
 }
 
 /// One priority's stage: whether it is admitted, where it opens, and its line.

@@ -113,20 +113,23 @@ fn cluster_status(cluster: &Cluster, view: &ClusterView, ctl: &Control, now: u64
     let overrides = &ctl.overrides;
     let gate = cluster.state.gate;
     let waiting = gate.waiting_by_priority();
-    let mut stages = Stages::default();
-    for p in Priority::ALL {
+    let stage = |p: Priority| {
         let i = p.index();
-        if let Some(st) = stages.get_mut(p.as_str()) {
-            *st = schema::Stage {
-                admitted: d.open[i],
-                stage: params.stages[i],
-                eta_s: d.eta_s[i],
-                waiting: waiting[i],
-                max_wait_ms: cluster.config.gate.max_wait_ms[i],
-                drain_rps: d.drain_rps(p),
-            };
+        schema::Stage {
+            admitted: d.open[i],
+            stage: params.stages[i],
+            eta_s: d.eta_s[i],
+            waiting: waiting[i],
+            max_wait_ms: cluster.config.gate.max_wait_ms[i],
+            drain_rps: d.drain_rps(p),
         }
-    }
+    };
+    let stages = Stages {
+        critical: stage(Priority::Critical),
+        high: stage(Priority::High),
+        normal: stage(Priority::Normal),
+        low: stage(Priority::Low),
+    };
     let band = |t: crate::admission::params::Thresholds| schema::Band {
         warn: t.warn,
         critical: t.critical,
