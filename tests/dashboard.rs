@@ -50,16 +50,24 @@ async fn exec(base: &str, session: &str, js: &str, args: Value) -> Value {
     .await
 }
 
+/// One browser at a time: each test's chromedriver takes a port picked free a moment before,
+/// and two tests picking at once could get the same one (the second driver then fails to bind
+/// and its test talks to, and outlives, the other's).
+static BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Headless Chromium on the dashboard of the admin listener at `admin`.
 struct Page {
     _driver: Reaped,
     _profile: tempfile::TempDir,
     base: String,
     session: String,
+    // Fields drop in order: the driver and its port are gone before the next test takes this.
+    _one: tokio::sync::MutexGuard<'static, ()>,
 }
 
 impl Page {
     async fn open(admin: std::net::SocketAddr) -> Page {
+        let one = BROWSER.lock().await;
         let port = free_port();
         let _driver = Reaped(
             Command::new("/usr/bin/chromedriver")
@@ -102,6 +110,7 @@ impl Page {
             _profile: profile,
             base,
             session: s,
+            _one: one,
         }
     }
 
