@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Userland instructions per request (callgrind): warmgate forwarding an empty body to a static
+# nginx, and warmgate answering a reject (the feature switched off), each under wrk -t1 -c8.
+# Instruction counts repeat to a few tenths of a percent on a noisy machine, unlike timings.
+# Only the load is counted: callgrind starts with instrumentation off and is switched on once
+# the proxy listens and has served a warm-up, and off again before it stops.
+#
+#   benches/callgrind.sh [SECONDS]      # needs nginx, wrk and valgrind
+#
+# Everything listens on 127.0.0.1 and is stopped (by PID) at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-15}
+. "$(dirname "$0")/lib.sh"
+for t in wrk valgrind callgrind_control callgrind_annotate; do
+  command -v "$t" >/dev/null || { echo "callgrind.sh needs $t" >&2; exit 1; }
+done
+
+static_upstream 18181
+: > "$work/www/empty"
+"$NGINX" -c "$work/upstream.conf" -p "$work" & pids+=($!)
+
+config() { # port [extra]
+  cat <<CONF
+listen = "127.0.0.1:$1"
+[server]
+workers = 1
+[upstream]
+endpoints = ["127.0.0.1:18181"]
+[log]
+level = "warn"
+[limit]
+mode = "fixed"
+full_capacity = 100000
+[ramp]
+stages = { critical = 0.0, high = 0.0, normal = 0.0, low = 0.0 }
+start_fraction = 1.0
+$2
+CONF
+}
+config 18182 "" > "$work/forward.toml"
+config 18183 $'[[feature]]\nname = "default"\npriority = "normal"\nstate = "off"' > "$work/reject.toml"
+wait_port 18181
+
+# Prints the instructions per request of warmgate on CONFIG at PORT.
+measure() { # name config port
+  local out="$work/$1.callgrind"
+  valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
+    ./target/release/warmgate run "$2" 2>"$work/$1.valgrind" & local pid=$!
+  pids+=("$pid")
+  # Under valgrind the start takes seconds.
+  for _ in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/"$3") 2>/dev/null && break; sleep 0.1; done
+  wrk -t1 -c8 -d3s "http://127.0.0.1:$3/empty" >/dev/null
+  callgrind_control -i on "$pid" >/dev/null 2>&1
+  local n
+  n=$(wrk -t1 -c8 -d"${SECS}s" "http://127.0.0.1:$3/empty" | awk '/requests in/ {print $1}')
+  callgrind_control -i off "$pid" >/dev/null 2>&1
+  kill -TERM "$pid"
+  wait "$pid" || true
+  local total
+  total=$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+  echo "$1: $total instructions over $n requests: $((total / n)) per request"
+}
+measure forward "$work/forward.toml" 18182
+measure reject "$work/reject.toml" 18183
