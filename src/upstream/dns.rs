@@ -4,7 +4,8 @@
 //! address that left is dropped from the set, and its pooled connections close with it once
 //! the requests still using them are done. A failed resolution keeps the last good addresses.
 //!
-//! Resolution runs on its own task, never on the request path or under the controller's lock.
+//! Resolution runs on its own task (`runtime::background::resolve_endpoints`), never on the
+//! request path or under the controller's lock.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -13,11 +14,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::uri::Authority;
 
 use super::{Endpoint, EndpointSet};
-use arc_swap::ArcSwap;
-
 use crate::config::ClusterConfig;
 
 /// Resolves a host name to its addresses (the port is the endpoint's own).
