@@ -20,26 +20,9 @@ static_upstream 18181
 : > "$work/www/empty"
 "$NGINX" -c "$work/upstream.conf" -p "$work" & pids+=($!)
 
-config() { # port [extra]
-  cat <<CONF
-listen = "127.0.0.1:$1"
-[server]
-workers = 1
-[upstream]
-endpoints = ["127.0.0.1:18181"]
-[log]
-level = "warn"
-[limit]
-mode = "fixed"
-full_capacity = 100000
-[ramp]
-stages = { critical = 0.0, high = 0.0, normal = 0.0, low = 0.0 }
-start_fraction = 1.0
-$2
-CONF
-}
-config 18182 "" > "$work/forward.toml"
-config 18183 $'[[feature]]\nname = "default"\npriority = "normal"\nstate = "off"' > "$work/reject.toml"
+warmgate_config 18182 1 18181 > "$work/forward.toml"
+{ warmgate_config 18183 1 18181
+  printf '[[feature]]\nname = "default"\npriority = "normal"\nstate = "off"\n'; } > "$work/reject.toml"
 wait_port 18181
 
 # Prints the instructions per request of warmgate on CONFIG at PORT.

@@ -2,6 +2,7 @@
 # and the processes started, all removed/stopped on exit, and a static nginx upstream.
 #   . "$(dirname "$0")/lib.sh"
 #   static_upstream PORT        # nginx serving a 512-byte index.html on 127.0.0.1:PORT
+#   warmgate_config PORT WORKERS UPSTREAM  # a warmgate config that admits everything
 #   wait_port PORT...           # until each port accepts connections
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
@@ -22,6 +23,29 @@ static_upstream() {
 daemon off; master_process off; worker_processes 1; error_log $work/up.log; pid $work/up.pid;
 events { worker_connections 4096; }
 http { $http_common keepalive_requests 100000; server { listen 127.0.0.1:$1; root $work/www; } }
+CONF
+}
+
+# Prints a warmgate config for the benches: one listener on PORT with WORKERS workers in front of
+# the static upstream on UPSTREAM, admitting everything (a fixed limit far above the load, every
+# stage open), so what is measured is the proxy.
+warmgate_config() { # port workers upstream
+  cat <<CONF
+listen = "127.0.0.1:$1"
+[server]
+workers = $2
+[upstream]
+endpoints = ["127.0.0.1:$3"]
+# As nginx's upstream keepalive 128: idle connections to the upstream kept at most.
+pool_max_idle_per_endpoint = 128
+[log]
+level = "warn"
+[limit]
+mode = "fixed"
+full_capacity = 100000
+[ramp]
+stages = { critical = 0.0, high = 0.0, normal = 0.0, low = 0.0 }
+start_fraction = 1.0
 CONF
 }
 

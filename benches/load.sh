@@ -63,25 +63,7 @@ frontend f
 backend b
   server s1 127.0.0.1:18081
 CONF
-wg_config() { # port workers
-  cat <<CONF
-listen = "127.0.0.1:$1"
-[server]
-workers = $2
-[upstream]
-endpoints = ["127.0.0.1:18081"]
-# As nginx's upstream keepalive 128 below: idle connections to the upstream kept at most.
-pool_max_idle_per_endpoint = 128
-[log]
-level = "warn"
-[limit]
-mode = "fixed"
-full_capacity = 100000
-[ramp]
-stages = { critical = 0.0, high = 0.0, normal = 0.0, low = 0.0 }
-start_fraction = 1.0
-CONF
-}
+wg_config() { warmgate_config "$1" "$2" 18081; }
 wg_config 18083 1 > "$work/warmgate.toml"
 wg_config 18086 2 > "$work/warmgate-2.toml"
 # The same proxy with every request refused by the gate (feature switched off): a reject.

@@ -285,6 +285,16 @@ mod tests {
                 state: Switch::Release,
             },
             Command::Curve(curve),
+            Command::Stages(settings(
+                json!({"stages": {"low": 0.8}})
+                    .as_object()
+                    .unwrap_or(&Map::new()),
+            )),
+            Command::Signals(settings(
+                json!({"latency_p99": {"warn": "300ms", "critical": "900ms"}})
+                    .as_object()
+                    .unwrap_or(&Map::new()),
+            )),
         ];
         for c in all {
             for cluster in [None, Some("auth")] {
