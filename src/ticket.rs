@@ -218,20 +218,24 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Finds a ticket in a request: the header, else the cookie `name` (when cookies are on).
-pub fn presented<'a>(headers: &'a http::HeaderMap, cookie: Option<&str>) -> Option<&'a [u8]> {
-    if let Some(v) = headers.get(HEADER) {
-        return Some(v.as_bytes());
+pub fn presented<'a, H: crate::fields::Fields + ?Sized>(
+    headers: &'a H,
+    cookie: Option<&str>,
+) -> Option<&'a [u8]> {
+    if let Some(v) = headers.first(HEADER) {
+        return Some(v);
     }
-    let name = cookie?;
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|kv| {
-            let (k, v) = kv.trim().split_once('=')?;
-            (k == name).then_some(v.trim().as_bytes())
+    let name = cookie?.as_bytes();
+    headers.find_map(http::header::COOKIE.as_str(), |v| {
+        if std::str::from_utf8(v).is_err() {
+            return None;
+        }
+        v.split(|b| *b == b';').find_map(|kv| {
+            let kv = kv.trim_ascii();
+            let eq = kv.iter().position(|b| *b == b'=')?;
+            (&kv[..eq] == name).then(|| kv[eq + 1..].trim_ascii())
         })
+    })
 }
 
 /// The client-key hash: SipHash under keys that are random for the process, or derived from

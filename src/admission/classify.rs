@@ -6,8 +6,11 @@ use std::hash::BuildHasher;
 use crate::ticket::ClientHasher;
 use std::net::IpAddr;
 
+use crate::fields::Fields;
 use http::header::{HeaderName, HeaderValue, COOKIE};
-use http::{HeaderMap, Method};
+#[cfg(test)]
+use http::HeaderMap;
+use http::Method;
 use regex::Regex;
 
 /// One compiled `[[route]]`: every present matcher must match.
@@ -45,12 +48,12 @@ pub struct Classifier {
 }
 
 impl Route {
-    fn matches(
+    fn matches<H: Fields + ?Sized>(
         &self,
         method: &Method,
         host: Option<&str>,
         path: &str,
-        headers: &HeaderMap,
+        headers: &H,
     ) -> bool {
         if let Some(m) = &self.method {
             if m != method {
@@ -75,9 +78,9 @@ impl Route {
             }
         }
         if let Some(name) = &self.header {
-            match (headers.get(name), &self.header_value) {
+            match (headers.first(name.as_str()), &self.header_value) {
                 (None, _) => return false,
-                (Some(v), Some(want)) if v != want => return false,
+                (Some(v), Some(want)) if v != want.as_bytes() => return false,
                 _ => {}
             }
         }
@@ -112,12 +115,12 @@ impl Classifier {
     }
 
     /// Index of the feature this request belongs to.
-    pub fn feature(
+    pub fn feature<H: Fields + ?Sized>(
         &self,
         method: &Method,
         host: Option<&str>,
         path: &str,
-        headers: &HeaderMap,
+        headers: &H,
     ) -> usize {
         self.routes
             .iter()
@@ -126,9 +129,9 @@ impl Classifier {
     }
 
     /// A keyed hash of the client key (header, cookie, or the address as fallback).
-    pub fn client_hash(&self, headers: &HeaderMap, peer: IpAddr) -> u64 {
+    pub fn client_hash<H: Fields + ?Sized>(&self, headers: &H, peer: IpAddr) -> u64 {
         let key = match &self.client_key {
-            ClientKey::Header(name) => headers.get(name).map(HeaderValue::as_bytes),
+            ClientKey::Header(name) => headers.first(name.as_str()),
             ClientKey::Cookie(name) => cookie(headers, name),
             ClientKey::Address => None,
         };
@@ -139,9 +142,9 @@ impl Classifier {
     }
 }
 
-fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
-    headers.get_all(COOKIE).iter().find_map(|v| {
-        v.as_bytes().split(|b| *b == b';').find_map(|pair| {
+fn cookie<'h, H: Fields + ?Sized>(headers: &'h H, name: &str) -> Option<&'h [u8]> {
+    headers.find_map(COOKIE.as_str(), |v| {
+        v.split(|b| *b == b';').find_map(|pair| {
             let pair = pair.trim_ascii();
             let eq = pair.iter().position(|b| *b == b'=')?;
             (pair[..eq].trim_ascii() == name.as_bytes()).then(|| pair[eq + 1..].trim_ascii())

@@ -123,21 +123,31 @@ pub fn authority(
 /// The client behind trusted proxies: the rightmost `X-Forwarded-For` address that is not one
 /// of them (entries to its left could have been written by anyone), or the leftmost when every
 /// hop is trusted. `None` when the header is missing or malformed.
-pub fn forwarded_client(headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> Option<std::net::IpAddr> {
+pub fn forwarded_client<H: crate::fields::Fields + ?Sized>(
+    headers: &H,
+    trusted: &[ipnet::IpNet],
+) -> Option<std::net::IpAddr> {
     let mut leftmost = None;
     let mut rightmost_untrusted = None;
-    for v in headers.get_all("x-forwarded-for") {
-        for entry in v.to_str().ok()?.split(',') {
-            let ip = entry
-                .trim()
-                .parse::<std::net::IpAddr>()
-                .ok()?
-                .to_canonical();
+    // `Some(())` stops at a malformed entry (the whole header is then ignored).
+    let malformed = headers.find_map("x-forwarded-for", |v| {
+        let Ok(v) = std::str::from_utf8(v) else {
+            return Some(());
+        };
+        for entry in v.split(',') {
+            let Ok(ip) = entry.trim().parse::<std::net::IpAddr>() else {
+                return Some(());
+            };
+            let ip = ip.to_canonical();
             leftmost.get_or_insert(ip);
             if !trusted.iter().any(|n| n.contains(&ip)) {
                 rightmost_untrusted = Some(ip);
             }
         }
+        None
+    });
+    if malformed.is_some() {
+        return None;
     }
     rightmost_untrusted.or(leftmost)
 }

@@ -33,9 +33,9 @@ impl Tickets {
     /// The first arrival (on the process clock) that a ticket presented with the request
     /// vouches for, or 0 for none. A ticket that is not valid for this client and feature is
     /// counted and otherwise ignored: the request is a new arrival.
-    pub fn recall(
+    pub fn recall<H: crate::fields::Fields + ?Sized>(
         &self,
-        headers: &HeaderMap,
+        headers: &H,
         feature: u64,
         client: u64,
         now_ms: u64,

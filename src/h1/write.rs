@@ -1,0 +1,415 @@
+//! Heads written out to the other side, straight from the spans of the buffer they were read
+//! into: hop-by-hop fields (and any the `Connection` field names) dropped, the forwarding
+//! fields set, the framing our own.
+
+use std::cell::RefCell;
+use std::io::Write;
+
+use super::head::{Field, Span};
+use crate::proxy::headers::ConnHeaders;
+
+/// What a request head going upstream needs besides its own fields.
+pub struct Upstream<'a> {
+    pub conn: &'a ConnHeaders,
+    /// The client's Host (validated).
+    pub host: Option<&'a [u8]>,
+    pub preserve_host: bool,
+    /// The endpoint's authority, the Host otherwise.
+    pub endpoint_host: &'a [u8],
+}
+
+/// The framing a head announces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Whatever `Content-Length` the message carries is kept (a response without a body: to
+    /// a HEAD, or 304).
+    Keep,
+    Length(u64),
+    Chunked,
+}
+
+/// What a field is to the proxy, by its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Plain,
+    HopByHop,
+    Framing,
+    Host,
+    ForwardedFor,
+    ForwardedProto,
+    ForwardedHost,
+    Forwarded,
+    Via,
+}
+
+fn kind(name: &[u8]) -> Kind {
+    let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
+    match name.len() {
+        2 if is(b"te") => Kind::HopByHop,
+        3 if is(b"via") => Kind::Via,
+        4 if is(b"host") => Kind::Host,
+        7 if is(b"trailer") || is(b"upgrade") => Kind::HopByHop,
+        9 if is(b"forwarded") => Kind::Forwarded,
+        10 if is(b"connection") || is(b"keep-alive") => Kind::HopByHop,
+        14 if is(b"content-length") => Kind::Framing,
+        15 if is(b"x-forwarded-for") => Kind::ForwardedFor,
+        16 if is(b"x-forwarded-host") || is(b"proxy-connection") => {
+            if is(b"proxy-connection") {
+                Kind::HopByHop
+            } else {
+                Kind::ForwardedHost
+            }
+        }
+        17 if is(b"x-forwarded-proto") => Kind::ForwardedProto,
+        17 if is(b"transfer-encoding") => Kind::Framing,
+        18 if is(b"proxy-authenticate") => Kind::HopByHop,
+        19 if is(b"proxy-authorization") => Kind::HopByHop,
+        _ => Kind::Plain,
+    }
+}
+
+/// Whether a `Connection` field of `fields` names `name`.
+fn listed(buf: &[u8], fields: &[Field], name: &[u8]) -> bool {
+    fields.iter().any(|f| {
+        f.name.in_buf(buf).eq_ignore_ascii_case(b"connection")
+            && f.value
+                .in_buf(buf)
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(name))
+    })
+}
+
+fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Every value of the fields of `kind`, joined as a list, then `last`.
+fn joined(out: &mut Vec<u8>, name: &[u8], buf: &[u8], fields: &[Field], k: Kind, last: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    for f in fields.iter().filter(|f| kind(f.name.in_buf(buf)) == k) {
+        out.extend_from_slice(f.value.in_buf(buf));
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(last);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn framing(out: &mut Vec<u8>, f: Framing) {
+    match f {
+        Framing::Keep => {}
+        Framing::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+}
+
+/// The request head for the upstream (origin form, HTTP/1.1), as `forward_request` makes it
+/// on the general path.
+#[allow(clippy::too_many_arguments)]
+pub fn request_head(
+    out: &mut Vec<u8>,
+    buf: &[u8],
+    method: &[u8],
+    target: Span,
+    fields: &[Field],
+    conn_names: bool,
+    up: &Upstream<'_>,
+    body: Framing,
+) {
+    out.extend_from_slice(method);
+    out.push(b' ');
+    out.extend_from_slice(target.in_buf(buf));
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let trusted = up.conn.trusted;
+    let (mut xff, mut xfp, mut xfh, mut via) = (false, false, false, false);
+    for f in fields {
+        let name = f.name.in_buf(buf);
+        let keep = match kind(name) {
+            Kind::Plain => !conn_names || !listed(buf, fields, name),
+            Kind::HopByHop | Kind::Framing | Kind::Host => false,
+            Kind::ForwardedFor => {
+                xff = true;
+                false
+            }
+            Kind::Via => {
+                via = true;
+                false
+            }
+            Kind::ForwardedProto => {
+                xfp |= trusted;
+                trusted
+            }
+            Kind::ForwardedHost => {
+                xfh |= trusted;
+                trusted
+            }
+            Kind::Forwarded => trusted,
+        };
+        if keep {
+            line(out, name, f.value.in_buf(buf));
+        }
+    }
+    let ip = up.conn.client_ip.as_bytes();
+    if xff && trusted {
+        joined(out, b"x-forwarded-for", buf, fields, Kind::ForwardedFor, ip);
+    } else {
+        line(out, b"x-forwarded-for", ip);
+    }
+    if !xfp {
+        line(out, b"x-forwarded-proto", up.conn.proto.as_bytes());
+    }
+    if let (false, Some(h)) = (xfh, up.host) {
+        line(out, b"x-forwarded-host", h);
+    }
+    if via {
+        joined(out, b"via", buf, fields, Kind::Via, b"1.1 warmgate");
+    } else {
+        out.extend_from_slice(b"via: 1.1 warmgate\r\n");
+    }
+    match up.host {
+        Some(h) if up.preserve_host => line(out, b"host", h),
+        _ => line(out, b"host", up.endpoint_host),
+    }
+    framing(out, body);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The response head for the client, as `forward_response` makes it on the general path.
+#[allow(clippy::too_many_arguments)]
+pub fn response_head(
+    out: &mut Vec<u8>,
+    buf: &[u8],
+    status: u16,
+    reason: Span,
+    fields: &[Field],
+    conn_names: bool,
+    body: Framing,
+    close: bool,
+) {
+    status_line(out, status, reason.in_buf(buf));
+    let mut via = false;
+    for f in fields {
+        let name = f.name.in_buf(buf);
+        let keep = match kind(name) {
+            Kind::HopByHop => false,
+            Kind::Framing => body == Framing::Keep && name.len() == 14,
+            Kind::Via => {
+                via = true;
+                false
+            }
+            _ => !conn_names || !listed(buf, fields, name),
+        };
+        if keep {
+            line(out, name, f.value.in_buf(buf));
+        }
+    }
+    if via {
+        joined(out, b"via", buf, fields, Kind::Via, b"1.1 warmgate");
+    } else {
+        out.extend_from_slice(b"via: 1.1 warmgate\r\n");
+    }
+    framing(out, body);
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn status_line(out: &mut Vec<u8>, status: u16, reason: &[u8]) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+    out.push(b' ');
+    let canonical = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason());
+    match (reason.is_empty(), canonical) {
+        (true, Some(r)) => out.extend_from_slice(r.as_bytes()),
+        _ => out.extend_from_slice(reason),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A response of our own (an error, a reject): its fields, `Date`, its length, and
+/// `Connection: close` when the connection ends after it. `head`: the request was HEAD (no
+/// body bytes follow the head).
+pub fn local(
+    out: &mut Vec<u8>,
+    parts: &http::response::Parts,
+    body: &[u8],
+    close: bool,
+    head: bool,
+) {
+    status_line(out, parts.status.as_u16(), b"");
+    let mut closing = close;
+    for (name, value) in &parts.headers {
+        if name == http::header::CONNECTION {
+            closing = true;
+            continue;
+        }
+        line(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    date(out);
+    framing(out, Framing::Length(body.len() as u64));
+    if closing {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head {
+        out.extend_from_slice(body);
+    }
+}
+
+/// `date: <now>` (formatted once a second per thread).
+fn date(out: &mut Vec<u8>) {
+    thread_local! {
+        static NOW: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+    }
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    NOW.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs || c.1.is_empty() {
+            *c = (secs, httpdate::fmt_http_date(now));
+        }
+        let _ = write!(out, "date: {}\r\n", c.1);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::h1::head;
+    use http::HeaderValue;
+
+    fn conn(trusted: bool) -> ConnHeaders {
+        ConnHeaders {
+            client_ip: HeaderValue::from_static("10.1.2.3"),
+            proto: HeaderValue::from_static("http"),
+            trusted,
+        }
+    }
+
+    fn forwarded(text: &[u8], trusted: bool, preserve_host: bool) -> String {
+        let mut fields = Vec::new();
+        let h = head::parse(text, 100, &mut fields).unwrap().unwrap();
+        let c = conn(trusted);
+        let up = Upstream {
+            conn: &c,
+            host: h.host.map(|s| s.in_buf(text)),
+            preserve_host,
+            endpoint_host: b"10.0.0.9:8080",
+        };
+        let mut out = Vec::new();
+        let framing = match h.framing {
+            head::Framing::None => Framing::Keep,
+            head::Framing::Length(n) => Framing::Length(n),
+            head::Framing::Chunked => Framing::Chunked,
+        };
+        request_head(
+            &mut out,
+            text,
+            h.method.as_str().as_bytes(),
+            h.target,
+            &fields,
+            h.conn_names,
+            &up,
+            framing,
+        );
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_request_goes_up_with_hygiene_and_forwarding_fields() {
+        let text = b"POST /x?y HTTP/1.1\r\nHost: app.example\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nProxy-Authorization: x\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2\r\nX-Forwarded-Proto: https\r\nForwarded: for=x\r\nVia: 1.0 a\r\nContent-Length: 3\r\nX-Keep: yes\r\n\r\n";
+        let got = forwarded(text, true, false);
+        assert_eq!(
+            got,
+            "POST /x?y HTTP/1.1\r\nX-Forwarded-Proto: https\r\nForwarded: for=x\r\nX-Keep: yes\r\nx-forwarded-for: 1.1.1.1, 2.2.2.2, 10.1.2.3\r\nx-forwarded-host: app.example\r\nvia: 1.0 a, 1.1 warmgate\r\nhost: 10.0.0.9:8080\r\ncontent-length: 3\r\n\r\n"
+        );
+        let got = forwarded(text, false, true);
+        assert_eq!(
+            got,
+            "POST /x?y HTTP/1.1\r\nX-Keep: yes\r\nx-forwarded-for: 10.1.2.3\r\nx-forwarded-proto: http\r\nx-forwarded-host: app.example\r\nvia: 1.0 a, 1.1 warmgate\r\nhost: app.example\r\ncontent-length: 3\r\n\r\n"
+        );
+        let got = forwarded(
+            b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+            true,
+        );
+        assert!(
+            got.ends_with("host: a\r\ntransfer-encoding: chunked\r\n\r\n"),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn a_response_goes_down_with_its_framing_ours() {
+        let text = b"HTTP/1.1 200 Fine\r\nConnection: X-Internal\r\nX-Internal: 1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\nServer: up\r\n\r\n";
+        let mut fields = Vec::new();
+        let r = crate::h1::response::parse(text, &mut fields, false)
+            .unwrap()
+            .unwrap();
+        let mut out = Vec::new();
+        response_head(
+            &mut out,
+            text,
+            r.status,
+            r.reason,
+            &fields,
+            r.conn_names,
+            Framing::Chunked,
+            true,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 Fine\r\nServer: up\r\nvia: 1.1 warmgate\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+        );
+        let text = b"HTTP/1.1 304 \r\nContent-Length: 10\r\n\r\n";
+        let r = crate::h1::response::parse(text, &mut fields, false)
+            .unwrap()
+            .unwrap();
+        let mut out = Vec::new();
+        response_head(
+            &mut out,
+            text,
+            r.status,
+            r.reason,
+            &fields,
+            false,
+            Framing::Keep,
+            false,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\nvia: 1.1 warmgate\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn a_local_answer_has_a_date_and_its_length() {
+        let r = crate::proxy::respond::error(crate::proxy::respond::ProxyError::NoEndpoint);
+        let (parts, _) = r.into_parts();
+        let mut out = Vec::new();
+        local(&mut out, &parts, b"{}", false, false);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{text}");
+        assert!(
+            text.contains("\r\ndate: ") && text.contains("content-length: 2\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("\r\n\r\n{}") && !text.contains("connection"),
+            "{text}"
+        );
+    }
+}
