@@ -68,6 +68,8 @@ pub struct FileServer {
     /// CIDRs (or single addresses) of proxies in front of warmgate.
     pub trusted_proxies: Option<Vec<String>>,
     pub websocket_idle_timeout: Option<String>,
+    /// Which HTTP/1.1 server the client side runs: `warmgate` (its own) or `hyper`.
+    pub http1: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

@@ -158,6 +158,9 @@ pub struct ServerConfig {
     /// A client that accepts no response bytes for this long no longer holds an admission slot
     /// (the response keeps streaming, outside the limit).
     pub stall_release: Duration,
+    /// Cleartext HTTP/1.1 clients are served by warmgate's own HTTP/1.1 path (`h1`); false:
+    /// by hyper's server, like TLS and HTTP/2 clients.
+    pub own_http1: bool,
 }
 
 /// One backend service: its endpoints and its own admission (limit, line, signals, ramp).

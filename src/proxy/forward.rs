@@ -22,6 +22,7 @@ use crate::runtime::{Cluster, ClusterView, FeatureRt, Shared, Snapshot};
 use crate::signals::Cache;
 use crate::upstream::pool::{millis, SendError};
 use crate::upstream::request_body::{ClientBody, ClientBodyTimeout, SentAt};
+use crate::upstream::EndpointGuard;
 
 static UPGRADE_TOKEN: HeaderValue = HeaderValue::from_static("upgrade");
 
@@ -41,7 +42,6 @@ pub(super) async fn forward(
     // Read now, not at arrival: a request that waited in line starts its clock here.
     let now_ms = shared.clock.now_ms();
     let cfg = &cluster.config.upstream;
-    let st = &cluster.state;
     let endpoints = cluster.endpoints.load();
     let Some(ep) = endpoints.pick(now_ms, shared.rand()) else {
         feature.counters.inc(Outcome::UpstreamError);
@@ -135,10 +135,8 @@ pub(super) async fn forward(
     let elapsed =
         total.saturating_sub(body_sent.as_ref().and_then(|s| s.get()).unwrap_or_default());
     let now_ms = now_ms + total.as_millis() as u64;
-    let ej = endpoints.ejection;
     match sent {
         Ok(Ok((mut resp, lease))) => {
-            ep.success();
             let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
             let tunnel = match (switched, client_upgrade) {
                 (true, Some(client)) => Some((client, hyper::upgrade::on(&mut resp))),
@@ -146,30 +144,14 @@ pub(super) async fn forward(
             };
             let (mut parts, body) = resp.into_parts();
             let cache = cache_of(&parts.headers, &cluster.config.signals);
-            let us = micros(elapsed);
-            let server_error = parts.status.is_server_error();
-            st.window.record(now_ms, us, server_error, cache);
-            if server_error {
-                st.completions.dropped();
-            } else {
-                let class = class_of(feature.priority.index(), cache as usize);
-                st.completions.ok(class, us);
-                if view.decision.outage {
-                    // The outage's probe got an answer: the controller learns it now, not a
-                    // tick later, and the line starts moving.
-                    shared.wake.notify_one();
-                }
-                if view.decision.slow_start {
-                    // Only against a learned baseline: before the first tick has one, growth
-                    // waits for the tick (a cold backend must not see the limit run ahead blind).
-                    let fast = view.fast_us[class];
-                    if fast != 0 && us <= fast {
-                        st.gate.fast_completion();
-                    }
-                }
-            }
-            st.metrics.upstream_latency.observe(elapsed.as_secs_f64());
-            feature.counters.inc(Outcome::Admitted);
+            let at = Exchange {
+                shared,
+                cluster,
+                view,
+                feature,
+                ep: &ep,
+            };
+            at.answered(parts.status.is_server_error(), cache, elapsed, now_ms);
             let switch_to = parts.headers.get(UPGRADE).cloned();
             headers::forward_response(&mut parts.headers, parts.version);
             parts.version = Version::HTTP_11;
@@ -219,16 +201,6 @@ pub(super) async fn forward(
         }
         Ok(Err(e)) => {
             let connect = e.is_connect();
-            if connect {
-                ep.failure(ej, now_ms);
-            }
-            st.window
-                .record(now_ms, micros(elapsed), true, Cache::Unknown);
-            st.completions.dropped();
-            feature.counters.inc(Outcome::UpstreamError);
-            if ep.endpoint.first_failure_this_second(now_ms) {
-                tracing::warn!(endpoint = %ep.endpoint.authority, error = %error_chain(&e), "upstream request failed (at most one line a second per endpoint)");
-            }
             let err = if !connect {
                 ProxyError::UpstreamBroken
             } else if backend_down(&e) {
@@ -236,24 +208,101 @@ pub(super) async fn forward(
             } else {
                 ProxyError::UpstreamConnect
             };
-            if err == ProxyError::UpstreamDown && view.decision.outage {
-                // This request was the outage's probe: its slot is held a moment longer, so
-                // the line waits for the backend instead of draining into refused connects.
-                tokio::time::sleep(PROBE_GAP).await;
-            }
-            respond::error(err)
+            let at = Exchange {
+                shared,
+                cluster,
+                view,
+                feature,
+                ep: &ep,
+            };
+            at.failed(err, elapsed, now_ms, &error_chain(&e)).await
         }
         Err(_) => {
-            ep.failure(ej, now_ms);
-            st.window
-                .record(now_ms, micros(elapsed), true, Cache::Unknown);
-            st.completions.dropped();
-            feature.counters.inc(Outcome::UpstreamError);
-            if ep.endpoint.first_failure_this_second(now_ms) {
-                tracing::warn!(endpoint = %ep.endpoint.authority, timeout_ms = cfg.response_header_timeout.as_millis() as u64, "upstream response timed out (at most one line a second per endpoint)");
-            }
-            respond::error(ProxyError::UpstreamTimeout)
+            let at = Exchange {
+                shared,
+                cluster,
+                view,
+                feature,
+                ep: &ep,
+            };
+            at.failed(ProxyError::UpstreamTimeout, elapsed, now_ms, "")
+                .await
         }
+    }
+}
+
+/// One request's exchange with an endpoint, as the signals see it.
+pub(crate) struct Exchange<'a> {
+    pub shared: &'a Shared,
+    pub cluster: &'a Cluster,
+    pub view: &'a ClusterView,
+    pub feature: &'a FeatureRt,
+    pub ep: &'a EndpointGuard,
+}
+
+impl Exchange<'_> {
+    /// The response head arrived after `elapsed` (from the last request byte sent): the
+    /// endpoint answered, and the latency and cache signals are recorded.
+    pub fn answered(&self, server_error: bool, cache: Cache, elapsed: Duration, now_ms: u64) {
+        let (st, view) = (&self.cluster.state, self.view);
+        self.ep.success();
+        let us = micros(elapsed);
+        st.window.record(now_ms, us, server_error, cache);
+        if server_error {
+            st.completions.dropped();
+        } else {
+            let class = class_of(self.feature.priority.index(), cache as usize);
+            st.completions.ok(class, us);
+            if view.decision.outage {
+                // The outage's probe got an answer: the controller learns it now, not a
+                // tick later, and the line starts moving.
+                self.shared.wake.notify_one();
+            }
+            if view.decision.slow_start {
+                // Only against a learned baseline: before the first tick has one, growth
+                // waits for the tick (a cold backend must not see the limit run ahead blind).
+                let fast = view.fast_us[class];
+                if fast != 0 && us <= fast {
+                    st.gate.fast_completion();
+                }
+            }
+        }
+        st.metrics.upstream_latency.observe(elapsed.as_secs_f64());
+        self.feature.counters.inc(Outcome::Admitted);
+    }
+
+    /// No response head: the failure is recorded (against the endpoint unless the
+    /// connection broke after it was made), and the error to answer with returned.
+    pub async fn failed(
+        &self,
+        err: ProxyError,
+        elapsed: Duration,
+        now_ms: u64,
+        detail: &str,
+    ) -> Response<ProxyBody> {
+        let st = &self.cluster.state;
+        let ep = self.ep;
+        let cfg = &self.cluster.config.upstream;
+        if err != ProxyError::UpstreamBroken {
+            ep.failure(self.cluster.endpoints.load().ejection, now_ms);
+        }
+        st.window
+            .record(now_ms, micros(elapsed), true, Cache::Unknown);
+        st.completions.dropped();
+        self.feature.counters.inc(Outcome::UpstreamError);
+        if ep.endpoint.first_failure_this_second(now_ms) {
+            if err == ProxyError::UpstreamTimeout {
+                tracing::warn!(endpoint = %ep.endpoint.authority, timeout_ms = cfg.response_header_timeout.as_millis() as u64, "upstream response timed out (at most one line a second per endpoint)");
+            } else {
+                tracing::warn!(endpoint = %ep.endpoint.authority, error = %detail, "upstream request failed (at most one line a second per endpoint)");
+            }
+        }
+        if err == ProxyError::UpstreamDown && self.view.decision.outage {
+            // This request was the outage's probe: its slot is held a moment longer, so
+            // the line waits for the backend instead of draining into refused connects.
+            tokio::time::sleep(PROBE_GAP).await;
+        }
+        respond::error(err)
     }
 }
 
@@ -267,23 +316,26 @@ fn path_and_query(uri: &Uri) -> PathAndQuery {
         .unwrap_or_else(|| PathAndQuery::from_static("/"))
 }
 
-fn micros(d: Duration) -> u64 {
+pub(crate) fn micros(d: Duration) -> u64 {
     d.as_micros().min(u128::from(u64::MAX)) as u64
 }
 
-fn cache_of(h: &http::HeaderMap, s: &crate::config::SignalsConfig) -> Cache {
-    match h.get(&s.cache_header) {
+pub(crate) fn cache_of<H: crate::fields::Fields + ?Sized>(
+    h: &H,
+    s: &crate::config::SignalsConfig,
+) -> Cache {
+    match h.first(s.cache_header.as_str()) {
         Some(v)
             if s.hit_values
                 .iter()
-                .any(|x| x.as_bytes().eq_ignore_ascii_case(v.as_bytes())) =>
+                .any(|x| x.as_bytes().eq_ignore_ascii_case(v)) =>
         {
             Cache::Hit
         }
         Some(v)
             if s.miss_values
                 .iter()
-                .any(|x| x.as_bytes().eq_ignore_ascii_case(v.as_bytes())) =>
+                .any(|x| x.as_bytes().eq_ignore_ascii_case(v)) =>
         {
             Cache::Miss
         }
@@ -347,7 +399,7 @@ async fn response_head<F: std::future::Future>(
 
 /// Whether a connect error says the backend is down (refused, reset, or no answer in time)
 /// rather than something else (TLS, a name, a route).
-fn backend_down(e: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn backend_down(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(e);
     while let Some(err) = cur {
         if let Some(io) = err.downcast_ref::<std::io::Error>() {

@@ -16,6 +16,7 @@ use super::respond::{self, ProxyError};
 use crate::admission::admit::{self, Step};
 use crate::admission::Decision;
 use crate::admission::{Ask, Permit, Reject, RejectReason, Ticket};
+use crate::fields::Fields;
 use crate::metrics::Outcome;
 use crate::runtime::access::{Note, Pending};
 use crate::runtime::{Cluster, ClusterView, FeatureRt, Shared, Snapshot};
@@ -62,35 +63,141 @@ async fn handle_inner(
         Ok(h) => h,
         Err(r) => return Ok(respond::refused(r)),
     };
+    let asked = Asked {
+        method: req.method(),
+        host: host.as_ref().and_then(|h| h.to_str().ok()),
+        path: req.uri().path(),
+        fields: req.headers(),
+    };
+    let mut a = match admit(&shared, conn.peer.ip(), conn.headers.trusted, asked, note).await {
+        Ok(a) => a,
+        Err(resp) => return Ok(resp),
+    };
+    let held = a.take_held();
+    let Some((cluster, view, feature)) = a.parts() else {
+        return Ok(respond::error(ProxyError::NoEndpoint));
+    };
+    let sent = note.on.then(Instant::now);
+    let mut resp = forward(
+        &shared, &a.snap, cluster, view, &conn, req, host, held, feature,
+    )
+    .await;
+    a.stamp_ours(&shared, &mut resp);
+    if let Some(t) = sent {
+        note.upstream = Some(t.elapsed());
+        note.outcome = "forwarded";
+    }
+    Ok(resp)
+}
+
+/// What admission reads of a request.
+pub(crate) struct Asked<'a, H: ?Sized> {
+    pub method: &'a http::Method,
+    /// The validated authority (Host, or the target's).
+    pub host: Option<&'a str>,
+    /// The path, without the query.
+    pub path: &'a str,
+    pub fields: &'a H,
+}
+
+/// An admitted request: its slot, and where it goes.
+pub(crate) struct Admitted {
+    pub snap: Arc<Snapshot>,
+    cluster: usize,
+    feature: usize,
+    permit: Option<Permit>,
+    client_slot: Option<crate::admission::per_client::ClientSlot>,
+    client: u64,
+    /// The return ticket's first arrival, 0 without one.
+    ticket_ms: u64,
+    /// When the request arrived.
+    now_ms: u64,
+}
+
+impl Admitted {
+    /// The admission slot and the client's share, to hold while the answer streams.
+    pub fn take_held(&mut self) -> Held {
+        Held {
+            permit: self.permit.take(),
+            endpoint: None,
+            client: self.client_slot.take(),
+        }
+    }
+
+    /// The request's cluster, its decision, and its feature.
+    pub fn parts(&self) -> Option<(&Cluster, &ClusterView, &FeatureRt)> {
+        let c = &self.snap.compiled;
+        Some((
+            c.clusters.get(self.cluster)?,
+            self.snap.clusters.get(self.cluster)?,
+            c.features.get(self.feature)?,
+        ))
+    }
+
+    /// Our own 503 after admission (the backend found down) carries a ticket too: the client
+    /// keeps its place for its retry, wherever it lands.
+    pub fn stamp_ours(&self, shared: &Shared, resp: &mut Response<ProxyBody>) {
+        let (Some(t), Some(feature)) = (
+            &self.snap.compiled.tickets,
+            self.snap.compiled.features.get(self.feature),
+        ) else {
+            return;
+        };
+        if resp.status() != http::StatusCode::SERVICE_UNAVAILABLE
+            || !matches!(resp.body(), ProxyBody::Local(_))
+        {
+            return;
+        }
+        let first = if self.ticket_ms > 0 {
+            self.ticket_ms.min(self.now_ms)
+        } else {
+            self.now_ms
+        };
+        let now = shared.clock.now_ms();
+        t.stamp(
+            resp.headers_mut(),
+            (first, now),
+            feature.key,
+            self.client,
+            &shared.metrics,
+        );
+    }
+}
+
+/// Classifies the request and passes it through its cluster's gate: admitted (at once or
+/// after waiting in line), or the answer it gets instead.
+pub(crate) async fn admit<H: Fields + ?Sized>(
+    shared: &Arc<Shared>,
+    peer: std::net::IpAddr,
+    trusted: bool,
+    req: Asked<'_, H>,
+    note: &mut Note,
+) -> Result<Admitted, Response<ProxyBody>> {
     let snap = shared.snapshot.load_full();
     let c = &snap.compiled;
     let now_ms = shared.clock.now_ms();
-    let fidx = c.classifier.feature(
-        req.method(),
-        host.as_ref().and_then(|h| h.to_str().ok()),
-        req.uri().path(),
-        req.headers(),
-    );
+    let fidx = c
+        .classifier
+        .feature(req.method, req.host, req.path, req.fields);
     let Some(feature) = c.features.get(fidx) else {
-        return Ok(respond::error(ProxyError::BadRequest("no feature")));
+        return Err(respond::error(ProxyError::BadRequest("no feature")));
     };
     // The feature's cluster (resolved at load): its gate, signals, endpoints and decision.
     let (Some(cluster), Some(view)) = (
         c.clusters.get(feature.cluster),
         snap.clusters.get(feature.cluster),
     ) else {
-        return Ok(respond::error(ProxyError::NoEndpoint));
+        return Err(respond::error(ProxyError::NoEndpoint));
     };
     let gate = cluster.state.gate;
     let policy = &cluster.config.gate;
     // Behind a trusted proxy the peer is the proxy: the client is in X-Forwarded-For.
-    let ip = if conn.headers.trusted {
-        edge::forwarded_client(req.headers(), &c.config.server.trusted_proxies)
-            .unwrap_or(conn.peer.ip())
+    let ip = if trusted {
+        edge::forwarded_client(req.fields, &c.config.server.trusted_proxies).unwrap_or(peer)
     } else {
-        conn.peer.ip()
+        peer
     };
-    let client = c.classifier.client_hash(req.headers(), ip);
+    let client = c.classifier.client_hash(req.fields, ip);
     if note.on {
         note.feature = Some(feature.name.clone());
         note.priority = Some(feature.priority.as_str());
@@ -101,7 +208,7 @@ async fn handle_inner(
         .reject
         .retry_header
         .as_ref()
-        .is_some_and(|h| req.headers().contains_key(h));
+        .is_some_and(|h| req.fields.has(h.as_str()));
 
     // The per-client cap, decided before the request may join the line (see `admit`). A
     // request is counted once admitted or in line (a refused one never is); two arriving at
@@ -127,7 +234,7 @@ async fn handle_inner(
         // A valid return ticket (from this instance, another, or before a restart) brings
         // the client's first arrival with it; anything else about a ticket is ignored.
         ticket_ms: c.tickets.as_ref().map_or(0, |t| {
-            t.recall(req.headers(), feature.key, client, now_ms, &shared.metrics)
+            t.recall(req.fields, feature.key, client, now_ms, &shared.metrics)
         }),
     };
     let rate = view.rate.as_deref();
@@ -155,22 +262,22 @@ async fn handle_inner(
         }
         Step::Wait(ticket) => {
             let waited = Instant::now();
-            let r = wait(&shared, cluster, ticket, ask).await;
+            let r = wait(shared, cluster, ticket, ask).await;
             note.queue_wait = Some(waited.elapsed());
             match r {
                 Ok(p) => p,
                 Err(r) => {
                     note.outcome = r.reason.as_str();
-                    return Ok(
-                        rejected(&shared, &snap, (cluster, view), feature, client, r, 0).await,
+                    return Err(
+                        rejected(shared, &snap, (cluster, view), feature, client, r, 0).await,
                     );
                 }
             }
         }
         Step::Refuse { reject, hold_ms } => {
             note.outcome = reject.reason.as_str();
-            return Ok(rejected(
-                &shared,
+            return Err(rejected(
+                shared,
                 &snap,
                 (cluster, view),
                 feature,
@@ -181,42 +288,18 @@ async fn handle_inner(
             .await);
         }
     };
-    let held = Held {
+    let cidx = feature.cluster;
+    let ticket_ms = ask.ticket_ms;
+    Ok(Admitted {
+        snap,
+        cluster: cidx,
+        feature: fidx,
         permit: Some(permit),
-        endpoint: None,
-        client: client_slot,
-    };
-    let sent = note.on.then(Instant::now);
-    let mut resp = forward(
-        &shared, &snap, cluster, view, &conn, req, host, held, feature,
-    )
-    .await;
-    // Our own 503 after admission (the backend found down) carries a ticket too: the client
-    // keeps its place for its retry, wherever it lands.
-    if let (Some(t), true) = (
-        &c.tickets,
-        resp.status() == http::StatusCode::SERVICE_UNAVAILABLE
-            && matches!(resp.body(), ProxyBody::Local(_)),
-    ) {
-        let first = if ask.ticket_ms > 0 {
-            ask.ticket_ms.min(now_ms)
-        } else {
-            now_ms
-        };
-        let now = shared.clock.now_ms();
-        t.stamp(
-            resp.headers_mut(),
-            (first, now),
-            feature.key,
-            client,
-            &shared.metrics,
-        );
-    }
-    if let Some(t) = sent {
-        note.upstream = Some(t.elapsed());
-        note.outcome = "forwarded";
-    }
-    Ok(resp)
+        client_slot,
+        client,
+        ticket_ms,
+        now_ms,
+    })
 }
 
 /// Waits in line until a slot is granted, the place is lost to a better request, or the

@@ -127,6 +127,17 @@ pub fn validate(f: FileConfig, base: &std::path::Path) -> Result<Config, Vec<Key
             &s.websocket_idle_timeout,
             Duration::from_secs(60),
         ),
+        own_http1: match s.http1.as_deref().unwrap_or("warmgate") {
+            "warmgate" => true,
+            "hyper" => false,
+            other => {
+                e.push(
+                    "server.http1",
+                    format!("{other:?} is not an HTTP/1.1 server (warmgate or hyper)"),
+                );
+                true
+            }
+        },
     };
     if !(8192..=1 << 20).contains(&server.max_header_bytes) {
         e.push(
