@@ -62,6 +62,8 @@ pub struct Head {
     /// The request needs what only the general HTTP/1 server does (HTTP/1.0, an absolute or
     /// `*` target, `Expect`, an upgrade): the connection is handed to it.
     pub general: bool,
+    /// Refused at the edge (Host or method): answered here (400 or 405), and logged.
+    pub refused: Option<Refusal>,
 }
 
 /// Why a head is refused.
@@ -71,8 +73,6 @@ pub enum HeadError {
     TooManyFields,
     /// Malformed (400).
     Malformed(&'static str),
-    /// Refused at the edge: Host or method (400 or 405).
-    Refused(Refusal),
 }
 
 /// The most fields parsed at once (a bigger `server.max_headers` is held to this).
@@ -108,6 +108,7 @@ pub fn parse(
         close: false,
         conn_names: false,
         general: version != 1 || !target.starts_with('/'),
+        refused: None,
     };
     fields.clear();
     let mut length: Option<u64> = None;
@@ -167,19 +168,20 @@ pub fn parse(
         (false, Some(n)) => Framing::Length(n),
     };
     if head.method == Method::CONNECT || head.method == Method::TRACE {
-        return Err(HeadError::Refused(Refusal::MethodNotAllowed));
+        head.refused = Some(Refusal::MethodNotAllowed);
+        return Ok(Some(head));
     }
     if head.general {
         // The general server decides the rest (HTTP/1.0 may leave Host out, an absolute
         // target wins over Host).
         return Ok(Some(head));
     }
-    match (hosts, head.host) {
-        (0, _) | (_, None) => return Err(HeadError::Refused(Refusal::MissingHost)),
-        (1, Some(h)) if valid_authority(h.in_buf(buf)) => {}
-        (1, _) => return Err(HeadError::Refused(Refusal::BadHost)),
-        _ => return Err(HeadError::Refused(Refusal::DuplicateHost)),
-    }
+    head.refused = match (hosts, head.host) {
+        (0, _) | (_, None) => Some(Refusal::MissingHost),
+        (1, Some(h)) if valid_authority(h.in_buf(buf)) => None,
+        (1, _) => Some(Refusal::BadHost),
+        _ => Some(Refusal::DuplicateHost),
+    };
     Ok(Some(head))
 }
 
@@ -287,7 +289,9 @@ mod tests {
     #[test]
     fn hosts_and_methods_are_checked_and_the_rare_cases_go_to_the_general_server() {
         let refused = |t: &str| match head(t) {
-            Err(HeadError::Refused(r)) => r,
+            Ok(Some(Head {
+                refused: Some(r), ..
+            })) => r,
             other => panic!("{t:?}: {other:?}"),
         };
         assert_eq!(refused("GET / HTTP/1.1\r\n\r\n"), Refusal::MissingHost);

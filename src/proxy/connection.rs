@@ -31,12 +31,12 @@ const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 
 /// What a connection task holds: its place under the connection cap, its part in the drain,
 /// and the shutdown signal.
-pub(super) struct Conn {
-    pub(super) stop: watch::Receiver<bool>,
+pub(crate) struct Conn {
+    pub(crate) stop: watch::Receiver<bool>,
     pub(super) _live: mpsc::Sender<()>,
     pub(super) _slot: OwnedSemaphorePermit,
     pub(super) gauge: prometheus::IntGauge,
-    pub(super) parked: prometheus::IntGauge,
+    pub(crate) parked: prometheus::IntGauge,
 }
 
 impl Conn {
@@ -46,7 +46,7 @@ impl Conn {
     }
 
     /// Resolves once shutdown has begun.
-    async fn stopping(&mut self) {
+    pub(crate) async fn stopping(&mut self) {
         let _ = self.stop.wait_for(|s| *s).await;
     }
 
@@ -68,7 +68,7 @@ impl Drop for Conn {
 
 /// Serves one accepted connection (cleartext or TLS) as `proto` until it closes or is parked
 /// in `lot`.
-pub(super) async fn serve_io<I>(
+pub(crate) async fn serve_io<I>(
     io: I,
     proto: Proto,
     server_cfg: &ServerConfig,

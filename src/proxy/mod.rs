@@ -2,16 +2,17 @@
 //! errors and rejections become responses.
 
 pub mod body;
-mod connection;
+pub(crate) mod connection;
 pub mod edge;
 pub mod forward;
 pub mod h2_guard;
 pub mod handler;
 pub mod headers;
 pub mod lot;
-mod park;
+pub(crate) mod park;
 pub mod phases;
 pub mod respond;
+pub mod rewind;
 pub mod send_timeout;
 pub mod server;
 pub mod tunnel;

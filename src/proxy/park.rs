@@ -16,11 +16,11 @@ use crate::runtime::Shared;
 /// How long an HTTP/1 connection is idle before its session (hyper's read and write buffers,
 /// the parser's state) is dropped, leaving the bare socket waiting for readability. A busy
 /// connection is never idle that long; a mobile client's keep-alive connection mostly is.
-pub(super) const PARK_AFTER: Duration = Duration::from_secs(1);
+pub(crate) const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// What a parked connection waits on: its socket becoming readable. A cleartext socket is
 /// handed to the [`Lot`] instead (a TLS session's state cannot be dropped while idle).
-pub(super) trait Parkable: Sized {
+pub(crate) trait Parkable: Sized {
     /// The stream is the socket alone: it can wait in the lot.
     const BARE: bool;
     fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send + '_;
@@ -53,11 +53,11 @@ impl Parkable for tokio_rustls::server::TlsStream<TcpStream> {
 }
 
 /// Idle cleartext connections; each keeps what its server needs to resume it.
-pub(super) type ParkingLot = Lot<Resume>;
+pub(crate) type ParkingLot = Lot<Resume>;
 
 /// What a parked connection keeps to be served again: no allocation of its own (it lives in
 /// the lot's slot), so a parked connection leaves nothing behind on the heap.
-pub(super) struct Resume {
+pub(crate) struct Resume {
     pub(super) peer: std::net::SocketAddr,
     pub(super) trusted: bool,
     pub(super) conn: Conn,
@@ -120,16 +120,20 @@ async fn resume(
         }
     };
     let cfg = shared.snapshot.load().compiled.config.server.clone();
+    if cfg.own_http1 {
+        crate::h1::server::serve(stream, shared, info, conn, Some(lot)).await;
+        return;
+    }
     if let Err(e) = serve_io(stream, Proto::H1, &cfg, shared, info, conn, Some(lot)).await {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 
 /// Counts a parked connection while it lives.
-pub(super) struct Parked(prometheus::IntGauge);
+pub(crate) struct Parked(prometheus::IntGauge);
 
 impl Parked {
-    pub(super) fn new(g: &prometheus::IntGauge) -> Self {
+    pub(crate) fn new(g: &prometheus::IntGauge) -> Self {
         g.inc();
         Self(g.clone())
     }

@@ -22,7 +22,7 @@ use crate::runtime::Shared;
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// What the handler is told about a connection.
-pub(super) fn conn_info(peer: std::net::SocketAddr, tls: bool, trusted: bool) -> Arc<ConnInfo> {
+pub(crate) fn conn_info(peer: std::net::SocketAddr, tls: bool, trusted: bool) -> Arc<ConnInfo> {
     Arc::new(ConnInfo {
         peer,
         headers: ConnHeaders {
@@ -37,7 +37,7 @@ pub(super) fn conn_info(peer: std::net::SocketAddr, tls: bool, trusted: bool) ->
 
 /// Which protocol a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Proto {
+pub(crate) enum Proto {
     H1,
     H2,
 }
@@ -178,6 +178,10 @@ fn spawn_connection(
                 let Some(proto) = detect(&stream, handshake).await else {
                     return;
                 };
+                if proto == Proto::H1 && server_cfg.own_http1 {
+                    crate::h1::server::serve(stream, shared, info, conn, lot).await;
+                    return;
+                }
                 serve_io(stream, proto, &server_cfg, shared, info, conn, lot).await
             }
             Some(acceptor) => {

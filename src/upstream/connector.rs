@@ -38,6 +38,17 @@ impl Paced {
     }
 }
 
+impl Paced {
+    /// Waits for a turn under the connection-rate cap (the HTTP/1.1 path of our own connects
+    /// by itself, under the same cap).
+    pub async fn turn(&self) {
+        while let Err(not_yet) = self.pace.check() {
+            let wait = not_yet.wait_time_from(DefaultClock::default().now());
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
 type Connecting = Pin<Box<dyn Future<Output = Result<UpstreamIo, BoxError>> + Send>>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

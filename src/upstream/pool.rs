@@ -32,10 +32,18 @@ pub struct Idle {
     since_ms: u64,
 }
 
+/// A bare connection to one endpoint, between requests (the HTTP/1.1 path of our own,
+/// `h1::exchange`, speaks on it itself).
+pub struct RawIdle {
+    stream: tokio::net::TcpStream,
+    since_ms: u64,
+}
+
 /// The idle connections of one endpoint.
 #[derive(Default)]
 pub struct IdlePool {
     idle: SegQueue<Idle>,
+    raw: SegQueue<RawIdle>,
     /// Connections opened, over the pool's life (for tests and metrics).
     opened: AtomicU64,
 }
@@ -44,6 +52,7 @@ impl std::fmt::Debug for IdlePool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IdlePool")
             .field("idle", &self.idle.len())
+            .field("raw", &self.raw.len())
             .field("opened", &self.opened.load(Ordering::Relaxed))
             .finish()
     }
@@ -101,7 +110,32 @@ impl IdlePool {
 
     /// Idle connections now.
     pub fn idle(&self) -> usize {
-        self.idle.len()
+        self.idle.len() + self.raw.len()
+    }
+
+    /// Counts a connection opened.
+    pub fn note_opened(&self) {
+        self.opened.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A bare idle connection idle for less than `max_idle_ms`.
+    pub fn take_raw(&self, now_ms: u64, max_idle_ms: u64) -> Option<tokio::net::TcpStream> {
+        while let Some(c) = self.raw.pop() {
+            if now_ms.saturating_sub(c.since_ms) < max_idle_ms {
+                return Some(c.stream);
+            }
+        }
+        None
+    }
+
+    /// Returns a bare connection whose response has ended, unless `max_idle` are idle.
+    pub fn put_raw(&self, stream: tokio::net::TcpStream, now_ms: u64, max_idle: usize) {
+        if self.raw.len() < max_idle {
+            self.raw.push(RawIdle {
+                stream,
+                since_ms: now_ms,
+            });
+        }
     }
 
     /// Returns a connection whose response has ended, unless `max_idle` are idle already.
@@ -123,11 +157,21 @@ impl IdlePool {
                 self.idle.push(c);
             }
         }
+        for _ in 0..self.raw.len() {
+            let Some(c) = self.raw.pop() else { break };
+            // A connection the upstream closed reads as ready (end of stream or an error).
+            let mut probe = [0u8; 1];
+            let open = matches!(c.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+            if open && now_ms.saturating_sub(c.since_ms) < max_idle_ms {
+                self.raw.push(c);
+            }
+        }
     }
 
     /// Drops every idle connection (the connection settings changed).
     pub fn clear(&self) {
         while self.idle.pop().is_some() {}
+        while self.raw.pop().is_some() {}
     }
 
     /// Sends `req` (origin-form target) on an idle connection, or on a new one from

@@ -1,0 +1,118 @@
+//! Connection buffers, shared: a connection takes one when bytes arrive and gives it back as
+//! soon as it is idle again, so an idle connection holds none (nginx's way; hyper keeps its
+//! buffers for the connection's life). A lock-free queue; a buffer taken from an empty one is
+//! allocated.
+
+use std::sync::LazyLock;
+
+use crossbeam_queue::ArrayQueue;
+
+use super::head::Field;
+
+/// Bytes a buffer reads at once (a head larger than this grows it, up to
+/// `server.max_header_bytes`).
+pub const SIZE: usize = 16 * 1024;
+
+/// Buffers kept for reuse, at most.
+const KEPT: usize = 512;
+
+/// A read buffer, the spans of the head parsed from it, and a scratch for heads written.
+pub struct Buf {
+    pub data: Vec<u8>,
+    /// Unconsumed bytes are `data[start..end]`.
+    pub start: usize,
+    pub end: usize,
+    pub fields: Vec<Field>,
+    pub out: Vec<u8>,
+}
+
+impl Buf {
+    fn new() -> Self {
+        Self {
+            data: vec![0; SIZE],
+            start: 0,
+            end: 0,
+            fields: Vec::with_capacity(32),
+            out: Vec::with_capacity(1024),
+        }
+    }
+
+    /// The bytes read and not yet consumed.
+    pub fn pending(&self) -> &[u8] {
+        &self.data[self.start..self.end]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    /// Consumes `n` pending bytes.
+    pub fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.end);
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Room to read into, after moving pending bytes to the front when the room is short;
+    /// grown up to `max` if there is none.
+    pub fn room(&mut self, max: usize) -> &mut [u8] {
+        if self.end == self.data.len() && self.start > 0 {
+            self.data.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.data.len() && self.data.len() < max {
+            let to = (self.data.len() * 2).min(max);
+            self.data.resize(to, 0);
+        }
+        &mut self.data[self.end..]
+    }
+
+    /// `n` bytes were read into the room.
+    pub fn filled(&mut self, n: usize) {
+        self.end = (self.end + n).min(self.data.len());
+    }
+}
+
+static KEPT_BUFS: LazyLock<ArrayQueue<Buf>> = LazyLock::new(|| ArrayQueue::new(KEPT));
+
+/// A buffer, empty.
+pub fn take() -> Buf {
+    KEPT_BUFS.pop().unwrap_or_else(Buf::new)
+}
+
+/// Gives a buffer back (an outgrown one is dropped).
+pub fn give(mut b: Buf) {
+    if b.data.len() != SIZE || b.out.capacity() > 4 * SIZE || b.fields.capacity() > 512 {
+        return;
+    }
+    b.start = 0;
+    b.end = 0;
+    b.fields.clear();
+    b.out.clear();
+    let _ = KEPT_BUFS.push(b);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_moves_pending_bytes_forward_then_grows() {
+        let mut b = Buf::new();
+        let n = b.room(SIZE).len();
+        assert_eq!(n, SIZE);
+        b.filled(SIZE);
+        b.consume(10);
+        assert_eq!(b.room(SIZE).len(), 10);
+        assert_eq!(b.pending().len(), SIZE - 10);
+        b.filled(10);
+        assert_eq!(b.room(2 * SIZE).len(), SIZE);
+        assert_eq!(b.room(2 * SIZE).len(), SIZE, "grown once");
+        b.consume(usize::MAX);
+        assert!(b.is_empty());
+        assert_eq!((b.start, b.end), (0, 0));
+    }
+}

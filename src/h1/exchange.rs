@@ -1,0 +1,534 @@
+//! One admitted request forwarded on the HTTP/1.1 path of our own: its head written upstream
+//! from the spans of the client's buffer, its body relayed as it was framed, the response head
+//! parsed from the upstream's buffer and written to the client with hop-by-hop fields dropped,
+//! and the response body relayed chunk by chunk. The upstream connection goes back to its
+//! endpoint's pool once the response has ended cleanly.
+
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::buffers::{self, Buf};
+use super::chunked::Chunked;
+use super::head::{Framing, Head, View};
+use super::io::{read_by, write_all, IoFail};
+use super::response::{self, BodyKind};
+use super::write::{self, Upstream};
+use crate::config::ServerConfig;
+use crate::proxy::body::Held;
+use crate::proxy::forward::{backend_down, cache_of, Exchange};
+use crate::proxy::handler::ConnInfo;
+use crate::proxy::respond::ProxyError;
+use crate::runtime::{Cluster, Shared};
+use crate::upstream::pool::millis;
+use crate::upstream::EndpointGuard;
+
+/// How a forwarded request ended, for the client connection.
+pub enum Forwarded {
+    /// The response was relayed: its status, and whether the connection may carry another.
+    Relayed { status: u16, keep: bool },
+    /// No response head: answer this error (the connection closes after it if `close`).
+    Failed { err: ProxyError, close: bool },
+    /// The response head went out but the exchange broke after it: close the connection.
+    Broken { status: u16 },
+}
+
+/// What a failure before the response head was.
+enum Fail {
+    Connect(std::io::Error),
+    /// The upstream connection failed or sent something malformed.
+    Broken(String),
+    Timeout,
+    /// The client's body: malformed, cut off, or too slow.
+    Client(ProxyError),
+}
+
+/// The request, as the exchange needs it.
+pub(crate) struct Request<'a> {
+    pub head: &'a Head,
+    pub conn: &'a ConnInfo,
+    pub cluster: &'a Cluster,
+    pub ep: &'a EndpointGuard,
+    pub server: &'a ServerConfig,
+    /// The client's validated Host, in the head.
+    pub host: Option<super::head::Span>,
+}
+
+/// Forwards the request whose head starts `b`'s pending bytes (consumed here, with its
+/// body), and relays the response to `client`.
+pub(crate) async fn forward(
+    shared: &Shared,
+    at: &Exchange<'_>,
+    client: &TcpStream,
+    b: &mut Buf,
+    req: Request<'_>,
+    held: &mut Held,
+) -> Forwarded {
+    let up = &req.cluster.config.upstream;
+    let start = Instant::now();
+    let now_ms = shared.clock.now_ms();
+    // The head for the upstream, and as much of the body as is buffered already.
+    {
+        let pending = &b.data[b.start..b.end];
+        let framing = match req.head.framing {
+            Framing::None => write::Framing::Keep,
+            Framing::Length(n) => write::Framing::Length(n),
+            Framing::Chunked => write::Framing::Chunked,
+        };
+        let ep = &req.ep.endpoint;
+        let target = Upstream {
+            conn: &req.conn.headers,
+            host: req.host.map(|h| h.in_buf(pending)),
+            preserve_host: up.preserve_host,
+            endpoint_host: ep.host_header.as_bytes(),
+        };
+        b.out.clear();
+        write::request_head(
+            &mut b.out,
+            pending,
+            req.head.method.as_str().as_bytes(),
+            req.head.target,
+            &b.fields,
+            req.head.conn_names,
+            &target,
+            framing,
+        );
+    }
+    b.consume(req.head.len);
+    let mut body = BodyLeft::new(req.head.framing, req.server.max_header_bytes);
+    if let Err(e) = body.take(b, true) {
+        return Forwarded::Failed {
+            err: e,
+            close: true,
+        };
+    }
+    let mut ubuf = buffers::take();
+    let result = send(shared, client, b, &mut ubuf, &req, &mut body, start, now_ms).await;
+    let elapsed_all = start.elapsed();
+    let (stream, sent_at, resp) = match result {
+        Ok(r) => r,
+        Err(f) => {
+            buffers::give(ubuf);
+            let elapsed = elapsed_all;
+            let now_ms = now_ms + millis(elapsed);
+            let (err, why) = match f {
+                Fail::Client(e) => {
+                    tracing::debug!(error = ?e, "request body failed");
+                    return Forwarded::Failed {
+                        err: e,
+                        close: true,
+                    };
+                }
+                Fail::Connect(e) => {
+                    let err = if backend_down(&e) {
+                        ProxyError::UpstreamDown
+                    } else {
+                        ProxyError::UpstreamConnect
+                    };
+                    (err, format!("connect: {e}"))
+                }
+                Fail::Broken(why) => (ProxyError::UpstreamBroken, why),
+                Fail::Timeout => (ProxyError::UpstreamTimeout, String::new()),
+            };
+            // The answer (and its Retry-After) is the caller's; the wait after a failed
+            // probe happens here.
+            let _ = at.failed(err, elapsed, now_ms, &why).await;
+            // A body not read to its end leaves the connection unusable.
+            return Forwarded::Failed {
+                err,
+                close: !body.done(),
+            };
+        }
+    };
+    // The backend's latency: from the last body byte sent.
+    let elapsed = elapsed_all.saturating_sub(sent_at);
+    let status = resp.status;
+    {
+        let view = View {
+            buf: ubuf.pending(),
+            fields: &ubuf.fields,
+        };
+        let cache = cache_of(&view, &req.cluster.config.signals);
+        at.answered(status >= 500, cache, elapsed, now_ms + millis(elapsed_all));
+    }
+    held.endpoint = None;
+    let draining = shared.draining.load(std::sync::atomic::Ordering::Relaxed);
+    let keep_client = !req.head.close && !draining && status != 101;
+    let to_client = match resp.body {
+        BodyKind::None => write::Framing::Keep,
+        BodyKind::Length(n) => write::Framing::Length(n),
+        BodyKind::Chunked | BodyKind::Close => write::Framing::Chunked,
+    };
+    b.out.clear();
+    write::response_head(
+        &mut b.out,
+        ubuf.pending(),
+        status,
+        resp.reason,
+        &ubuf.fields,
+        resp.conn_names,
+        to_client,
+        !keep_client,
+    );
+    ubuf.consume(resp.len);
+    let relay = Relay {
+        client,
+        upstream: &stream,
+        body_idle: up.body_idle_timeout,
+        send: req.server.send_timeout,
+        stall: req.server.stall_release,
+        stalled: &shared.metrics.stalled_released,
+    };
+    let relayed = relay.run(&mut ubuf, &mut b.out, resp.body, held).await;
+    let reusable = relayed && resp.reusable && ubuf.is_empty() && status != 101;
+    buffers::give(ubuf);
+    if reusable {
+        req.ep
+            .endpoint
+            .pool
+            .put_raw(stream, shared.clock.now_ms(), up.pool_max_idle_per_endpoint);
+    }
+    done(status, relayed, keep_client)
+}
+
+fn done(status: u16, relayed: bool, keep: bool) -> Forwarded {
+    if relayed {
+        Forwarded::Relayed { status, keep }
+    } else {
+        Forwarded::Broken { status }
+    }
+}
+
+/// Sends the head and body, and waits for the response head (1xx skipped). Returns the
+/// connection, when the body was sent in full (from the start), and the response head at
+/// the front of `ubuf`. A pooled connection found closed before any answer, for a request
+/// without a body, is replaced by a new one once.
+#[allow(clippy::too_many_arguments)]
+async fn send(
+    shared: &Shared,
+    client: &TcpStream,
+    b: &mut Buf,
+    ubuf: &mut Buf,
+    req: &Request<'_>,
+    body: &mut BodyLeft,
+    start: Instant,
+    now_ms: u64,
+) -> Result<(TcpStream, Duration, response::Response), Fail> {
+    let up = &req.cluster.config.upstream;
+    let pool = &req.ep.endpoint.pool;
+    let max_idle_ms = millis(up.pool_idle_timeout);
+    let bodiless = body.done();
+    let mut fresh_only = false;
+    loop {
+        let pooled = if fresh_only {
+            None
+        } else {
+            pool.take_raw(now_ms, max_idle_ms)
+        };
+        let reused = pooled.is_some();
+        let stream = match pooled {
+            Some(s) => s,
+            None => connect(shared, req).await?,
+        };
+        // The head and what is buffered of the body, in one write.
+        if let Err(e) = write_all(&stream, &b.out, up.response_header_timeout).await {
+            if reused && bodiless {
+                fresh_only = true;
+                continue;
+            }
+            return Err(broken("writing the request", e));
+        }
+        let sent_at = if body.done() {
+            start.elapsed()
+        } else {
+            relay_request_body(client, &stream, b, body, req.server).await?;
+            start.elapsed()
+        };
+        let deadline = Instant::now() + up.response_header_timeout;
+        match read_head(&stream, ubuf, req.head, deadline).await {
+            Ok(r) => return Ok((stream, sent_at, r)),
+            Err(Fail::Broken(_)) if reused && bodiless && ubuf.is_empty() => {
+                fresh_only = true;
+                ubuf.consume(usize::MAX);
+                continue;
+            }
+            Err(f) => return Err(f),
+        }
+    }
+}
+
+fn broken(what: &str, e: IoFail) -> Fail {
+    match e {
+        IoFail::Timeout => Fail::Timeout,
+        IoFail::Io(e) => Fail::Broken(format!("{what}: {e}")),
+    }
+}
+
+async fn connect(shared: &Shared, req: &Request<'_>) -> Result<TcpStream, Fail> {
+    let _ = shared;
+    let up = &req.cluster.config.upstream;
+    req.cluster.client.connector.turn().await;
+    let uri = &req.ep.endpoint.uri;
+    let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
+    let port = uri.port_u16().unwrap_or(80);
+    let s = match tokio::time::timeout(up.connect_timeout, TcpStream::connect((host, port))).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(Fail::Connect(e)),
+        Err(_) => return Err(Fail::Connect(std::io::ErrorKind::TimedOut.into())),
+    };
+    let _ = s.set_nodelay(true);
+    req.ep.endpoint.pool.note_opened();
+    Ok(s)
+}
+
+/// Reads the response head into `ubuf` (skipping interim 1xx heads) until `deadline`.
+async fn read_head(
+    s: &TcpStream,
+    ubuf: &mut Buf,
+    head: &Head,
+    deadline: Instant,
+) -> Result<response::Response, Fail> {
+    let is_head = head.method == http::Method::HEAD;
+    loop {
+        if !ubuf.is_empty() {
+            let Buf {
+                data,
+                start,
+                end,
+                fields,
+                ..
+            } = &mut *ubuf;
+            match response::parse(&data[*start..*end], fields, is_head) {
+                // Switching protocols unasked: passed on as it is, and both connections end.
+                Ok(Some(r)) if r.status == 101 => return Ok(r),
+                Ok(Some(r)) if (100..200).contains(&r.status) => {
+                    ubuf.consume(r.len);
+                    continue;
+                }
+                Ok(Some(r)) => return Ok(r),
+                Ok(None) => {}
+                Err(why) => return Err(Fail::Broken(why.into())),
+            }
+        }
+        let room = ubuf.room(crate::h1::buffers::SIZE * 4);
+        if room.is_empty() {
+            return Err(Fail::Broken("response head too large".into()));
+        }
+        match read_by(s, room, deadline).await {
+            Ok(0) => return Err(Fail::Broken("upstream closed before answering".into())),
+            Ok(n) => ubuf.filled(n),
+            Err(e) => return Err(broken("reading the response head", e)),
+        }
+    }
+}
+
+/// What is left of a request body to send.
+struct BodyLeft {
+    framing: Framing,
+    left: u64,
+    chunked: Chunked,
+    finished: bool,
+}
+
+impl BodyLeft {
+    fn new(framing: Framing, limit: usize) -> Self {
+        Self {
+            framing,
+            left: match framing {
+                Framing::Length(n) => n,
+                _ => 0,
+            },
+            chunked: Chunked::new(limit),
+            finished: framing == Framing::None,
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.finished
+    }
+
+    /// Moves the body bytes pending in `b` to `b.out` (to send). With `first`, only as much
+    /// as keeps the first write small.
+    fn take(&mut self, b: &mut Buf, first: bool) -> Result<(), ProxyError> {
+        if self.finished || b.is_empty() {
+            return Ok(());
+        }
+        let cap = if first { buffers::SIZE * 4 } else { usize::MAX };
+        let avail = &b.data[b.start..b.end];
+        let n = match self.framing {
+            Framing::None => 0,
+            Framing::Length(_) => {
+                let n = avail
+                    .len()
+                    .min(usize::try_from(self.left).unwrap_or(usize::MAX))
+                    .min(cap);
+                self.left -= n as u64;
+                self.finished = self.left == 0;
+                n
+            }
+            Framing::Chunked => {
+                let n = self
+                    .chunked
+                    .scan(&avail[..avail.len().min(cap)])
+                    .map_err(|e| {
+                        tracing::debug!(error = e.as_str(), "malformed chunked request body");
+                        ProxyError::ClientBody
+                    })?;
+                self.finished = self.chunked.done();
+                n
+            }
+        };
+        b.out.extend_from_slice(&avail[..n]);
+        b.consume(n);
+        Ok(())
+    }
+}
+
+/// Relays the rest of the request body from the client to the upstream.
+async fn relay_request_body(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    b: &mut Buf,
+    body: &mut BodyLeft,
+    server: &ServerConfig,
+) -> Result<(), Fail> {
+    while !body.done() {
+        b.out.clear();
+        body.take(b, false).map_err(Fail::Client)?;
+        if !b.out.is_empty() {
+            write_all(upstream, &b.out, server.send_timeout)
+                .await
+                .map_err(|e| broken("writing the request body", e))?;
+        }
+        if body.done() {
+            break;
+        }
+        let deadline = Instant::now() + server.client_body_timeout;
+        let room = b.room(buffers::SIZE);
+        match read_by(client, room, deadline).await {
+            Ok(0) => return Err(Fail::Client(ProxyError::ClientBody)),
+            Ok(n) => b.filled(n),
+            Err(IoFail::Timeout) => return Err(Fail::Client(ProxyError::ClientTimeout)),
+            Err(IoFail::Io(_)) => return Err(Fail::Client(ProxyError::ClientBody)),
+        }
+    }
+    Ok(())
+}
+
+/// The response body's way from the upstream to the client.
+struct Relay<'a> {
+    client: &'a TcpStream,
+    upstream: &'a TcpStream,
+    body_idle: Duration,
+    send: Duration,
+    stall: Duration,
+    stalled: &'a prometheus::IntCounter,
+}
+
+impl Relay<'_> {
+    /// Writes `out` (the head) and the body after it; true if the body ended cleanly.
+    async fn run(
+        &self,
+        ubuf: &mut Buf,
+        out: &mut Vec<u8>,
+        body: BodyKind,
+        held: &mut Held,
+    ) -> bool {
+        let mut left = match body {
+            BodyKind::Length(n) => n,
+            _ => 0,
+        };
+        let mut chunked = Chunked::new(64 * 1024);
+        let mut ended = matches!(body, BodyKind::None) || (matches!(body, BodyKind::Length(0)));
+        loop {
+            // What is buffered of the body goes out with what is pending in `out`.
+            if !ended && !ubuf.is_empty() {
+                let avail = ubuf.pending();
+                let n = match body {
+                    BodyKind::Length(_) => {
+                        let n = avail.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                        left -= n as u64;
+                        ended = left == 0;
+                        out.extend_from_slice(&avail[..n]);
+                        n
+                    }
+                    BodyKind::Chunked => match chunked.scan(avail) {
+                        Ok(n) => {
+                            ended = chunked.done();
+                            out.extend_from_slice(&avail[..n]);
+                            n
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = e.as_str(), "malformed chunked response body");
+                            return false;
+                        }
+                    },
+                    BodyKind::Close => {
+                        let n = avail.len();
+                        out.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+                        out.extend_from_slice(avail);
+                        out.extend_from_slice(b"\r\n");
+                        n
+                    }
+                    BodyKind::None => 0,
+                };
+                ubuf.consume(n);
+            }
+            if !out.is_empty() {
+                if self.to_client(out, held).await.is_err() {
+                    return false;
+                }
+                out.clear();
+            }
+            if ended {
+                return true;
+            }
+            let deadline = Instant::now() + self.body_idle;
+            let room = ubuf.room(buffers::SIZE);
+            match read_by(self.upstream, room, deadline).await {
+                Ok(0) if body == BodyKind::Close => {
+                    out.extend_from_slice(b"0\r\n\r\n");
+                    ended = true;
+                }
+                Ok(0) => return false,
+                Ok(n) => ubuf.filled(n),
+                Err(e) => {
+                    tracing::debug!(error = ?e, "upstream body failed");
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Writes to the client; a client that takes nothing for `stall` gives up the admission
+    /// slot (the response goes on outside the limit), and for `send` is cut off.
+    async fn to_client(&self, mut bytes: &[u8], held: &mut Held) -> Result<(), IoFail> {
+        let s = self.client;
+        while !bytes.is_empty() {
+            match s.try_write(bytes) {
+                Ok(0) => return Err(IoFail::Io(std::io::ErrorKind::WriteZero.into())),
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let mut wait = self.send;
+                    if held.permit.is_some() && self.stall < self.send {
+                        if let Ok(r) = tokio::time::timeout(self.stall, s.writable()).await {
+                            r.map_err(IoFail::Io)?;
+                            continue;
+                        }
+                        held.permit = None;
+                        self.stalled.inc();
+                        wait = self.send - self.stall;
+                    }
+                    match tokio::time::timeout(wait, s.writable()).await {
+                        Ok(r) => r.map_err(IoFail::Io)?,
+                        Err(_) => return Err(IoFail::Timeout),
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(IoFail::Io(e)),
+            }
+        }
+        Ok(())
+    }
+}

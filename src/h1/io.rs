@@ -1,0 +1,67 @@
+//! Reads and writes on a shared `&TcpStream`, with deadlines: the request path reads and
+//! writes its sockets directly (no codec in between), and may watch a client for hang-up
+//! while it waits for the upstream.
+
+use std::io;
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// Why a read or write did not complete.
+#[derive(Debug)]
+pub enum IoFail {
+    Timeout,
+    Io(io::Error),
+}
+
+/// Reads what is there (waiting for something until `deadline`); 0 at end of stream.
+pub async fn read_by(s: &TcpStream, dst: &mut [u8], deadline: Instant) -> Result<usize, IoFail> {
+    loop {
+        match s.try_read(dst) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                match tokio::time::timeout_at(deadline, s.readable()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(IoFail::Io(e)),
+                    Err(_) => return Err(IoFail::Timeout),
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(IoFail::Io(e)),
+        }
+    }
+}
+
+/// Writes all of `bytes`, each wait for room bounded by `idle`.
+pub async fn write_all(
+    s: &TcpStream,
+    mut bytes: &[u8],
+    idle: std::time::Duration,
+) -> Result<(), IoFail> {
+    while !bytes.is_empty() {
+        match s.try_write(bytes) {
+            Ok(0) => return Err(IoFail::Io(io::ErrorKind::WriteZero.into())),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                match tokio::time::timeout(idle, s.writable()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(IoFail::Io(e)),
+                    Err(_) => return Err(IoFail::Timeout),
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(IoFail::Io(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Resolves when the client has closed its side (or the connection failed). A client that
+/// sends more (a pipelined request) is not gone: this then waits forever.
+pub async fn gone(s: &TcpStream) {
+    let mut probe = [0u8; 1];
+    match s.peek(&mut probe).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
+    }
+}

@@ -1,0 +1,373 @@
+//! A cleartext HTTP/1.1 client connection on the path of our own: wait for bytes holding no
+//! buffer, read and parse the head, admit, forward, answer, and around again (pipelined bytes
+//! first). What this path does not do goes to hyper's server with the bytes read so far.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::Body;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::buffers::{self, Buf};
+use super::chunked::Chunked;
+use super::exchange::{self, Forwarded};
+use super::head::{self, Framing, Head, HeadError, View};
+use super::io::{gone, read_by, write_all, IoFail};
+use crate::proxy::body::ProxyBody;
+use crate::proxy::connection::{serve_io, Conn};
+use crate::proxy::forward::Exchange;
+use crate::proxy::handler::{admit, Asked, ConnInfo};
+use crate::proxy::park::{Parked, ParkingLot, PARK_AFTER};
+use crate::proxy::respond::{self, ProxyError};
+use crate::proxy::rewind::Rewind;
+use crate::proxy::server::Proto;
+use crate::runtime::access::{Note, Pending};
+use crate::runtime::{Shared, Snapshot};
+
+/// Whether every cluster's upstream speaks cleartext HTTP/1.1 (the path's upstream side).
+fn all_plain(snap: &Snapshot) -> bool {
+    snap.compiled
+        .clusters
+        .iter()
+        .all(|c| !c.config.upstream.h2c && c.config.upstream.tls.is_none())
+}
+
+/// Serves `stream` until the client closes, the keep-alive timeout, shutdown, or a request
+/// that hands the connection to hyper's server.
+pub(crate) async fn serve(
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    info: Arc<ConnInfo>,
+    mut conn: Conn,
+    lot: Option<Arc<ParkingLot>>,
+) {
+    let mut buf: Option<Buf> = None;
+    loop {
+        let snap = shared.snapshot.load_full();
+        let server = &snap.compiled.config.server;
+        if buf.as_ref().is_none_or(Buf::is_empty) {
+            // Idle: the buffer goes back, and the connection waits holding none.
+            if let Some(b) = buf.take() {
+                buffers::give(b);
+            }
+            let now = Instant::now();
+            let idle_until = now + server.keepalive_timeout;
+            // Counted as parked once idle for `PARK_AFTER`, like hyper's sessions.
+            let mut parked = None;
+            let timer = tokio::time::sleep_until((now + PARK_AFTER).min(idle_until));
+            tokio::pin!(timer);
+            loop {
+                tokio::select! {
+                    biased;
+                    r = stream.readable() => if r.is_err() { return },
+                    () = &mut timer => {
+                        if parked.is_some() || Instant::now() >= idle_until {
+                            return;
+                        }
+                        parked = Some(Parked::new(&conn.parked));
+                        timer.as_mut().reset(idle_until);
+                        continue;
+                    }
+                    () = conn.stopping() => return,
+                }
+                let mut first = [0u8; 512];
+                match stream.try_read(&mut first) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        let mut b = buffers::take();
+                        b.room(buffers::SIZE)[..n].copy_from_slice(&first[..n]);
+                        b.filled(n);
+                        buf = Some(b);
+                        break;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return,
+                }
+            }
+        }
+        let Some(b) = buf.as_mut() else { return };
+        let head = match read_head(&stream, b, server).await {
+            Ok(h) => h,
+            Err(Some(resp)) => {
+                let _ = answer(&stream, b, resp, true, false, server.send_timeout).await;
+                return;
+            }
+            Err(None) => return,
+        };
+        if head.general || !all_plain(&snap) {
+            let Some(b) = buf.take() else { return };
+            let pre = Bytes::copy_from_slice(b.pending());
+            buffers::give(b);
+            let cfg = server.clone();
+            let io = Rewind::new(stream, pre);
+            if let Err(e) = serve_io(io, Proto::H1, &cfg, shared, info, conn, lot).await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            return;
+        }
+        // Boxed: the connection's own future stays small while it waits idle.
+        let keep = Box::pin(request(&stream, b, head, &shared, &info, &snap)).await;
+        if !keep || *conn.stop.borrow() {
+            if let Some(b) = buf.take() {
+                buffers::give(b);
+            }
+            return;
+        }
+    }
+}
+
+/// Reads until `b` holds a whole head: the head, or the answer to give before closing
+/// (`None`: close without one).
+async fn read_head(
+    s: &TcpStream,
+    b: &mut Buf,
+    server: &crate::config::ServerConfig,
+) -> Result<Head, Option<http::Response<ProxyBody>>> {
+    let deadline = Instant::now() + server.client_header_timeout;
+    let max = server.max_header_bytes;
+    loop {
+        let Buf {
+            data,
+            start,
+            end,
+            fields,
+            ..
+        } = &mut *b;
+        match head::parse(&data[*start..*end], server.max_headers, fields) {
+            Ok(Some(h)) if h.len <= max => return Ok(h),
+            Ok(Some(_)) => return Err(Some(too_large())),
+            Ok(None) if *end - *start >= max => return Err(Some(too_large())),
+            Ok(None) => {}
+            Err(HeadError::TooManyFields) => return Err(Some(too_large())),
+            Err(HeadError::Malformed(why)) => {
+                tracing::debug!(why, "malformed request head");
+                return Err(Some(respond::error(ProxyError::BadRequest(why))));
+            }
+        }
+        let room = b.room(max.max(buffers::SIZE));
+        match read_by(s, room, deadline).await {
+            Ok(0) => return Err(None),
+            Ok(n) => b.filled(n),
+            Err(IoFail::Timeout) => {
+                tracing::debug!(
+                    timeout_s = server.client_header_timeout.as_secs_f64(),
+                    "request head timed out (408)"
+                );
+                let mut r = respond::error(ProxyError::ClientTimeout);
+                *r.body_mut() = ProxyBody::local(Bytes::new());
+                return Err(Some(r));
+            }
+            Err(IoFail::Io(_)) => return Err(None),
+        }
+    }
+}
+
+fn too_large() -> http::Response<ProxyBody> {
+    let mut r = respond::error(ProxyError::BadRequest("request header fields too large"));
+    *r.status_mut() = http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+    r
+}
+
+/// One request: admitted and forwarded, or answered here. Whether the connection may carry
+/// another.
+async fn request(
+    s: &TcpStream,
+    b: &mut Buf,
+    head: Head,
+    shared: &Arc<Shared>,
+    info: &ConnInfo,
+    snap: &Snapshot,
+) -> bool {
+    let server = &snap.compiled.config.server;
+    let is_head = head.method == http::Method::HEAD;
+    let (target, host) = {
+        let pending = b.pending();
+        let target = head.target.in_buf(pending);
+        let path = target.split(|c| *c == b'?').next().unwrap_or_default();
+        (
+            std::str::from_utf8(path).ok().map(str::to_owned),
+            head.host
+                .and_then(|h| std::str::from_utf8(h.in_buf(pending)).ok())
+                .map(str::to_owned),
+        )
+    };
+    let Some(path) = target else {
+        let r = respond::error(ProxyError::BadRequest("invalid request target"));
+        let _ = answer(s, b, r, true, is_head, server.send_timeout).await;
+        return false;
+    };
+    let mut log = shared
+        .access
+        .as_ref()
+        .map(|l| Pending::new(l.clone(), head.method.as_str(), &path, info.peer.ip()));
+    if let Some(r) = head.refused {
+        let resp = respond::refused(r);
+        let status = resp.status().as_u16();
+        let _ = answer(s, b, resp, true, is_head, server.send_timeout).await;
+        if let Some(l) = log {
+            l.finish(status);
+        }
+        return false;
+    }
+    let mut quiet = Note::default();
+    let note = match log.as_mut() {
+        Some(p) => {
+            p.note.on = true;
+            &mut p.note
+        }
+        None => &mut quiet,
+    };
+    let admitted = {
+        let pending = &b.data[b.start..b.end];
+        let asked = Asked {
+            method: &head.method,
+            host: host.as_deref(),
+            path: &path,
+            fields: &View {
+                buf: pending,
+                fields: &b.fields,
+            },
+        };
+        let admission = admit(shared, info.peer.ip(), info.headers.trusted, asked, note);
+        if head.framing == Framing::None {
+            // A client that leaves while in line gives up its place.
+            tokio::select! {
+                a = admission => a,
+                () = gone(s) => return false,
+            }
+        } else {
+            admission.await
+        }
+    };
+    let mut a = match admitted {
+        Ok(a) => a,
+        Err(resp) => {
+            let status = resp.status().as_u16();
+            // The body is skipped if it is here already; the connection closes otherwise.
+            let keep = !head.close && skip_body(b, &head);
+            let ok = answer(s, b, resp, !keep, is_head, server.send_timeout).await;
+            if let Some(l) = log {
+                l.finish(status);
+            }
+            return keep && ok;
+        }
+    };
+    let mut held = a.take_held();
+    let Some((cluster, view, feature)) = a.parts() else {
+        return false;
+    };
+    let endpoints = cluster.endpoints.load();
+    let sent = Instant::now();
+    let Some(ep) = endpoints.pick(shared.clock.now_ms(), shared.rand()) else {
+        feature.counters.inc(crate::metrics::Outcome::UpstreamError);
+        drop(held);
+        let keep = !head.close && skip_body(b, &head);
+        let r = respond::error(ProxyError::NoEndpoint);
+        let status = r.status().as_u16();
+        let ok = answer(s, b, r, !keep, is_head, server.send_timeout).await;
+        if let Some(l) = log {
+            l.finish(status);
+        }
+        return keep && ok;
+    };
+    let at = Exchange {
+        shared,
+        cluster,
+        view,
+        feature,
+        ep: &ep,
+    };
+    let req = exchange::Request {
+        head: &head,
+        conn: info,
+        cluster,
+        ep: &ep,
+        server,
+        host: head.host,
+    };
+    let framing = head.framing;
+    let forwarding = exchange::forward(shared, &at, s, b, req, &mut held);
+    let out = if framing == Framing::None {
+        tokio::select! {
+            o = forwarding => o,
+            () = gone(s) => return false,
+        }
+    } else {
+        forwarding.await
+    };
+    if let Some(l) = log.as_mut() {
+        l.note.upstream = Some(sent.elapsed());
+        l.note.outcome = "forwarded";
+    }
+    drop(held);
+    let (status, keep) = match out {
+        Forwarded::Relayed { status, keep } => (status, keep),
+        Forwarded::Broken { status } => (status, false),
+        Forwarded::Failed { err, close } => {
+            let mut r = respond::error(err);
+            a.stamp_ours(shared, &mut r);
+            let status = r.status().as_u16();
+            let keep = !close && !head.close && err != ProxyError::ClientTimeout;
+            let ok = answer(s, b, r, !keep, is_head, server.send_timeout).await;
+            (status, keep && ok)
+        }
+    };
+    if let Some(l) = log {
+        l.finish(status);
+    }
+    keep
+}
+
+/// Consumes the request's head and body from `b` when the body is all there; false if it is
+/// not (the connection must then close).
+fn skip_body(b: &mut Buf, head: &Head) -> bool {
+    b.consume(head.len);
+    match head.framing {
+        Framing::None => true,
+        Framing::Length(n) => match usize::try_from(n) {
+            Ok(n) if n <= b.pending().len() => {
+                b.consume(n);
+                true
+            }
+            _ => false,
+        },
+        Framing::Chunked => {
+            let mut c = Chunked::new(buffers::SIZE);
+            match c.scan(b.pending()) {
+                Ok(n) if c.done() => {
+                    b.consume(n);
+                    true
+                }
+                _ => false,
+            }
+        }
+    }
+}
+
+/// Writes a response of our own. True if it was written.
+async fn answer(
+    s: &TcpStream,
+    b: &mut Buf,
+    resp: http::Response<ProxyBody>,
+    close: bool,
+    is_head: bool,
+    send_timeout: std::time::Duration,
+) -> bool {
+    let (parts, mut body) = resp.into_parts();
+    let bytes = local_bytes(&mut body);
+    b.out.clear();
+    super::write::local(&mut b.out, &parts, &bytes, close, is_head);
+    write_all(s, &b.out, send_timeout).await.is_ok()
+}
+
+/// A local body's bytes (it is ready at once).
+fn local_bytes(body: &mut ProxyBody) -> Bytes {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match Pin::new(body).poll_frame(&mut cx) {
+        Poll::Ready(Some(Ok(f))) => f.into_data().unwrap_or_default(),
+        _ => Bytes::new(),
+    }
+}
