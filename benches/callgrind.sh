@@ -6,6 +6,7 @@
 # the proxy listens and has served a warm-up, and off again before it stops.
 #
 #   benches/callgrind.sh [SECONDS]      # needs nginx, wrk and valgrind
+#   KEEP=DIR benches/callgrind.sh       # and keeps the profiles in DIR
 #
 # Everything listens on 127.0.0.1 and is stopped (by PID) at the end.
 set -euo pipefail
@@ -43,6 +44,8 @@ measure() { # name config port
   local total
   total=$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
   echo "$1: $total instructions over $n requests: $((total / n)) per request"
+  # KEEP=DIR keeps each profile (callgrind_annotate --inclusive=yes DIR/forward.callgrind).
+  if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$out" "$KEEP/"; fi
 }
 measure forward "$work/forward.toml" 18182
 measure reject "$work/reject.toml" 18183

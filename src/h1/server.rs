@@ -183,26 +183,22 @@ async fn request(
 ) -> bool {
     let server = &snap.compiled.config.server;
     let is_head = head.method == http::Method::HEAD;
-    let (target, host) = {
-        let pending = b.pending();
-        let target = head.target.in_buf(pending);
-        let path = target.split(|c| *c == b'?').next().unwrap_or_default();
-        (
-            std::str::from_utf8(path).ok().map(str::to_owned),
-            head.host
-                .and_then(|h| std::str::from_utf8(h.in_buf(pending)).ok())
-                .map(str::to_owned),
-        )
+    // The path (without the query) and the Host, as spans of the head.
+    let path = {
+        let target = head.target.in_buf(b.pending());
+        let len = target
+            .iter()
+            .position(|c| *c == b'?')
+            .unwrap_or(target.len());
+        head::Span {
+            at: head.target.at,
+            len: len as u32,
+        }
     };
-    let Some(path) = target else {
-        let r = respond::error(ProxyError::BadRequest("invalid request target"));
-        let _ = answer(s, b, r, true, is_head, server.send_timeout).await;
-        return false;
-    };
-    let mut log = shared
-        .access
-        .as_ref()
-        .map(|l| Pending::new(l.clone(), head.method.as_str(), &path, info.peer.ip()));
+    let mut log = shared.access.as_ref().map(|l| {
+        let p = String::from_utf8_lossy(path.in_buf(b.pending()));
+        Pending::new(l.clone(), head.method.as_str(), &p, info.peer.ip())
+    });
     if let Some(r) = head.refused {
         let resp = respond::refused(r);
         let status = resp.status().as_u16();
@@ -222,10 +218,20 @@ async fn request(
     };
     let admitted = {
         let pending = &b.data[b.start..b.end];
+        // Both are ASCII: httparse takes only visible ASCII in a target, and the Host was
+        // checked to be a `host[:port]`.
+        let host = head
+            .host
+            .and_then(|h| std::str::from_utf8(h.in_buf(pending)).ok());
+        let Ok(path) = std::str::from_utf8(path.in_buf(pending)) else {
+            let r = respond::error(ProxyError::BadRequest("invalid request target"));
+            let _ = answer(s, b, r, true, is_head, server.send_timeout).await;
+            return false;
+        };
         let asked = Asked {
             method: &head.method,
-            host: host.as_deref(),
-            path: &path,
+            host,
+            path,
             fields: &View {
                 buf: pending,
                 fields: &b.fields,
@@ -260,7 +266,7 @@ async fn request(
         return false;
     };
     let endpoints = cluster.endpoints.load();
-    let sent = Instant::now();
+    let sent = log.is_some().then(Instant::now);
     let Some(ep) = endpoints.pick(shared.clock.now_ms(), shared.rand()) else {
         feature.counters.inc(crate::metrics::Outcome::UpstreamError);
         drop(held);
@@ -298,7 +304,7 @@ async fn request(
     } else {
         forwarding.await
     };
-    if let Some(l) = log.as_mut() {
+    if let (Some(l), Some(sent)) = (log.as_mut(), sent) {
         l.note.upstream = Some(sent.elapsed());
         l.note.outcome = "forwarded";
     }
