@@ -10,7 +10,7 @@ secs="${1:-60}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(config classify request)
+  targets=(config classify request h1_differential)
 fi
 for t in "${targets[@]}"; do
   echo "== fuzz target $t for ${secs}s"

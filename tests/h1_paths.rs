@@ -120,3 +120,71 @@ async fn what_our_path_forwards_hyper_forwards_alike() {
     ours.stop().await;
     theirs.stop().await;
 }
+
+/// The head and body of a raw answer, with the fields that change per answer (the date and
+/// the signed ticket) reduced to their names, in order of name.
+fn normalised(raw: &str) -> (String, Vec<String>, String) {
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw, ""));
+    let mut lines = head.lines();
+    let status = lines.next().unwrap_or_default().to_string();
+    let mut fields: Vec<String> = lines
+        .map(|l| {
+            let (k, v) = l.split_once(':').unwrap_or((l, ""));
+            let k = k.to_ascii_lowercase();
+            match k.as_str() {
+                "date" | "warmgate-ticket" => k,
+                "set-cookie" => format!("{k}: {}", v.split_once('=').map_or("", |x| x.0).trim()),
+                _ => format!("{k}: {}", v.trim()),
+            }
+        })
+        .collect();
+    fields.sort();
+    (status, fields, body.to_string())
+}
+
+#[tokio::test]
+async fn a_reject_is_answered_alike_on_both_paths() {
+    let (up, _seen) = recorder().await;
+    let extra = "[retry]\nratelimit_headers = true\n[ticket]\nkeys_file = \"keys\"\ncookie = true\nttl = \"5m\"\n[[feature]]\nname = \"default\"\npriority = \"normal\"\nstate = \"off\"\n";
+    let keys = [("keys", "k1 0123456789abcdef0123456789abcdef\n")];
+    let file = |http1: &str| {
+        format!(
+            "listen = \"127.0.0.1:0\"\n{}[admin]\nlisten = \"127.0.0.1:0\"\n{extra}",
+            config(&up.addr.to_string(), http1)
+        )
+    };
+    let (ours, _d1) = proxy_from_file(&file("warmgate"), &keys).await;
+    let (theirs, _d2) = proxy_from_file(&file("hyper"), &keys).await;
+    let req = b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let a = normalised(&send(ours.addr, req).await);
+    let b = normalised(&send(theirs.addr, req).await);
+    assert!(a.0.starts_with("HTTP/1.1 503"), "{a:?}");
+    assert!(a.1.iter().any(|f| f.starts_with("retry-after: ")), "{a:?}");
+    assert!(a.1.iter().any(|f| f == "warmgate-ticket"), "{a:?}");
+    assert!(
+        a.1.iter().any(|f| f.starts_with("ratelimit-policy: ")),
+        "{a:?}"
+    );
+    assert!(a.1.iter().any(|f| f.starts_with("set-cookie: ")), "{a:?}");
+    // The Retry-After is jittered: compared by presence above, the rest alike.
+    let strip = |x: &(String, Vec<String>, String)| {
+        let fields: Vec<String> =
+            x.1.iter()
+                .filter(|f| {
+                    !f.starts_with("retry-after")
+                        && !f.starts_with("ratelimit:")
+                        && !f.starts_with("content-length")
+                })
+                .cloned()
+                .collect();
+        let body =
+            x.2.split("\"retry_after_s\"")
+                .next()
+                .unwrap_or_default()
+                .to_string();
+        (x.0.clone(), fields, body)
+    };
+    assert_eq!(strip(&a), strip(&b));
+    ours.stop().await;
+    theirs.stop().await;
+}

@@ -19,7 +19,7 @@ use super::io::{gone, read_by, write_all, IoFail};
 use crate::proxy::body::ProxyBody;
 use crate::proxy::connection::{serve_io, Conn};
 use crate::proxy::forward::Exchange;
-use crate::proxy::handler::{admit, Asked, ConnInfo};
+use crate::proxy::handler::{admit, Asked, ConnInfo, Rejection, Turned};
 use crate::proxy::park::{Parked, ParkingLot, PARK_AFTER};
 use crate::proxy::respond::{self, ProxyError};
 use crate::proxy::rewind::Rewind;
@@ -45,49 +45,27 @@ pub(crate) async fn serve(
     lot: Option<Arc<ParkingLot>>,
 ) {
     let mut buf: Option<Buf> = None;
+    let mut timer = IdleTimer::default();
     loop {
-        let snap = shared.snapshot.load_full();
-        let server = &snap.compiled.config.server;
         if buf.as_ref().is_none_or(Buf::is_empty) {
             // Idle: the buffer goes back, and the connection waits holding none.
             if let Some(b) = buf.take() {
                 buffers::give(b);
             }
-            let now = Instant::now();
-            let idle_until = now + server.keepalive_timeout;
-            // Counted as parked once idle for `PARK_AFTER`, like hyper's sessions.
-            let mut parked = None;
-            let timer = tokio::time::sleep_until((now + PARK_AFTER).min(idle_until));
-            tokio::pin!(timer);
-            loop {
-                tokio::select! {
-                    biased;
-                    r = stream.readable() => if r.is_err() { return },
-                    () = &mut timer => {
-                        if parked.is_some() || Instant::now() >= idle_until {
-                            return;
-                        }
-                        parked = Some(Parked::new(&conn.parked));
-                        timer.as_mut().reset(idle_until);
-                        continue;
-                    }
-                    () = conn.stopping() => return,
-                }
-                let mut first = [0u8; 512];
-                match stream.try_read(&mut first) {
-                    Ok(0) => return,
-                    Ok(n) => {
-                        let mut b = buffers::take();
-                        b.room(buffers::SIZE)[..n].copy_from_slice(&first[..n]);
-                        b.filled(n);
-                        buf = Some(b);
-                        break;
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => return,
-                }
+            let keepalive = shared
+                .snapshot
+                .load()
+                .compiled
+                .config
+                .server
+                .keepalive_timeout;
+            match wait_for_bytes(&stream, &mut timer, &mut conn, keepalive).await {
+                Some(b) => buf = Some(b),
+                None => return,
             }
         }
+        let snap = shared.snapshot.load_full();
+        let server = &snap.compiled.config.server;
         let Some(b) = buf.as_mut() else { return };
         let head = match read_head(&stream, b, server).await {
             Ok(h) => h,
@@ -117,6 +95,83 @@ pub(crate) async fn serve(
             return;
         }
     }
+}
+
+/// The idle connection's timer: one per connection, moved forward only when it fires (a
+/// busy connection does not touch the timer wheel per request).
+#[derive(Default)]
+struct IdleTimer(Option<Pin<Box<tokio::time::Sleep>>>);
+
+/// Waits until the client sends bytes, holding no buffer meanwhile; `None` when the connection
+/// is to close (the client did, the keep-alive timeout passed, or shutdown began).
+async fn wait_for_bytes(
+    stream: &TcpStream,
+    timer: &mut IdleTimer,
+    conn: &mut Conn,
+    keepalive: std::time::Duration,
+) -> Option<Buf> {
+    let mut idle_since: Option<Instant> = None;
+    // Counted as parked once idle for `PARK_AFTER`, like hyper's sessions.
+    let mut parked = None;
+    loop {
+        // The next request is often there already: no timer is looked at then.
+        let ready = poll_once(stream.readable()).await;
+        match ready {
+            Some(r) => r.ok()?,
+            None => {
+                let since = *idle_since.get_or_insert_with(Instant::now);
+                let park_at = since + PARK_AFTER;
+                let sleep = timer
+                    .0
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(park_at)));
+                if parked.is_none() && sleep.deadline() > park_at {
+                    sleep.as_mut().reset(park_at);
+                }
+                tokio::select! {
+                    biased;
+                    r = stream.readable() => r.ok()?,
+                    () = sleep.as_mut() => {
+                        let now = Instant::now();
+                        if now >= since + keepalive {
+                            return None;
+                        }
+                        if now >= park_at {
+                            parked.get_or_insert_with(|| Parked::new(&conn.parked));
+                            sleep.as_mut().reset(since + keepalive);
+                        } else {
+                            sleep.as_mut().reset(park_at);
+                        }
+                        continue;
+                    }
+                    () = conn.stopping() => return None,
+                }
+            }
+        }
+        let mut first = [0u8; 512];
+        match stream.try_read(&mut first) {
+            Ok(0) => return None,
+            Ok(n) => {
+                let mut b = buffers::take();
+                b.room(buffers::SIZE)[..n].copy_from_slice(&first[..n]);
+                b.filled(n);
+                return Some(b);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Polls `f` once: its output if it is ready at once.
+async fn poll_once<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    std::future::poll_fn(|cx| {
+        Poll::Ready(match f.as_mut().poll(cx) {
+            Poll::Ready(v) => Some(v),
+            Poll::Pending => None,
+        })
+    })
+    .await
 }
 
 /// Reads until `b` holds a whole head: the head, or the answer to give before closing
@@ -237,24 +292,39 @@ async fn request(
                 fields: &b.fields,
             },
         };
-        let admission = admit(shared, info.peer.ip(), info.headers.trusted, asked, note);
-        if head.framing == Framing::None {
+        let mut admission = std::pin::pin!(admit(
+            shared,
+            info.peer.ip(),
+            info.headers.trusted,
+            asked,
+            note
+        ));
+        match poll_once(admission.as_mut()).await {
+            Some(a) => a,
             // A client that leaves while in line gives up its place.
-            tokio::select! {
+            None if head.framing == Framing::None => tokio::select! {
                 a = admission => a,
                 () = gone(s) => return false,
-            }
-        } else {
-            admission.await
+            },
+            None => admission.await,
         }
     };
     let mut a = match admitted {
         Ok(a) => a,
-        Err(resp) => {
+        Err(Turned::Answer(resp)) => {
             let status = resp.status().as_u16();
             // The body is skipped if it is here already; the connection closes otherwise.
             let keep = !head.close && skip_body(b, &head);
             let ok = answer(s, b, resp, !keep, is_head, server.send_timeout).await;
+            if let Some(l) = log {
+                l.finish(status);
+            }
+            return keep && ok;
+        }
+        Err(Turned::Reject(r)) => {
+            let status = r.status().as_u16();
+            let keep = !head.close && skip_body(b, &head);
+            let ok = reject(s, b, shared, &r, !keep, is_head, server.send_timeout).await;
             if let Some(l) = log {
                 l.finish(status);
             }
@@ -351,6 +421,33 @@ fn skip_body(b: &mut Buf, head: &Head) -> bool {
             }
         }
     }
+}
+
+/// Writes a reject. True if it was written.
+async fn reject(
+    s: &TcpStream,
+    b: &mut Buf,
+    shared: &Shared,
+    r: &Rejection,
+    close: bool,
+    is_head: bool,
+    send_timeout: std::time::Duration,
+) -> bool {
+    let Some(feature) = r.feature() else {
+        return false;
+    };
+    let ticket = r.ticket(shared);
+    let cfg = &r.snap.compiled.config.reject;
+    let head = super::write::Reject {
+        status: r.status().as_u16(),
+        retry_after_s: r.reject.retry_after_s,
+        ratelimit: cfg.ratelimit_headers.then_some(r.limit),
+        ticket: ticket.as_ref().map(|(t, c)| (t.as_str(), c.as_deref())),
+        body_prefix: feature.reject_bodies.prefix(r.reject.reason),
+    };
+    b.out.clear();
+    super::write::reject(&mut b.out, &head, close, is_head);
+    write_all(s, &b.out, send_timeout).await.is_ok()
 }
 
 /// Writes a response of our own. True if it was written.

@@ -266,6 +266,51 @@ pub fn local(
     }
 }
 
+/// What a reject's answer says besides its body.
+pub struct Reject<'a> {
+    pub status: u16,
+    pub retry_after_s: u32,
+    /// The limit, for the `RateLimit` fields (`reject.ratelimit_headers`).
+    pub ratelimit: Option<u32>,
+    /// The return ticket, and its cookie.
+    pub ticket: Option<(&'a str, Option<&'a str>)>,
+    /// The body before the `Retry-After` figure (`{..."retry_after_s":`).
+    pub body_prefix: &'a [u8],
+}
+
+/// A reject written as `respond::reject` makes it, without building a response first.
+pub fn reject(out: &mut Vec<u8>, r: &Reject<'_>, close: bool, head: bool) {
+    status_line(out, r.status, b"");
+    out.extend_from_slice(b"content-type: application/json\r\ncache-control: no-store\r\n");
+    let mut digits = itoa::Buffer::new();
+    let secs = digits.format(r.retry_after_s).as_bytes();
+    line(out, b"retry-after", secs);
+    if let Some(limit) = r.ratelimit {
+        let _ = write!(out, "ratelimit-policy: \"warmup\";q={limit}\r\n");
+        out.extend_from_slice(b"ratelimit: \"warmup\";r=0;t=");
+        out.extend_from_slice(secs);
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some((text, cookie)) = r.ticket {
+        if let Some(c) = cookie {
+            line(out, b"set-cookie", c.as_bytes());
+        }
+        line(out, crate::ticket::HEADER.as_bytes(), text.as_bytes());
+    }
+    date(out);
+    let len = r.body_prefix.len() + secs.len() + 2;
+    framing(out, Framing::Length(len as u64));
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head {
+        out.extend_from_slice(r.body_prefix);
+        out.extend_from_slice(secs);
+        out.extend_from_slice(b"}\n");
+    }
+}
+
 /// `date: <now>` (formatted once a second per thread).
 fn date(out: &mut Vec<u8>) {
     thread_local! {

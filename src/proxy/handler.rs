@@ -71,7 +71,8 @@ async fn handle_inner(
     };
     let mut a = match admit(&shared, conn.peer.ip(), conn.headers.trusted, asked, note).await {
         Ok(a) => a,
-        Err(resp) => return Ok(resp),
+        Err(Turned::Answer(resp)) => return Ok(resp),
+        Err(Turned::Reject(r)) => return Ok(r.response(&shared)),
     };
     let held = a.take_held();
     let Some((cluster, view, feature)) = a.parts() else {
@@ -172,7 +173,7 @@ pub(crate) async fn admit<H: Fields + ?Sized>(
     trusted: bool,
     req: Asked<'_, H>,
     note: &mut Note,
-) -> Result<Admitted, Response<ProxyBody>> {
+) -> Result<Admitted, Turned> {
     let snap = shared.snapshot.load_full();
     let c = &snap.compiled;
     let now_ms = shared.clock.now_ms();
@@ -180,14 +181,16 @@ pub(crate) async fn admit<H: Fields + ?Sized>(
         .classifier
         .feature(req.method, req.host, req.path, req.fields);
     let Some(feature) = c.features.get(fidx) else {
-        return Err(respond::error(ProxyError::BadRequest("no feature")));
+        return Err(Turned::Answer(respond::error(ProxyError::BadRequest(
+            "no feature",
+        ))));
     };
     // The feature's cluster (resolved at load): its gate, signals, endpoints and decision.
     let (Some(cluster), Some(view)) = (
         c.clusters.get(feature.cluster),
         snap.clusters.get(feature.cluster),
     ) else {
-        return Err(respond::error(ProxyError::NoEndpoint));
+        return Err(Turned::Answer(respond::error(ProxyError::NoEndpoint)));
     };
     let gate = cluster.state.gate;
     let policy = &cluster.config.gate;
@@ -268,24 +271,31 @@ pub(crate) async fn admit<H: Fields + ?Sized>(
                 Ok(p) => p,
                 Err(r) => {
                     note.outcome = r.reason.as_str();
-                    return Err(
-                        rejected(shared, &snap, (cluster, view), feature, client, r, 0).await,
-                    );
+                    let (cidx, fidx) = (feature.cluster, fidx);
+                    turn_away(cluster, feature, r, 0).await;
+                    return Err(Turned::Reject(Rejection {
+                        limit: view.decision.limit,
+                        snap,
+                        cluster: cidx,
+                        feature: fidx,
+                        reject: r,
+                        client,
+                    }));
                 }
             }
         }
         Step::Refuse { reject, hold_ms } => {
             note.outcome = reject.reason.as_str();
-            return Err(rejected(
-                shared,
-                &snap,
-                (cluster, view),
-                feature,
-                client,
+            let (cidx, limit) = (feature.cluster, view.decision.limit);
+            turn_away(cluster, feature, reject, hold_ms).await;
+            return Err(Turned::Reject(Rejection {
+                snap,
+                cluster: cidx,
+                feature: fidx,
                 reject,
-                hold_ms,
-            )
-            .await);
+                limit,
+                client,
+            }));
         }
     };
     let cidx = feature.cluster;
@@ -345,38 +355,80 @@ async fn wait(
     r
 }
 
-/// Answers a reject, after holding it `hold_ms` (an early returner refused without waiting,
-/// see [`admit::hold_ms`]) when a place among `queue.max_held` is free. With `[ticket]`, the
-/// answer carries the client's return ticket.
-async fn rejected(
-    shared: &Shared,
-    snap: &Snapshot,
-    (cluster, view): (&Cluster, &ClusterView),
-    feature: &FeatureRt,
-    client: u64,
-    r: Reject,
-    hold_ms: u64,
-) -> Response<ProxyBody> {
+/// Counts a reject, and holds it `hold_ms` first (an early returner refused without waiting,
+/// see [`admit::hold_ms`]) when a place among `queue.max_held` is free.
+async fn turn_away(cluster: &Cluster, feature: &FeatureRt, r: Reject, hold_ms: u64) {
     feature.counters.inc(Outcome::of(r.reason));
     if hold_ms > 0 {
         if let Some(_hold) = cluster.state.gate.hold(cluster.config.queue.max_held) {
             tokio::time::sleep(Duration::from_millis(hold_ms)).await;
         }
     }
-    let mut resp = respond::reject(
-        r,
-        feature,
-        &snap.compiled.config.reject,
-        view.decision.limit,
-    );
-    if let Some(t) = &snap.compiled.tickets {
-        t.stamp(
-            resp.headers_mut(),
-            (r.first_ms, shared.clock.now_ms()),
-            feature.key,
-            client,
-            &shared.metrics,
-        );
+}
+
+/// A request admission turned away, and how it is answered.
+pub(crate) enum Turned {
+    /// Refused, or its wait in line ran out: a reject (each HTTP path writes it its way).
+    Reject(Rejection),
+    /// Anything else (no feature or cluster to send it to).
+    Answer(Response<ProxyBody>),
+}
+
+/// A reject, with what its answer says.
+pub(crate) struct Rejection {
+    pub snap: Arc<Snapshot>,
+    cluster: usize,
+    feature: usize,
+    pub reject: Reject,
+    /// The cluster's limit (for `RateLimit-Policy`).
+    pub limit: u32,
+    client: u64,
+}
+
+impl Rejection {
+    /// The rejected request's feature.
+    pub fn feature(&self) -> Option<&FeatureRt> {
+        self.snap.compiled.features.get(self.feature)
     }
-    resp
+
+    /// The response status.
+    pub fn status(&self) -> http::StatusCode {
+        respond::reject_status(self.reject, &self.snap.compiled.config.reject)
+    }
+
+    /// With `[ticket]`: the return ticket for the client, and its cookie when cookies are on.
+    pub fn ticket(&self, shared: &Shared) -> Option<(String, Option<String>)> {
+        let t = self.snap.compiled.tickets.as_ref()?;
+        let feature = self.feature()?;
+        Some(t.issue(
+            (self.reject.first_ms, shared.clock.now_ms()),
+            feature.key,
+            self.client,
+            &shared.metrics,
+        ))
+    }
+
+    /// The answer as a response (status, `Retry-After`, a body saying why, the ticket).
+    pub fn response(&self, shared: &Shared) -> Response<ProxyBody> {
+        let _ = self.cluster;
+        let Some(feature) = self.feature() else {
+            return respond::error(ProxyError::NoEndpoint);
+        };
+        let mut resp = respond::reject(
+            self.reject,
+            feature,
+            &self.snap.compiled.config.reject,
+            self.limit,
+        );
+        if let Some(t) = &self.snap.compiled.tickets {
+            t.stamp(
+                resp.headers_mut(),
+                (self.reject.first_ms, shared.clock.now_ms()),
+                feature.key,
+                self.client,
+                &shared.metrics,
+            );
+        }
+        resp
+    }
 }

@@ -112,6 +112,19 @@ pub fn refused(r: Refusal) -> Response<ProxyBody> {
     resp
 }
 
+/// A reject's status: over its own share is the client's doing (429, like any per-client
+/// limit); anything else is shed with `reject.status`.
+pub fn reject_status(r: Reject, cfg: &RejectConfig) -> StatusCode {
+    if matches!(
+        r.reason,
+        RejectReason::ClientLimit | RejectReason::ClientRate
+    ) {
+        StatusCode::TOO_MANY_REQUESTS
+    } else {
+        cfg.shed_status
+    }
+}
+
 /// The response for a rejected request: status, `Retry-After`, and a body saying why.
 pub fn reject(
     r: Reject,
@@ -119,15 +132,7 @@ pub fn reject(
     cfg: &RejectConfig,
     limit: u32,
 ) -> Response<ProxyBody> {
-    // Over its own share is the client's doing: 429, like any per-client limit.
-    let status = if matches!(
-        r.reason,
-        RejectReason::ClientLimit | RejectReason::ClientRate
-    ) {
-        StatusCode::TOO_MANY_REQUESTS
-    } else {
-        cfg.shed_status
-    };
+    let status = reject_status(r, cfg);
     let body = feature.reject_bodies.body(r.reason, r.retry_after_s);
     let mut resp = json(status, body);
     let h = resp.headers_mut();

@@ -40,6 +40,11 @@ impl RejectBodies {
     }
 
     /// The body for `reason` with `retry_after_s`: one allocation, no formatting.
+    /// The body up to the `Retry-After` figure (followed by the figure and `}\n`).
+    pub fn prefix(&self, reason: RejectReason) -> &[u8] {
+        &self.0[reason.index()]
+    }
+
     pub fn body(&self, reason: RejectReason, retry_after_s: u32) -> Vec<u8> {
         let head = &self.0[reason.index()];
         let mut digits = itoa::Buffer::new();

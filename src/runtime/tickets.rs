@@ -60,28 +60,41 @@ impl Tickets {
     pub fn stamp(
         &self,
         h: &mut HeaderMap,
-        (first_ms, now_ms): (u64, u64),
+        at: (u64, u64),
         feature: u64,
         client: u64,
         metrics: &Metrics,
     ) {
-        let unix = ticket::unix_ms();
-        let first = unix.saturating_sub(now_ms.saturating_sub(first_ms));
-        let text = self.ring.issue(first, unix + self.ttl_ms, feature, client);
+        let (text, cookie) = self.issue(at, feature, client, metrics);
         let Ok(v) = HeaderValue::from_str(&text) else {
             return;
         };
-        if let Some(name) = &self.cookie {
-            let cookie = format!(
+        if let Some(c) = cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            h.append(SET_COOKIE, c);
+        }
+        h.insert(&HEADER, v);
+    }
+
+    /// A ticket for `client` on `feature`, first arrived at `first_ms` (process clock): the
+    /// header's value, and the `Set-Cookie` value when cookies are on.
+    pub fn issue(
+        &self,
+        (first_ms, now_ms): (u64, u64),
+        feature: u64,
+        client: u64,
+        metrics: &Metrics,
+    ) -> (String, Option<String>) {
+        let unix = ticket::unix_ms();
+        let first = unix.saturating_sub(now_ms.saturating_sub(first_ms));
+        let text = self.ring.issue(first, unix + self.ttl_ms, feature, client);
+        let cookie = self.cookie.as_ref().map(|name| {
+            format!(
                 "{name}={text}; Max-Age={}; Path=/; HttpOnly; SameSite=Lax{}",
                 self.ttl_ms / 1000,
                 if self.secure { "; Secure" } else { "" }
-            );
-            if let Ok(c) = HeaderValue::from_str(&cookie) {
-                h.append(SET_COOKIE, c);
-            }
-        }
-        h.insert(&HEADER, v);
+            )
+        });
         metrics.tickets_issued.inc();
+        (text, cookie)
     }
 }
