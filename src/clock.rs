@@ -37,6 +37,11 @@ impl Clock {
             + Self::START_MS
     }
 
+    /// `t` on this clock (an instant read already, so the caller reads the time once).
+    pub fn at_ms(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.base).as_millis() as u64 + Self::START_MS
+    }
+
     /// The time on this clock of a wall-clock instant `age_ms` before now (at least 1).
     pub fn ago(now_ms: u64, age_ms: u64) -> u64 {
         now_ms.saturating_sub(age_ms).max(1)

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::buffers::{self, Buf};
 use super::chunked::Chunked;
 use super::head::{Framing, Head, View};
-use super::io::{read_by, write_all, IoFail};
+use super::io::{read_by, read_timed, write_all, IoFail, Lazy};
 use super::response::{self, BodyKind};
 use super::write::{self, Upstream};
 use crate::config::ServerConfig;
@@ -58,16 +58,16 @@ pub(crate) struct Request<'a> {
 /// Forwards the request whose head starts `b`'s pending bytes (consumed here, with its
 /// body), and relays the response to `client`.
 pub(crate) async fn forward(
-    shared: &Shared,
     at: &Exchange<'_>,
     client: &TcpStream,
     b: &mut Buf,
     req: Request<'_>,
     held: &mut Held,
+    (start, now_ms): (Instant, u64),
+    timer: &mut Lazy,
 ) -> Forwarded {
     let up = &req.cluster.config.upstream;
-    let start = Instant::now();
-    let now_ms = shared.clock.now_ms();
+    let shared = at.shared;
     // The head for the upstream, and as much of the body as is buffered already.
     {
         let pending = &b.data[b.start..b.end];
@@ -104,8 +104,18 @@ pub(crate) async fn forward(
         };
     }
     let mut ubuf = buffers::take();
-    let result = send(shared, client, b, &mut ubuf, &req, &mut body, start, now_ms).await;
-    let elapsed_all = start.elapsed();
+    let result = send(
+        client,
+        b,
+        &mut ubuf,
+        &req,
+        &mut body,
+        (start, now_ms),
+        timer,
+    )
+    .await;
+    let answered_at = Instant::now();
+    let elapsed_all = answered_at.saturating_duration_since(start);
     let (stream, sent_at, resp) = match result {
         Ok(r) => r,
         Err(f) => {
@@ -184,10 +194,11 @@ pub(crate) async fn forward(
     let reusable = relayed && resp.reusable && ubuf.is_empty() && status != 101;
     buffers::give(ubuf);
     if reusable {
-        req.ep
-            .endpoint
-            .pool
-            .put_raw(stream, shared.clock.now_ms(), up.pool_max_idle_per_endpoint);
+        req.ep.endpoint.pool.put_raw(
+            stream,
+            now_ms + millis(elapsed_all),
+            up.pool_max_idle_per_endpoint,
+        );
     }
     done(status, relayed, keep_client)
 }
@@ -206,14 +217,13 @@ fn done(status: u16, relayed: bool, keep: bool) -> Forwarded {
 /// without a body, is replaced by a new one once.
 #[allow(clippy::too_many_arguments)]
 async fn send(
-    shared: &Shared,
     client: &TcpStream,
     b: &mut Buf,
     ubuf: &mut Buf,
     req: &Request<'_>,
     body: &mut BodyLeft,
-    start: Instant,
-    now_ms: u64,
+    (start, now_ms): (Instant, u64),
+    timer: &mut Lazy,
 ) -> Result<(TcpStream, Duration, response::Response), Fail> {
     let up = &req.cluster.config.upstream;
     let pool = &req.ep.endpoint.pool;
@@ -229,7 +239,7 @@ async fn send(
         let reused = pooled.is_some();
         let stream = match pooled {
             Some(s) => s,
-            None => connect(shared, req).await?,
+            None => connect(req).await?,
         };
         // The head and what is buffered of the body, in one write.
         if let Err(e) = write_all(&stream, &b.out, up.response_header_timeout).await {
@@ -239,14 +249,15 @@ async fn send(
             }
             return Err(broken("writing the request", e));
         }
-        let sent_at = if body.done() {
-            start.elapsed()
+        let sent = if body.done() {
+            start
         } else {
             relay_request_body(client, &stream, b, body, req.server).await?;
-            start.elapsed()
+            Instant::now()
         };
-        let deadline = Instant::now() + up.response_header_timeout;
-        match read_head(&stream, ubuf, req.head, deadline).await {
+        let sent_at = sent.saturating_duration_since(start);
+        let deadline = sent + up.response_header_timeout;
+        match read_head(&stream, ubuf, req.head, deadline, timer).await {
             Ok(r) => return Ok((stream, sent_at, r)),
             Err(Fail::Broken(_)) if reused && bodiless && ubuf.is_empty() => {
                 fresh_only = true;
@@ -265,8 +276,7 @@ fn broken(what: &str, e: IoFail) -> Fail {
     }
 }
 
-async fn connect(shared: &Shared, req: &Request<'_>) -> Result<TcpStream, Fail> {
-    let _ = shared;
+async fn connect(req: &Request<'_>) -> Result<TcpStream, Fail> {
     let up = &req.cluster.config.upstream;
     req.cluster.client.connector.turn().await;
     let uri = &req.ep.endpoint.uri;
@@ -288,6 +298,7 @@ async fn read_head(
     ubuf: &mut Buf,
     head: &Head,
     deadline: Instant,
+    timer: &mut Lazy,
 ) -> Result<response::Response, Fail> {
     let is_head = head.method == http::Method::HEAD;
     loop {
@@ -315,7 +326,7 @@ async fn read_head(
         if room.is_empty() {
             return Err(Fail::Broken("response head too large".into()));
         }
-        match read_by(s, room, deadline).await {
+        match read_timed(s, room, deadline, timer).await {
             Ok(0) => return Err(Fail::Broken("upstream closed before answering".into())),
             Ok(n) => ubuf.filled(n),
             Err(e) => return Err(broken("reading the response head", e)),

@@ -32,6 +32,54 @@ pub async fn read_by(s: &TcpStream, dst: &mut [u8], deadline: Instant) -> Result
     }
 }
 
+/// A connection's timer for its waits on the upstream, moved forward only when it fires: a
+/// busy connection does not register a timer per request (each wait's deadline is later than
+/// the last, so the timer, if it fires early, is set again then).
+#[derive(Default)]
+pub struct Lazy(Option<std::pin::Pin<Box<tokio::time::Sleep>>>);
+
+impl Lazy {
+    /// Resolves at `deadline`.
+    pub async fn until(&mut self, deadline: Instant) {
+        let s = self
+            .0
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if s.deadline() > deadline {
+            s.as_mut().reset(deadline);
+        }
+        loop {
+            s.as_mut().await;
+            if s.deadline() >= deadline {
+                return;
+            }
+            s.as_mut().reset(deadline);
+        }
+    }
+}
+
+/// [`read_by`], its waits timed by `timer`.
+pub async fn read_timed(
+    s: &TcpStream,
+    dst: &mut [u8],
+    deadline: Instant,
+    timer: &mut Lazy,
+) -> Result<usize, IoFail> {
+    loop {
+        match s.try_read(dst) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                tokio::select! {
+                    biased;
+                    r = s.readable() => r.map_err(IoFail::Io)?,
+                    () = timer.until(deadline) => return Err(IoFail::Timeout),
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(IoFail::Io(e)),
+        }
+    }
+}
+
 /// Writes all of `bytes`, each wait for room bounded by `idle`.
 pub async fn write_all(
     s: &TcpStream,

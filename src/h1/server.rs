@@ -15,7 +15,7 @@ use super::buffers::{self, Buf};
 use super::chunked::Chunked;
 use super::exchange::{self, Forwarded};
 use super::head::{self, Framing, Head, HeadError, View};
-use super::io::{gone, read_by, write_all, IoFail};
+use super::io::{gone, read_by, write_all, IoFail, Lazy};
 use crate::proxy::body::ProxyBody;
 use crate::proxy::connection::{serve_io, Conn};
 use crate::proxy::forward::Exchange;
@@ -46,6 +46,7 @@ pub(crate) async fn serve(
 ) {
     let mut buf: Option<Buf> = None;
     let mut timer = IdleTimer::default();
+    let mut upstream_timer = Lazy::default();
     loop {
         if buf.as_ref().is_none_or(Buf::is_empty) {
             // Idle: the buffer goes back, and the connection waits holding none.
@@ -87,7 +88,14 @@ pub(crate) async fn serve(
             return;
         }
         // Boxed: the connection's own future stays small while it waits idle.
-        let keep = Box::pin(request(&stream, b, head, &shared, &info, &snap)).await;
+        let keep = Box::pin(request(
+            &stream,
+            b,
+            head,
+            (&shared, &info, &snap),
+            &mut upstream_timer,
+        ))
+        .await;
         if !keep || *conn.stop.borrow() {
             if let Some(b) = buf.take() {
                 buffers::give(b);
@@ -232,9 +240,8 @@ async fn request(
     s: &TcpStream,
     b: &mut Buf,
     head: Head,
-    shared: &Arc<Shared>,
-    info: &ConnInfo,
-    snap: &Snapshot,
+    (shared, info, snap): (&Arc<Shared>, &ConnInfo, &Snapshot),
+    timer: &mut Lazy,
 ) -> bool {
     let server = &snap.compiled.config.server;
     let is_head = head.method == http::Method::HEAD;
@@ -337,7 +344,9 @@ async fn request(
     };
     let endpoints = cluster.endpoints.load();
     let sent = log.is_some().then(Instant::now);
-    let Some(ep) = endpoints.pick(shared.clock.now_ms(), shared.rand()) else {
+    let start = Instant::now();
+    let now_ms = shared.clock.at_ms(start);
+    let Some(ep) = endpoints.pick(now_ms, shared.rand()) else {
         feature.counters.inc(crate::metrics::Outcome::UpstreamError);
         drop(held);
         let keep = !head.close && skip_body(b, &head);
@@ -365,7 +374,7 @@ async fn request(
         host: head.host,
     };
     let framing = head.framing;
-    let forwarding = exchange::forward(shared, &at, s, b, req, &mut held);
+    let forwarding = exchange::forward(&at, s, b, req, &mut held, (start, now_ms), timer);
     let out = if framing == Framing::None {
         tokio::select! {
             o = forwarding => o,
