@@ -20,7 +20,7 @@ use crate::proxy::body::Held;
 use crate::proxy::forward::{backend_down, cache_of, Exchange};
 use crate::proxy::handler::ConnInfo;
 use crate::proxy::respond::ProxyError;
-use crate::runtime::{Cluster, Shared};
+use crate::runtime::Cluster;
 use crate::upstream::pool::millis;
 use crate::upstream::EndpointGuard;
 
