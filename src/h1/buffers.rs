@@ -13,8 +13,8 @@ use super::head::Field;
 /// `server.max_header_bytes`).
 pub const SIZE: usize = 16 * 1024;
 
-/// Buffers kept for reuse, at most.
-const KEPT: usize = 512;
+/// Buffers kept for reuse, at most (each with its upstream buffer once it has forwarded).
+const KEPT: usize = 256;
 
 /// A read buffer, the spans of the head parsed from it, and a scratch for heads written.
 pub struct Buf {
@@ -24,6 +24,9 @@ pub struct Buf {
     pub end: usize,
     pub fields: Vec<Field>,
     pub out: Vec<u8>,
+    /// The buffer the upstream's answer is read into, kept with this one (one pool round trip
+    /// a request instead of two).
+    upstream: Option<Box<Buf>>,
 }
 
 impl Buf {
@@ -34,7 +37,33 @@ impl Buf {
             end: 0,
             fields: Vec::with_capacity(32),
             out: Vec::with_capacity(1024),
+            upstream: None,
         }
+    }
+
+    /// The upstream buffer, empty.
+    pub fn take_upstream(&mut self) -> Box<Buf> {
+        self.upstream.take().unwrap_or_else(|| Box::new(Buf::new()))
+    }
+
+    /// Gives the upstream buffer back (emptied; an outgrown one is dropped).
+    pub fn give_upstream(&mut self, mut u: Box<Buf>) {
+        if u.reset() {
+            self.upstream = Some(u);
+        }
+    }
+
+    /// Empties the buffer for reuse; false if it outgrew its size.
+    fn reset(&mut self) -> bool {
+        if self.data.len() != SIZE || self.out.capacity() > 4 * SIZE || self.fields.capacity() > 512
+        {
+            return false;
+        }
+        self.start = 0;
+        self.end = 0;
+        self.fields.clear();
+        self.out.clear();
+        true
     }
 
     /// The bytes read and not yet consumed.
@@ -85,14 +114,9 @@ pub fn take() -> Buf {
 
 /// Gives a buffer back (an outgrown one is dropped).
 pub fn give(mut b: Buf) {
-    if b.data.len() != SIZE || b.out.capacity() > 4 * SIZE || b.fields.capacity() > 512 {
-        return;
+    if b.reset() {
+        let _ = KEPT_BUFS.push(b);
     }
-    b.start = 0;
-    b.end = 0;
-    b.fields.clear();
-    b.out.clear();
-    let _ = KEPT_BUFS.push(b);
 }
 
 #[cfg(test)]

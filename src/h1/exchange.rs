@@ -103,7 +103,7 @@ pub(crate) async fn forward(
             close: true,
         };
     }
-    let mut ubuf = buffers::take();
+    let mut ubuf = b.take_upstream();
     let result = send(
         client,
         b,
@@ -119,7 +119,7 @@ pub(crate) async fn forward(
     let (stream, sent_at, resp) = match result {
         Ok(r) => r,
         Err(f) => {
-            buffers::give(ubuf);
+            b.give_upstream(ubuf);
             let elapsed = elapsed_all;
             let now_ms = now_ms + millis(elapsed);
             let (err, why) = match f {
@@ -192,7 +192,7 @@ pub(crate) async fn forward(
     };
     let relayed = relay.run(&mut ubuf, &mut b.out, resp.body, held).await;
     let reusable = relayed && resp.reusable && ubuf.is_empty() && status != 101;
-    buffers::give(ubuf);
+    b.give_upstream(ubuf);
     if reusable {
         req.ep.endpoint.pool.put_raw(
             stream,

@@ -240,7 +240,7 @@ async fn request(
     s: &TcpStream,
     b: &mut Buf,
     head: Head,
-    (shared, info, snap): (&Arc<Shared>, &ConnInfo, &Snapshot),
+    (shared, info, snap): (&Arc<Shared>, &ConnInfo, &Arc<Snapshot>),
     timer: &mut Lazy,
 ) -> bool {
     let server = &snap.compiled.config.server;
@@ -301,6 +301,7 @@ async fn request(
         };
         let mut admission = std::pin::pin!(admit(
             shared,
+            Arc::clone(snap),
             info.peer.ip(),
             info.headers.trusted,
             asked,

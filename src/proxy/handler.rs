@@ -69,7 +69,17 @@ async fn handle_inner(
         path: req.uri().path(),
         fields: req.headers(),
     };
-    let mut a = match admit(&shared, conn.peer.ip(), conn.headers.trusted, asked, note).await {
+    let snap = shared.snapshot.load_full();
+    let mut a = match admit(
+        &shared,
+        snap,
+        conn.peer.ip(),
+        conn.headers.trusted,
+        asked,
+        note,
+    )
+    .await
+    {
         Ok(a) => a,
         Err(Turned::Answer(resp)) => return Ok(resp),
         Err(Turned::Reject(r)) => return Ok(r.response(&shared)),
@@ -169,12 +179,12 @@ impl Admitted {
 /// after waiting in line), or the answer it gets instead.
 pub(crate) async fn admit<H: Fields + ?Sized>(
     shared: &Arc<Shared>,
+    snap: Arc<Snapshot>,
     peer: std::net::IpAddr,
     trusted: bool,
     req: Asked<'_, H>,
     note: &mut Note,
 ) -> Result<Admitted, Turned> {
-    let snap = shared.snapshot.load_full();
     let c = &snap.compiled;
     let now_ms = shared.clock.now_ms();
     let fidx = c
