@@ -57,12 +57,13 @@ pub fn summary(c: &Config) -> String {
     let trusted: Vec<String> = sv.trusted_proxies.iter().map(ToString::to_string).collect();
     let _ = writeln!(
         s,
-        "budgets          head {} bytes, {} headers, {} connections, {} h2 streams, {:.0} % of the limit per client",
+        "budgets          head {} bytes, {} headers, {} connections, {} h2 streams, {:.0} % of the limit per client; HTTP/1.1 served by {}",
         sv.max_header_bytes,
         sv.max_headers,
         sv.max_connections,
         sv.h2_max_concurrent_streams,
-        c.first_cluster().gate.per_client_share * 100.0
+        c.first_cluster().gate.per_client_share * 100.0,
+        if sv.own_http1 { "warmgate" } else { "hyper" }
     );
     let _ = writeln!(
         s,
@@ -212,6 +213,7 @@ pub fn settings_json(c: &Config) -> serde_json::Value {
             "client_body_timeout_s": secs(c.server.client_body_timeout),
             "send_timeout_s": secs(c.server.send_timeout),
             "stall_release_s": secs(c.server.stall_release),
+            "http1": if c.server.own_http1 { "warmgate" } else { "hyper" },
             "drain_timeout_s": secs(c.server.drain_timeout),
             "websocket_idle_timeout_s": secs(c.server.websocket_idle_timeout),
             "max_header_bytes": c.server.max_header_bytes,

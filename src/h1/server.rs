@@ -68,23 +68,32 @@ pub(crate) async fn serve(
         let snap = shared.snapshot.load_full();
         let server = &snap.compiled.config.server;
         let Some(b) = buf.as_mut() else { return };
-        let head = match read_head(&stream, b, server).await {
-            Ok(h) => h,
-            Err(Some(resp)) => {
-                let _ = answer(&stream, b, resp, true, false, server.send_timeout).await;
-                return;
-            }
-            Err(None) => return,
+        // A head that came whole in the first read is parsed without waiting; the slow path
+        // (a head in pieces, or an error to answer) is boxed, so this future stays small.
+        let head = match parse_now(b, server) {
+            Some(Ok(h)) => h,
+            _ => match Box::pin(read_head(&stream, b, server)).await {
+                Ok(h) => h,
+                Err(Some(resp)) => {
+                    let _ =
+                        Box::pin(answer(&stream, b, resp, true, false, server.send_timeout)).await;
+                    return;
+                }
+                Err(None) => return,
+            },
         };
         if head.general || !all_plain(&snap) {
             let Some(b) = buf.take() else { return };
-            let pre = Bytes::copy_from_slice(b.pending());
-            buffers::give(b);
-            let cfg = server.clone();
-            let io = Rewind::new(stream, pre);
-            if let Err(e) = serve_io(io, Proto::H1, &cfg, shared, info, conn, lot).await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
+            Box::pin(hand_over(
+                stream,
+                b,
+                server.clone(),
+                shared,
+                info,
+                conn,
+                lot,
+            ))
+            .await;
             return;
         }
         // Boxed: the connection's own future stays small while it waits idle.
@@ -102,6 +111,41 @@ pub(crate) async fn serve(
             }
             return;
         }
+    }
+}
+
+/// Hands the connection to hyper's server, the bytes read so far put back in front.
+async fn hand_over(
+    stream: TcpStream,
+    b: Buf,
+    cfg: crate::config::ServerConfig,
+    shared: Arc<Shared>,
+    info: Arc<ConnInfo>,
+    conn: Conn,
+    lot: Option<Arc<ParkingLot>>,
+) {
+    let pre = Bytes::copy_from_slice(b.pending());
+    buffers::give(b);
+    let io = Rewind::new(stream, pre);
+    if let Err(e) = serve_io(io, Proto::H1, &cfg, shared, info, conn, lot).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// The head at the front of `b` if it is whole and sound (`None`: not whole yet; an error:
+/// for [`read_head`] to answer).
+fn parse_now(b: &mut Buf, server: &crate::config::ServerConfig) -> Option<Result<Head, ()>> {
+    let Buf {
+        data,
+        start,
+        end,
+        fields,
+        ..
+    } = &mut *b;
+    match head::parse(&data[*start..*end], server.max_headers, fields) {
+        Ok(Some(h)) if h.len <= server.max_header_bytes => Some(Ok(h)),
+        Ok(None) => None,
+        _ => Some(Err(())),
     }
 }
 
@@ -155,17 +199,23 @@ async fn wait_for_bytes(
                 }
             }
         }
-        let mut first = [0u8; 512];
-        match stream.try_read(&mut first) {
-            Ok(0) => return None,
+        // Readable: a buffer is taken for the bytes (and given back at once if readiness was
+        // stale).
+        let mut b = buffers::take();
+        match stream.try_read(b.room(buffers::SIZE)) {
+            Ok(0) => {
+                buffers::give(b);
+                return None;
+            }
             Ok(n) => {
-                let mut b = buffers::take();
-                b.room(buffers::SIZE)[..n].copy_from_slice(&first[..n]);
                 b.filled(n);
                 return Some(b);
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(_) => return None,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => buffers::give(b),
+            Err(_) => {
+                buffers::give(b);
+                return None;
+            }
         }
     }
 }

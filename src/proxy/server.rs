@@ -171,31 +171,36 @@ fn spawn_connection(
     let shared = Arc::clone(shared);
     let lot = lot.cloned();
     let conn = conn.open();
+    let handshake = server_cfg.client_header_timeout;
+    let own_http1 = server_cfg.own_http1;
+    // Only what the connection needs lives in its task (the task is as large as its largest
+    // state, an idle connection's included): the server settings are read again by the
+    // sessions that need them.
+    drop(server_cfg);
+    drop(snap);
     tokio::spawn(async move {
-        let handshake = server_cfg.client_header_timeout;
         let result = match tls {
             None => {
                 let Some(proto) = detect(&stream, handshake).await else {
                     return;
                 };
-                if proto == Proto::H1 && server_cfg.own_http1 {
+                if proto == Proto::H1 && own_http1 {
                     crate::h1::server::serve(stream, shared, info, conn, lot).await;
                     return;
                 }
-                serve_io(stream, proto, &server_cfg, shared, info, conn, lot).await
+                // Boxed: a hyper session is large.
+                Box::pin(async move {
+                    let cfg = shared.snapshot.load().compiled.config.server.clone();
+                    serve_io(stream, proto, &cfg, shared, info, conn, lot).await
+                })
+                .await
             }
             Some(acceptor) => {
-                // Boxed: a TLS session is large, and the connection task is as large as its
-                // largest state (a parked cleartext connection's included).
-                Box::pin(serve_tls(
-                    stream,
-                    acceptor,
-                    handshake,
-                    &server_cfg,
-                    shared,
-                    info,
-                    conn,
-                ))
+                // Boxed: a TLS session is large.
+                Box::pin(async move {
+                    let cfg = shared.snapshot.load().compiled.config.server.clone();
+                    serve_tls(stream, acceptor, handshake, &cfg, shared, info, conn).await
+                })
                 .await
             }
         };
