@@ -9,12 +9,15 @@ use crossbeam_queue::ArrayQueue;
 
 use super::head::Field;
 
-/// Bytes a buffer reads at once (a head larger than this grows it, up to
-/// `server.max_header_bytes`).
-pub const SIZE: usize = 16 * 1024;
+/// A client connection's buffer (a head larger than this grows it, up to
+/// `server.max_header_bytes`; a grown buffer is not kept).
+pub const CLIENT: usize = 4 * 1024;
+
+/// The buffer an upstream's answer is read into, and its body relayed through.
+pub const UPSTREAM: usize = 16 * 1024;
 
 /// Buffers kept for reuse, at most (each with its upstream buffer once it has forwarded).
-const KEPT: usize = 256;
+const KEPT: usize = 64;
 
 /// A read buffer, the spans of the head parsed from it, and a scratch for heads written.
 pub struct Buf {
@@ -24,15 +27,18 @@ pub struct Buf {
     pub end: usize,
     pub fields: Vec<Field>,
     pub out: Vec<u8>,
+    /// The size it was made with (it is not kept if it grew).
+    size: usize,
     /// The buffer the upstream's answer is read into, kept with this one (one pool round trip
     /// a request instead of two).
     upstream: Option<Box<Buf>>,
 }
 
 impl Buf {
-    fn new() -> Self {
+    fn new(size: usize) -> Self {
         Self {
-            data: vec![0; SIZE],
+            data: vec![0; size],
+            size,
             start: 0,
             end: 0,
             fields: Vec::with_capacity(32),
@@ -43,7 +49,9 @@ impl Buf {
 
     /// The upstream buffer, empty.
     pub fn take_upstream(&mut self) -> Box<Buf> {
-        self.upstream.take().unwrap_or_else(|| Box::new(Buf::new()))
+        self.upstream
+            .take()
+            .unwrap_or_else(|| Box::new(Buf::new(UPSTREAM)))
     }
 
     /// Gives the upstream buffer back (emptied; an outgrown one is dropped).
@@ -55,7 +63,9 @@ impl Buf {
 
     /// Empties the buffer for reuse; false if it outgrew its size.
     fn reset(&mut self) -> bool {
-        if self.data.len() != SIZE || self.out.capacity() > 4 * SIZE || self.fields.capacity() > 512
+        if self.data.len() != self.size
+            || self.out.capacity() > 4 * UPSTREAM
+            || self.fields.capacity() > 512
         {
             return false;
         }
@@ -105,15 +115,17 @@ impl Buf {
     }
 }
 
-static KEPT_BUFS: LazyLock<ArrayQueue<Buf>> = LazyLock::new(|| ArrayQueue::new(KEPT));
+static KEPT_BUFS: LazyLock<ArrayQueue<Box<Buf>>> = LazyLock::new(|| ArrayQueue::new(KEPT));
 
 /// A buffer, empty.
-pub fn take() -> Buf {
-    KEPT_BUFS.pop().unwrap_or_else(Buf::new)
+pub fn take() -> Box<Buf> {
+    KEPT_BUFS
+        .pop()
+        .unwrap_or_else(|| Box::new(Buf::new(CLIENT)))
 }
 
 /// Gives a buffer back (an outgrown one is dropped).
-pub fn give(mut b: Buf) {
+pub fn give(mut b: Box<Buf>) {
     if b.reset() {
         let _ = KEPT_BUFS.push(b);
     }
@@ -125,7 +137,8 @@ mod tests {
 
     #[test]
     fn room_moves_pending_bytes_forward_then_grows() {
-        let mut b = Buf::new();
+        const SIZE: usize = CLIENT;
+        let mut b = Buf::new(SIZE);
         let n = b.room(SIZE).len();
         assert_eq!(n, SIZE);
         b.filled(SIZE);

@@ -322,7 +322,7 @@ async fn read_head(
                 Err(why) => return Err(Fail::Broken(why.into())),
             }
         }
-        let room = ubuf.room(crate::h1::buffers::SIZE * 4);
+        let room = ubuf.room(buffers::UPSTREAM * 4);
         if room.is_empty() {
             return Err(Fail::Broken("response head too large".into()));
         }
@@ -365,7 +365,11 @@ impl BodyLeft {
         if self.finished || b.is_empty() {
             return Ok(());
         }
-        let cap = if first { buffers::SIZE * 4 } else { usize::MAX };
+        let cap = if first {
+            buffers::UPSTREAM * 4
+        } else {
+            usize::MAX
+        };
         let avail = &b.data[b.start..b.end];
         let n = match self.framing {
             Framing::None => 0,
@@ -416,7 +420,7 @@ async fn relay_request_body(
             break;
         }
         let deadline = Instant::now() + server.client_body_timeout;
-        let room = b.room(buffers::SIZE);
+        let room = b.room(buffers::CLIENT);
         match read_by(client, room, deadline).await {
             Ok(0) => return Err(Fail::Client(ProxyError::ClientBody)),
             Ok(n) => b.filled(n),
@@ -496,7 +500,7 @@ impl Relay<'_> {
                 return true;
             }
             let deadline = Instant::now() + self.body_idle;
-            let room = ubuf.room(buffers::SIZE);
+            let room = ubuf.room(buffers::UPSTREAM);
             match read_by(self.upstream, room, deadline).await {
                 Ok(0) if body == BodyKind::Close => {
                     out.extend_from_slice(b"0\r\n\r\n");

@@ -2,6 +2,7 @@
 //! buffer, read and parse the head, admit, forward, answer, and around again (pipelined bytes
 //! first). What this path does not do goes to hyper's server with the bytes read so far.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -23,7 +24,7 @@ use crate::proxy::handler::{admit, Asked, ConnInfo, Rejection, Turned};
 use crate::proxy::park::{Parked, ParkingLot, PARK_AFTER};
 use crate::proxy::respond::{self, ProxyError};
 use crate::proxy::rewind::Rewind;
-use crate::proxy::server::Proto;
+use crate::proxy::server::{conn_info, Proto};
 use crate::runtime::access::{Note, Pending};
 use crate::runtime::{Shared, Snapshot};
 
@@ -41,83 +42,129 @@ pub(crate) async fn serve(
     stream: TcpStream,
     shared: Arc<Shared>,
     info: Arc<ConnInfo>,
-    mut conn: Conn,
+    conn: Conn,
     lot: Option<Arc<ParkingLot>>,
 ) {
-    let mut buf: Option<Buf> = None;
-    let mut timer = IdleTimer::default();
+    let mut buf: Option<Box<Buf>> = None;
+    // The idle timer, inline (pinned in this task): moved forward only when it fires.
+    let idle_timer = tokio::time::sleep_until(Instant::now() + PARK_AFTER);
+    tokio::pin!(idle_timer);
     let mut upstream_timer = Lazy::default();
+    let mut first = true;
     loop {
-        if buf.as_ref().is_none_or(Buf::is_empty) {
-            // Idle: the buffer goes back, and the connection waits holding none.
-            if let Some(b) = buf.take() {
-                buffers::give(b);
-            }
-            let keepalive = shared
-                .snapshot
-                .load()
-                .compiled
-                .config
-                .server
-                .keepalive_timeout;
-            match wait_for_bytes(&stream, &mut timer, &mut conn, keepalive).await {
-                Some(b) => buf = Some(b),
-                None => return,
-            }
-        }
-        let snap = shared.snapshot.load_full();
-        let server = &snap.compiled.config.server;
-        let Some(b) = buf.as_mut() else { return };
-        // A head that came whole in the first read is parsed without waiting; the slow path
-        // (a head in pieces, or an error to answer) is boxed, so this future stays small.
-        let head = match parse_now(b, server) {
-            Some(Ok(h)) => h,
-            _ => match Box::pin(read_head(&stream, b, server)).await {
-                Ok(h) => h,
-                Err(Some(resp)) => {
-                    let _ =
-                        Box::pin(answer(&stream, b, resp, true, false, server.send_timeout)).await;
-                    return;
+        let b = match buf.take() {
+            // Pipelined bytes: the next head is there already.
+            Some(b) if !b.is_empty() => b,
+            idle => {
+                // Idle: the buffer goes back, and the connection waits holding none.
+                if let Some(b) = idle {
+                    buffers::give(b);
                 }
-                Err(None) => return,
-            },
-        };
-        if head.general || !all_plain(&snap) {
-            let Some(b) = buf.take() else { return };
-            Box::pin(hand_over(
-                stream,
-                b,
-                server.clone(),
-                shared,
-                info,
-                conn,
-                lot,
-            ))
-            .await;
-            return;
-        }
-        // Boxed: the connection's own future stays small while it waits idle.
-        let keep = Box::pin(request(
-            &stream,
-            b,
-            head,
-            (&shared, &info, &snap),
-            &mut upstream_timer,
-        ))
-        .await;
-        if !keep || *conn.stop.borrow() {
-            if let Some(b) = buf.take() {
-                buffers::give(b);
+                // A new connection's first bytes are due within the head timeout (the
+                // keep-alive timeout is for connections that have been answered).
+                let limit = {
+                    let snap = shared.snapshot.load();
+                    let server = &snap.compiled.config.server;
+                    if first {
+                        server.client_header_timeout.min(server.keepalive_timeout)
+                    } else {
+                        server.keepalive_timeout
+                    }
+                };
+                match wait_for_bytes(
+                    &stream,
+                    idle_timer.as_mut(),
+                    &mut upstream_timer,
+                    &conn,
+                    limit,
+                )
+                .await
+                {
+                    Some(b) => b,
+                    None => return,
+                }
             }
-            return;
+        };
+        // Boxed, one allocation a request: everything a request needs lives there, and this
+        // future (an idle connection's whole state) stays a few hundred bytes.
+        let busy = Box::pin(busy(&stream, b, (&shared, &info), &mut upstream_timer)).await;
+        first = false;
+        match busy {
+            Next::Keep(b) if !conn.stop.is_set() => buf = Some(b),
+            Next::Keep(b) | Next::Close(b) => {
+                buffers::give(b);
+                return;
+            }
+            Next::HandOver(b, proto) => {
+                let cfg = shared.snapshot.load().compiled.config.server.clone();
+                Box::pin(hand_over(stream, (b, proto), cfg, shared, info, conn, lot)).await;
+                return;
+            }
         }
+    }
+}
+
+/// What follows a request on its connection.
+enum Next {
+    /// The next request (its bytes, if any came already).
+    Keep(Box<Buf>),
+    Close(Box<Buf>),
+    /// A request for hyper's server: the connection goes there, with the bytes read.
+    HandOver(Box<Buf>, Proto),
+}
+
+/// The first bytes of an HTTP/2 connection (prior knowledge).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// One request from its first bytes in `b`: the head read, then forwarded or answered.
+async fn busy(
+    stream: &TcpStream,
+    mut b: Box<Buf>,
+    (shared, info): (&Arc<Shared>, &Arc<ConnInfo>),
+    upstream_timer: &mut Lazy,
+) -> Next {
+    let snap = shared.snapshot.load_full();
+    let server = &snap.compiled.config.server;
+    // HTTP/2 with prior knowledge goes to hyper's server (a preface in pieces is waited for).
+    if b.pending().first() == Some(&H2_PREFACE[0]) {
+        let deadline = Instant::now() + server.client_header_timeout;
+        while b.pending().len() < H2_PREFACE.len() && H2_PREFACE.starts_with(b.pending()) {
+            match read_by(stream, b.room(buffers::CLIENT), deadline).await {
+                Ok(n) if n > 0 => b.filled(n),
+                _ => return Next::Close(b),
+            }
+        }
+        if b.pending().starts_with(H2_PREFACE) {
+            return Next::HandOver(b, Proto::H2);
+        }
+    }
+    // A head that came whole in the first read is parsed without waiting.
+    let head = match parse_now(&mut b, server) {
+        Some(Ok(h)) => h,
+        _ => match read_head(stream, &mut b, server).await {
+            Ok(h) => h,
+            Err(Some(resp)) => {
+                let _ = answer(stream, &mut b, resp, true, false, server.send_timeout).await;
+                return Next::Close(b);
+            }
+            Err(None) => return Next::Close(b),
+        },
+    };
+    if head.general || !all_plain(&snap) {
+        return Next::HandOver(b, Proto::H1);
+    }
+    let keep = request(stream, &mut b, head, (shared, info, &snap), upstream_timer).await;
+    if keep {
+        Next::Keep(b)
+    } else {
+        Next::Close(b)
     }
 }
 
 /// Hands the connection to hyper's server, the bytes read so far put back in front.
 async fn hand_over(
     stream: TcpStream,
-    b: Buf,
+    (b, proto): (Box<Buf>, Proto),
     cfg: crate::config::ServerConfig,
     shared: Arc<Shared>,
     info: Arc<ConnInfo>,
@@ -127,7 +174,9 @@ async fn hand_over(
     let pre = Bytes::copy_from_slice(b.pending());
     buffers::give(b);
     let io = Rewind::new(stream, pre);
-    if let Err(e) = serve_io(io, Proto::H1, &cfg, shared, info, conn, lot).await {
+    // hyper's sessions keep the connection's phase.
+    let info = conn_info(info.peer, false, info.headers.trusted);
+    if let Err(e) = serve_io(io, proto, &cfg, shared, info, conn, lot).await {
         tracing::debug!(error = %e, "connection ended with an error");
     }
 }
@@ -149,60 +198,93 @@ fn parse_now(b: &mut Buf, server: &crate::config::ServerConfig) -> Option<Result
     }
 }
 
-/// The idle connection's timer: one per connection, moved forward only when it fires (a
-/// busy connection does not touch the timer wheel per request).
-#[derive(Default)]
-struct IdleTimer(Option<Pin<Box<tokio::time::Sleep>>>);
+/// What ended an idle wait.
+enum Woke {
+    Readable,
+    Timer,
+    Stop,
+    Closed,
+}
 
 /// Waits until the client sends bytes, holding no buffer meanwhile; `None` when the connection
-/// is to close (the client did, the keep-alive timeout passed, or shutdown began).
+/// is to close (the client did, the keep-alive timeout passed, or shutdown began). The wait is
+/// polled by hand (no readiness future, no shutdown future kept): an idle connection's state is
+/// a few words. Idle for `PARK_AFTER`, it also lets go of its upstream timer.
 async fn wait_for_bytes(
     stream: &TcpStream,
-    timer: &mut IdleTimer,
-    conn: &mut Conn,
+    mut sleep: Pin<&mut tokio::time::Sleep>,
+    upstream_timer: &mut Lazy,
+    conn: &Conn,
     keepalive: std::time::Duration,
-) -> Option<Buf> {
+) -> Option<Box<Buf>> {
     let mut idle_since: Option<Instant> = None;
     // Counted as parked once idle for `PARK_AFTER`, like hyper's sessions.
     let mut parked = None;
     loop {
-        // The next request is often there already: no timer is looked at then.
-        let ready = poll_once(stream.readable()).await;
-        match ready {
-            Some(r) => r.ok()?,
+        // The next request is often there already: nothing else is looked at then.
+        let ready = std::future::poll_fn(|cx| match stream.poll_read_ready(cx) {
+            Poll::Ready(r) => Poll::Ready(Some(r.is_ok())),
+            Poll::Pending => Poll::Ready(None),
+        })
+        .await;
+        let woke = match ready {
+            Some(true) => Woke::Readable,
+            Some(false) => Woke::Closed,
             None => {
                 let since = *idle_since.get_or_insert_with(Instant::now);
                 let park_at = since + PARK_AFTER;
-                let sleep = timer
-                    .0
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(park_at)));
                 if parked.is_none() && sleep.deadline() > park_at {
                     sleep.as_mut().reset(park_at);
                 }
-                tokio::select! {
-                    biased;
-                    r = stream.readable() => r.ok()?,
-                    () = sleep.as_mut() => {
-                        let now = Instant::now();
-                        if now >= since + keepalive {
-                            return None;
-                        }
-                        if now >= park_at {
-                            parked.get_or_insert_with(|| Parked::new(&conn.parked));
-                            sleep.as_mut().reset(since + keepalive);
-                        } else {
-                            sleep.as_mut().reset(park_at);
-                        }
-                        continue;
-                    }
-                    () = conn.stopping() => return None,
+                let stop = conn.stop.notified();
+                tokio::pin!(stop);
+                stop.as_mut().enable();
+                if conn.stop.is_set() {
+                    return None;
                 }
+                std::future::poll_fn(|cx| {
+                    if let Poll::Ready(r) = stream.poll_read_ready(cx) {
+                        return Poll::Ready(if r.is_ok() {
+                            Woke::Readable
+                        } else {
+                            Woke::Closed
+                        });
+                    }
+                    if stop.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Woke::Stop);
+                    }
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Woke::Timer);
+                    }
+                    Poll::Pending
+                })
+                .await
+            }
+        };
+        match woke {
+            Woke::Readable => {}
+            Woke::Closed | Woke::Stop => return None,
+            Woke::Timer => {
+                let since = idle_since?;
+                let now = Instant::now();
+                if now >= since + keepalive {
+                    return None;
+                }
+                let park_at = since + PARK_AFTER;
+                if now >= park_at {
+                    parked.get_or_insert_with(|| Parked::new(&conn.parked));
+                    *upstream_timer = Lazy::default();
+                    sleep.as_mut().reset(since + keepalive);
+                } else {
+                    sleep.as_mut().reset(park_at);
+                }
+                continue;
             }
         }
         // Readable: a buffer is taken for the bytes (and given back at once if readiness was
         // stale).
         let mut b = buffers::take();
-        match stream.try_read(b.room(buffers::SIZE)) {
+        match stream.try_read(b.room(buffers::CLIENT)) {
             Ok(0) => {
                 buffers::give(b);
                 return None;
@@ -260,7 +342,7 @@ async fn read_head(
                 return Err(Some(respond::error(ProxyError::BadRequest(why))));
             }
         }
-        let room = b.room(max.max(buffers::SIZE));
+        let room = b.room(max.max(buffers::CLIENT));
         match read_by(s, room, deadline).await {
             Ok(0) => return Err(None),
             Ok(n) => b.filled(n),
@@ -471,7 +553,7 @@ fn skip_body(b: &mut Buf, head: &Head) -> bool {
             _ => false,
         },
         Framing::Chunked => {
-            let mut c = Chunked::new(buffers::SIZE);
+            let mut c = Chunked::new(buffers::UPSTREAM);
             match c.scan(b.pending()) {
                 Ok(n) if c.done() => {
                     b.consume(n);

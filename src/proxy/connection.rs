@@ -9,7 +9,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use super::h2_guard::H2Guard;
 use super::handler::{handle, ConnInfo};
@@ -29,10 +29,47 @@ const H2_MAX_LOCAL_RESETS: usize = 256;
 /// hyper's limit on request header lines when none is set.
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 
+/// Shutdown, as every connection sees it: a flag, and a wake-up for those waiting on it.
+#[derive(Debug, Default)]
+pub(crate) struct Stop {
+    set: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Stop {
+    /// Begins shutdown: every connection waiting on it wakes.
+    pub(crate) fn set(&self) {
+        self.set.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    pub(crate) fn is_set(&self) -> bool {
+        self.set.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// A wait for shutdown, registered now (so a `set` after this call is not missed).
+    pub(crate) fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
+    }
+
+    /// Resolves once shutdown has begun.
+    pub(crate) async fn wait(&self) {
+        loop {
+            let n = self.notify.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if self.is_set() {
+                return;
+            }
+            n.await;
+        }
+    }
+}
+
 /// What a connection task holds: its place under the connection cap, its part in the drain,
 /// and the shutdown signal.
 pub(crate) struct Conn {
-    pub(crate) stop: watch::Receiver<bool>,
+    pub(crate) stop: Arc<Stop>,
     pub(super) _live: mpsc::Sender<()>,
     pub(super) _slot: OwnedSemaphorePermit,
     pub(super) gauge: prometheus::IntGauge,
@@ -47,7 +84,7 @@ impl Conn {
 
     /// Resolves once shutdown has begun.
     pub(crate) async fn stopping(&mut self) {
-        let _ = self.stop.wait_for(|s| *s).await;
+        self.stop.wait().await;
     }
 
     /// Resolves once shutdown has begun or the connection has been idle for the keep-alive

@@ -111,7 +111,6 @@ async fn resume(
         trusted,
         conn,
     } = parked;
-    let info = conn_info(peer, false, trusted);
     let stream = match TcpStream::from_std(stream) {
         Ok(s) => s,
         Err(e) => {
@@ -121,9 +120,11 @@ async fn resume(
     };
     let cfg = shared.snapshot.load().compiled.config.server.clone();
     if cfg.own_http1 {
+        let info = super::server::conn_info_own(peer, trusted);
         crate::h1::server::serve(stream, shared, info, conn, Some(lot)).await;
         return;
     }
+    let info = conn_info(peer, false, trusted);
     if let Err(e) = serve_io(stream, Proto::H1, &cfg, shared, info, conn, Some(lot)).await {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use http::header::HeaderValue;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use super::connection::{serve_io, BoxError, Conn};
+use super::connection::{serve_io, BoxError, Conn, Stop};
 use super::handler::ConnInfo;
 use super::headers::ConnHeaders;
 use super::park::{parking_lot, ParkingLot};
@@ -32,6 +32,23 @@ pub(crate) fn conn_info(peer: std::net::SocketAddr, tls: bool, trusted: bool) ->
             trusted,
         },
         phase: Arc::new(Phase::default()),
+    })
+}
+
+/// What the handler is told about a connection on the HTTP/1.1 path of our own: the same, with
+/// no phase of its own (only hyper's sessions keep one; a connection handed to hyper gets a
+/// fresh [`conn_info`]).
+pub(crate) fn conn_info_own(peer: std::net::SocketAddr, trusted: bool) -> Arc<ConnInfo> {
+    static NO_PHASE: std::sync::LazyLock<Arc<Phase>> = std::sync::LazyLock::new(Arc::default);
+    Arc::new(ConnInfo {
+        peer,
+        headers: ConnHeaders {
+            client_ip: HeaderValue::from_str(&peer.ip().to_canonical().to_string())
+                .unwrap_or(HeaderValue::from_static("unknown")),
+            proto: HeaderValue::from_static("http"),
+            trusted,
+        },
+        phase: Arc::clone(&NO_PHASE),
     })
 }
 
@@ -76,7 +93,7 @@ async fn detect(stream: &TcpStream, timeout: Duration) -> Option<Proto> {
 /// `server.max_connections` are open at once: at the cap the listener stops accepting (new
 /// clients wait in the kernel's backlog) until one closes.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop = Arc::new(Stop::default());
     // Every connection task holds a sender; the drain ends when the last one is dropped.
     let (live_tx, mut live_rx) = mpsc::channel::<()>(1);
     let cap = shared
@@ -120,7 +137,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
                 };
                 let _ = stream.set_nodelay(true);
                 let conn = Conn {
-                    stop: stop_rx.clone(),
+                    stop: Arc::clone(&stop),
                     _live: live_tx.clone(),
                     _slot: slot,
                     gauge: shared.metrics.connections.clone(),
@@ -141,7 +158,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
         drain_s = drain.as_secs_f64(),
         "stopped accepting; draining in-flight requests"
     );
-    let _ = stop_tx.send(true);
+    stop.set();
     // Parked connections are idle: closed at once.
     drop(lot);
     if tokio::time::timeout(drain, live_rx.recv()).await.is_err() {
@@ -167,7 +184,7 @@ fn spawn_connection(
         .map(|t| TlsAcceptor::from(Arc::clone(&t.config)));
     let ip = peer.ip().to_canonical();
     let trusted = server_cfg.trusted_proxies.iter().any(|n| n.contains(&ip));
-    let info = conn_info(peer, tls.is_some(), trusted);
+    let is_tls = tls.is_some();
     let shared = Arc::clone(shared);
     let lot = lot.cloned();
     let conn = conn.open();
@@ -178,18 +195,22 @@ fn spawn_connection(
     // sessions that need them.
     drop(server_cfg);
     drop(snap);
+    if tls.is_none() && own_http1 {
+        // Cleartext on the path of our own: it tells HTTP/2's preface from HTTP/1.1 itself,
+        // and its task is exactly as large as an idle connection's state.
+        let info = conn_info_own(peer, trusted);
+        tokio::spawn(crate::h1::server::serve(stream, shared, info, conn, lot));
+        return;
+    }
     tokio::spawn(async move {
         let result = match tls {
             None => {
                 let Some(proto) = detect(&stream, handshake).await else {
                     return;
                 };
-                if proto == Proto::H1 && own_http1 {
-                    crate::h1::server::serve(stream, shared, info, conn, lot).await;
-                    return;
-                }
                 // Boxed: a hyper session is large.
                 Box::pin(async move {
+                    let info = conn_info(peer, false, trusted);
                     let cfg = shared.snapshot.load().compiled.config.server.clone();
                     serve_io(stream, proto, &cfg, shared, info, conn, lot).await
                 })
@@ -198,6 +219,7 @@ fn spawn_connection(
             Some(acceptor) => {
                 // Boxed: a TLS session is large.
                 Box::pin(async move {
+                    let info = conn_info(peer, is_tls, trusted);
                     let cfg = shared.snapshot.load().compiled.config.server.clone();
                     serve_tls(stream, acceptor, handshake, &cfg, shared, info, conn).await
                 })
