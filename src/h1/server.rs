@@ -21,7 +21,7 @@ use crate::proxy::body::ProxyBody;
 use crate::proxy::connection::{serve_io, Conn};
 use crate::proxy::forward::Exchange;
 use crate::proxy::handler::{admit, Asked, ConnInfo, Rejection, Turned};
-use crate::proxy::park::{Parked, ParkingLot, PARK_AFTER};
+use crate::proxy::park::{Parked, ParkingLot, Resume};
 use crate::proxy::respond::{self, ProxyError};
 use crate::proxy::rewind::Rewind;
 use crate::proxy::server::{conn_info, Proto};
@@ -47,7 +47,7 @@ pub(crate) async fn serve(
 ) {
     let mut buf: Option<Box<Buf>> = None;
     // The idle timer, inline (pinned in this task): moved forward only when it fires.
-    let idle_timer = tokio::time::sleep_until(Instant::now() + PARK_AFTER);
+    let idle_timer = tokio::time::sleep_until(Instant::now() + OWN_PARK_AFTER);
     tokio::pin!(idle_timer);
     let mut upstream_timer = Lazy::default();
     let mut first = true;
@@ -71,17 +71,30 @@ pub(crate) async fn serve(
                         server.keepalive_timeout
                     }
                 };
-                match wait_for_bytes(
+                let waited = wait_for_bytes(
                     &stream,
                     idle_timer.as_mut(),
                     &mut upstream_timer,
-                    &conn,
+                    (&conn, lot.is_some()),
                     limit,
                 )
-                .await
-                {
-                    Some(b) => b,
-                    None => return,
+                .await;
+                match waited {
+                    Waited::Bytes(b) => b,
+                    Waited::Close => return,
+                    Waited::Park(deadline) => {
+                        // The task ends here, and everything it held with it; the lot keeps
+                        // the socket and what resumes it (a few dozen bytes).
+                        if let (Some(lot), Ok(tcp)) = (lot, stream.into_std()) {
+                            let resume = Resume {
+                                peer: info.peer,
+                                trusted: info.headers.trusted,
+                                conn,
+                            };
+                            lot.park(tcp, deadline.into_std(), resume);
+                        }
+                        return;
+                    }
                 }
             }
         };
@@ -198,6 +211,20 @@ fn parse_now(b: &mut Buf, server: &crate::config::ServerConfig) -> Option<Result
     }
 }
 
+/// How an idle wait ended.
+enum Waited {
+    /// The client's next bytes.
+    Bytes(Box<Buf>),
+    Close,
+    /// Idle for `OWN_PARK_AFTER`: to the parking lot, until this deadline.
+    Park(Instant),
+}
+
+/// How long a connection on this path is idle before it goes to the parking lot (it holds no
+/// buffer before that either; parking also lets go of its task, its reactor registration and
+/// its timers).
+pub(crate) const OWN_PARK_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// What ended an idle wait.
 enum Woke {
     Readable,
@@ -209,16 +236,17 @@ enum Woke {
 /// Waits until the client sends bytes, holding no buffer meanwhile; `None` when the connection
 /// is to close (the client did, the keep-alive timeout passed, or shutdown began). The wait is
 /// polled by hand (no readiness future, no shutdown future kept): an idle connection's state is
-/// a few words. Idle for `PARK_AFTER`, it also lets go of its upstream timer.
+/// a few words. Idle for `OWN_PARK_AFTER`, it goes to the parking lot (or, without one, lets go of
+/// its upstream timer and waits on).
 async fn wait_for_bytes(
     stream: &TcpStream,
     mut sleep: Pin<&mut tokio::time::Sleep>,
     upstream_timer: &mut Lazy,
-    conn: &Conn,
+    (conn, can_park): (&Conn, bool),
     keepalive: std::time::Duration,
-) -> Option<Box<Buf>> {
+) -> Waited {
     let mut idle_since: Option<Instant> = None;
-    // Counted as parked once idle for `PARK_AFTER`, like hyper's sessions.
+    // Without a lot: counted as parked once idle for `OWN_PARK_AFTER`.
     let mut parked = None;
     loop {
         // The next request is often there already: nothing else is looked at then.
@@ -232,7 +260,7 @@ async fn wait_for_bytes(
             Some(false) => Woke::Closed,
             None => {
                 let since = *idle_since.get_or_insert_with(Instant::now);
-                let park_at = since + PARK_AFTER;
+                let park_at = since + OWN_PARK_AFTER;
                 if parked.is_none() && sleep.deadline() > park_at {
                     sleep.as_mut().reset(park_at);
                 }
@@ -240,7 +268,7 @@ async fn wait_for_bytes(
                 tokio::pin!(stop);
                 stop.as_mut().enable();
                 if conn.stop.is_set() {
-                    return None;
+                    return Waited::Close;
                 }
                 std::future::poll_fn(|cx| {
                     if let Poll::Ready(r) = stream.poll_read_ready(cx) {
@@ -263,14 +291,19 @@ async fn wait_for_bytes(
         };
         match woke {
             Woke::Readable => {}
-            Woke::Closed | Woke::Stop => return None,
+            Woke::Closed | Woke::Stop => return Waited::Close,
             Woke::Timer => {
-                let since = idle_since?;
+                let Some(since) = idle_since else {
+                    return Waited::Close;
+                };
                 let now = Instant::now();
                 if now >= since + keepalive {
-                    return None;
+                    return Waited::Close;
                 }
-                let park_at = since + PARK_AFTER;
+                let park_at = since + OWN_PARK_AFTER;
+                if now >= park_at && can_park {
+                    return Waited::Park(since + keepalive);
+                }
                 if now >= park_at {
                     parked.get_or_insert_with(|| Parked::new(&conn.parked));
                     *upstream_timer = Lazy::default();
@@ -287,16 +320,16 @@ async fn wait_for_bytes(
         match stream.try_read(b.room(buffers::CLIENT)) {
             Ok(0) => {
                 buffers::give(b);
-                return None;
+                return Waited::Close;
             }
             Ok(n) => {
                 b.filled(n);
-                return Some(b);
+                return Waited::Bytes(b);
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => buffers::give(b),
             Err(_) => {
                 buffers::give(b);
-                return None;
+                return Waited::Close;
             }
         }
     }

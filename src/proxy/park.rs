@@ -58,9 +58,9 @@ pub(crate) type ParkingLot = Lot<Resume>;
 /// What a parked connection keeps to be served again: no allocation of its own (it lives in
 /// the lot's slot), so a parked connection leaves nothing behind on the heap.
 pub(crate) struct Resume {
-    pub(super) peer: std::net::SocketAddr,
-    pub(super) trusted: bool,
-    pub(super) conn: Conn,
+    pub(crate) peer: std::net::SocketAddr,
+    pub(crate) trusted: bool,
+    pub(crate) conn: Conn,
 }
 
 /// Starts the thread that watches parked connections; `None` if the system refuses it (an
