@@ -85,6 +85,8 @@ async fn what_our_path_forwards_hyper_forwards_alike() {
         format!("GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n{next}"),
         format!("GET /\x7f HTTP/1.1\r\nHost: x\r\n\r\n{next}"),
         format!("GET / HTTP/1.1\r\nHost: x\r\nX-A: a\0b\r\n\r\n{next}"),
+        // A trailer line that is not a field (found by the differential fuzz target).
+        format!("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nhello\r\n0\r\n\r\n{next}"),
         // Handed to hyper's server by ours: the same upstream requests either way.
         format!("GET http://x/abs HTTP/1.1\r\nHost: y\r\n\r\n{next}"),
         "GET /old HTTP/1.0\r\n\r\n".into(),

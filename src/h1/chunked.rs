@@ -12,6 +12,8 @@ pub enum ChunkError {
     LineEnd,
     /// Extensions or trailers longer than the limit.
     TooLong,
+    /// A trailer line that is not a field (`name: value`).
+    Trailer,
 }
 
 impl ChunkError {
@@ -20,6 +22,7 @@ impl ChunkError {
             ChunkError::Size => "invalid chunk size",
             ChunkError::LineEnd => "invalid chunk line end",
             ChunkError::TooLong => "chunk extensions or trailers too long",
+            ChunkError::Trailer => "invalid trailer field",
         }
     }
 }
@@ -42,7 +45,9 @@ enum State {
     DataLf,
     /// The start of a trailer line (CR here ends the body).
     TrailerStart,
-    /// Inside a trailer line.
+    /// A trailer field's name.
+    TrailerName,
+    /// Inside a trailer field's value.
     Trailer,
     /// The LF of a trailer line.
     TrailerLf,
@@ -148,10 +153,19 @@ impl Chunked {
                 State::TrailerStart => match b {
                     b'\r' => self.state = State::EndLf,
                     b'\n' => return Err(ChunkError::LineEnd),
-                    _ => {
+                    _ if TCHAR[b as usize] => {
+                        self.more()?;
+                        self.state = State::TrailerName;
+                    }
+                    _ => return Err(ChunkError::Trailer),
+                },
+                State::TrailerName => match b {
+                    b':' => {
                         self.more()?;
                         self.state = State::Trailer;
                     }
+                    _ if TCHAR[b as usize] => self.more()?,
+                    _ => return Err(ChunkError::Trailer),
                 },
                 State::Trailer => match b {
                     b'\r' => self.state = State::TrailerLf,
@@ -186,6 +200,23 @@ impl Chunked {
         Ok(())
     }
 }
+
+/// Bytes of a field name (RFC 9110 §5.6.2 `tchar`).
+const TCHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = (b as u8).is_ascii_alphanumeric();
+        b += 1;
+    }
+    let extra = b"!#$%&'*+-.^_`|~";
+    let mut i = 0;
+    while i < extra.len() {
+        t[extra[i] as usize] = true;
+        i += 1;
+    }
+    t
+};
 
 fn hex(b: u8) -> Option<u8> {
     match b {
@@ -239,6 +270,9 @@ mod tests {
             (b"0;a\nb\r\n\r\n", ChunkError::LineEnd),
             (b"-1\r\n", ChunkError::Size),
             (b"0x5\r\n", ChunkError::Size),
+            (b"0\r\nhello\r\n0\r\n\r\n", ChunkError::Trailer),
+            (b"0\r\n: x\r\n\r\n", ChunkError::Trailer),
+            (b"0\r\nx y: 1\r\n\r\n", ChunkError::Trailer),
         ] {
             assert_eq!(
                 run(bad, 100),

@@ -1,6 +1,8 @@
-//! Idle HTTP/1 connections parked: after [`PARK_AFTER`] without a request a connection's session
-//! (hyper's buffers, the parser's state) is dropped; a cleartext socket waits in the [`Lot`]
-//! (one epoll set, one thread), anything else on its own task, until its next request.
+//! Idle HTTP/1 connections parked: after [`PARK_AFTER`] without a request a hyper session
+//! (its buffers, the parser's state) is dropped; a cleartext socket waits in the [`Lot`] (one
+//! epoll set, one thread), anything else on its own task, until its next request. The HTTP/1.1
+//! path of our own parks its idle connections in the same lot, after
+//! `h1::server::OWN_PARK_AFTER`, and the lot resumes them on that path.
 
 use std::future::Future;
 use std::sync::Arc;
