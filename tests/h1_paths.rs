@@ -190,3 +190,61 @@ async fn a_reject_is_answered_alike_on_both_paths() {
     ours.stop().await;
     theirs.stop().await;
 }
+
+/// An upstream that answers each request on a connection and closes the connection 30 ms
+/// after, like a backend with a short keep-alive timeout; counts the requests it read.
+async fn short_keepalive() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicU32>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let n = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let count = Arc::clone(&n);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let count = Arc::clone(&count);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // One request (head and a 5-byte body at most), one answer, then a close.
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            });
+        }
+    });
+    (addr, n)
+}
+
+#[tokio::test]
+async fn a_body_is_never_sent_on_a_connection_the_upstream_closed_while_idle() {
+    let (up, served) = short_keepalive().await;
+    let p = proxy(&config(&up.to_string(), "warmgate")).await;
+    for i in 0..10 {
+        // Each request finds the last one's pooled connection closed by the upstream. The body
+        // comes after the head, so it is still streaming when the connection is picked.
+        let mut s = TcpStream::connect(p.addr).await.unwrap();
+        s.write_all(
+            b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        s.write_all(b"hello").await.unwrap();
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut got)).await;
+        let got = String::from_utf8_lossy(&got);
+        assert!(got.starts_with("HTTP/1.1 200"), "request {i}: {got}");
+        // Past the upstream's close, before the pool's sweep on the controller's tick.
+        tokio::time::sleep(Duration::from_millis(80)).await;
+    }
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 10);
+    p.stop().await;
+}

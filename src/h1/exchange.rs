@@ -213,8 +213,9 @@ fn done(status: u16, relayed: bool, keep: bool) -> Forwarded {
 
 /// Sends the head and body, and waits for the response head (1xx skipped). Returns the
 /// connection, when the body was sent in full (from the start), and the response head at
-/// the front of `ubuf`. A pooled connection found closed before any answer, for a request
-/// without a body, is replaced by a new one once.
+/// the front of `ubuf`. A pooled connection found closed before any answer is replaced by a
+/// new one once when the whole request was in the first write; otherwise it is checked before
+/// the request goes out on it.
 #[allow(clippy::too_many_arguments)]
 async fn send(
     client: &TcpStream,
@@ -228,13 +229,21 @@ async fn send(
     let up = &req.cluster.config.upstream;
     let pool = &req.ep.endpoint.pool;
     let max_idle_ms = millis(up.pool_idle_timeout);
-    let bodiless = body.done();
+    // Everything to send is in the first write (the head, and the body if it came with it):
+    // it can be sent again.
+    let resendable = body.done();
     let mut fresh_only = false;
     loop {
         let pooled = if fresh_only {
             None
-        } else {
+        } else if resendable {
+            // Sent again on a new connection if this one turns out closed.
             pool.take_raw(now_ms, max_idle_ms)
+        } else {
+            // A body still streaming from the client cannot be sent twice: the connection is
+            // checked first (an upstream that closed it while idle has left its end of stream
+            // to read).
+            std::iter::from_fn(|| pool.take_raw(now_ms, max_idle_ms)).find(still_open)
         };
         let reused = pooled.is_some();
         let stream = match pooled {
@@ -243,7 +252,7 @@ async fn send(
         };
         // The head and what is buffered of the body, in one write.
         if let Err(e) = write_all(&stream, &b.out, up.response_header_timeout).await {
-            if reused && bodiless {
+            if reused && resendable {
                 fresh_only = true;
                 continue;
             }
@@ -259,7 +268,7 @@ async fn send(
         let deadline = sent + up.response_header_timeout;
         match read_head(&stream, ubuf, req.head, deadline, timer).await {
             Ok(r) => return Ok((stream, sent_at, r)),
-            Err(Fail::Broken(_)) if reused && bodiless && ubuf.is_empty() => {
+            Err(Fail::Broken(_)) if reused && resendable && ubuf.is_empty() => {
                 fresh_only = true;
                 ubuf.consume(usize::MAX);
                 continue;
@@ -267,6 +276,13 @@ async fn send(
             Err(f) => return Err(f),
         }
     }
+}
+
+/// Whether an idle upstream connection is still open: nothing to read on it (an end of stream
+/// or unexpected bytes mean it is not to be used).
+fn still_open(s: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(s.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 fn broken(what: &str, e: IoFail) -> Fail {
