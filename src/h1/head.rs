@@ -186,7 +186,7 @@ pub fn parse(
 }
 
 /// A `Content-Length` value: digits only (no sign, no list), at most 18 of them.
-fn content_length(v: &[u8]) -> Option<u64> {
+pub(crate) fn content_length(v: &[u8]) -> Option<u64> {
     let v = v.trim_ascii();
     if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
         return None;

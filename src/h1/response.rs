@@ -77,11 +77,8 @@ pub fn parse(
                 }
             }
             14 if name.eq_ignore_ascii_case(b"content-length") => {
-                let v = value.trim_ascii();
-                if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
-                    return Err("invalid Content-Length in the response");
-                }
-                let n = v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+                let n = super::head::content_length(value)
+                    .ok_or("invalid Content-Length in the response")?;
                 if length.is_some_and(|l| l != n) {
                     return Err("conflicting Content-Length in the response");
                 }

@@ -153,10 +153,11 @@ async fn busy(
     }
     // A head that came whole in the first read is parsed without waiting.
     let head = match parse_now(&mut b, server) {
-        Some(Ok(h)) => h,
+        Ok(Some(h)) => h,
         _ => match read_head(stream, &mut b, server).await {
             Ok(h) => h,
-            Err(Some(resp)) => {
+            Err(Some(bad)) => {
+                let resp = bad.response();
                 let _ = answer(stream, &mut b, resp, true, false, server.send_timeout).await;
                 return Next::Close(b);
             }
@@ -194,9 +195,9 @@ async fn hand_over(
     }
 }
 
-/// The head at the front of `b` if it is whole and sound (`None`: not whole yet; an error:
-/// for [`read_head`] to answer).
-fn parse_now(b: &mut Buf, server: &crate::config::ServerConfig) -> Option<Result<Head, ()>> {
+/// The head at the front of `b`: `Ok(None)` while it is not whole yet, or the answer to a
+/// head that cannot be served.
+fn parse_now(b: &mut Buf, server: &crate::config::ServerConfig) -> Result<Option<Head>, BadHead> {
     let Buf {
         data,
         start,
@@ -204,10 +205,45 @@ fn parse_now(b: &mut Buf, server: &crate::config::ServerConfig) -> Option<Result
         fields,
         ..
     } = &mut *b;
+    let max = server.max_header_bytes;
     match head::parse(&data[*start..*end], server.max_headers, fields) {
-        Ok(Some(h)) if h.len <= server.max_header_bytes => Some(Ok(h)),
-        Ok(None) => None,
-        _ => Some(Err(())),
+        Ok(Some(h)) if h.len <= max => Ok(Some(h)),
+        Ok(Some(_)) | Err(HeadError::TooManyFields) => Err(BadHead::TooLarge),
+        Ok(None) if *end - *start >= max => Err(BadHead::TooLarge),
+        Ok(None) => Ok(None),
+        Err(HeadError::Malformed(why)) => {
+            tracing::debug!(why, "malformed request head");
+            Err(BadHead::Malformed(why))
+        }
+    }
+}
+
+/// Why a head cannot be served.
+#[derive(Debug, Clone, Copy)]
+enum BadHead {
+    /// Past `server.max_header_bytes` or `server.max_headers` (431).
+    TooLarge,
+    Malformed(&'static str),
+    /// Not whole within `server.client_header_timeout` (408).
+    Timeout,
+}
+
+impl BadHead {
+    fn response(self) -> http::Response<ProxyBody> {
+        match self {
+            BadHead::TooLarge => {
+                let mut r =
+                    respond::error(ProxyError::BadRequest("request header fields too large"));
+                *r.status_mut() = http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+                r
+            }
+            BadHead::Malformed(why) => respond::error(ProxyError::BadRequest(why)),
+            BadHead::Timeout => {
+                let mut r = respond::error(ProxyError::ClientTimeout);
+                *r.body_mut() = ProxyBody::local(Bytes::new());
+                r
+            }
+        }
     }
 }
 
@@ -353,27 +389,12 @@ async fn read_head(
     s: &TcpStream,
     b: &mut Buf,
     server: &crate::config::ServerConfig,
-) -> Result<Head, Option<http::Response<ProxyBody>>> {
+) -> Result<Head, Option<BadHead>> {
     let deadline = Instant::now() + server.client_header_timeout;
     let max = server.max_header_bytes;
     loop {
-        let Buf {
-            data,
-            start,
-            end,
-            fields,
-            ..
-        } = &mut *b;
-        match head::parse(&data[*start..*end], server.max_headers, fields) {
-            Ok(Some(h)) if h.len <= max => return Ok(h),
-            Ok(Some(_)) => return Err(Some(too_large())),
-            Ok(None) if *end - *start >= max => return Err(Some(too_large())),
-            Ok(None) => {}
-            Err(HeadError::TooManyFields) => return Err(Some(too_large())),
-            Err(HeadError::Malformed(why)) => {
-                tracing::debug!(why, "malformed request head");
-                return Err(Some(respond::error(ProxyError::BadRequest(why))));
-            }
+        if let Some(h) = parse_now(b, server).map_err(Some)? {
+            return Ok(h);
         }
         let room = b.room(max.max(buffers::CLIENT));
         match read_by(s, room, deadline).await {
@@ -384,19 +405,11 @@ async fn read_head(
                     timeout_s = server.client_header_timeout.as_secs_f64(),
                     "request head timed out (408)"
                 );
-                let mut r = respond::error(ProxyError::ClientTimeout);
-                *r.body_mut() = ProxyBody::local(Bytes::new());
-                return Err(Some(r));
+                return Err(Some(BadHead::Timeout));
             }
             Err(IoFail::Io(_)) => return Err(None),
         }
     }
-}
-
-fn too_large() -> http::Response<ProxyBody> {
-    let mut r = respond::error(ProxyError::BadRequest("request header fields too large"));
-    *r.status_mut() = http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
-    r
 }
 
 /// One request: admitted and forwarded, or answered here. Whether the connection may carry

@@ -135,6 +135,13 @@ pub(super) async fn forward(
     let elapsed =
         total.saturating_sub(body_sent.as_ref().and_then(|s| s.get()).unwrap_or_default());
     let now_ms = now_ms + total.as_millis() as u64;
+    let at = Exchange {
+        shared,
+        cluster,
+        view,
+        feature,
+        ep: &ep,
+    };
     match sent {
         Ok(Ok((mut resp, lease))) => {
             let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -144,13 +151,6 @@ pub(super) async fn forward(
             };
             let (mut parts, body) = resp.into_parts();
             let cache = cache_of(&parts.headers, &cluster.config.signals);
-            let at = Exchange {
-                shared,
-                cluster,
-                view,
-                feature,
-                ep: &ep,
-            };
             at.answered(parts.status.is_server_error(), cache, elapsed, now_ms);
             let switch_to = parts.headers.get(UPGRADE).cloned();
             headers::forward_response(&mut parts.headers, parts.version);
@@ -208,23 +208,9 @@ pub(super) async fn forward(
             } else {
                 ProxyError::UpstreamConnect
             };
-            let at = Exchange {
-                shared,
-                cluster,
-                view,
-                feature,
-                ep: &ep,
-            };
             at.failed(err, elapsed, now_ms, &error_chain(&e)).await
         }
         Err(_) => {
-            let at = Exchange {
-                shared,
-                cluster,
-                view,
-                feature,
-                ep: &ep,
-            };
             at.failed(ProxyError::UpstreamTimeout, elapsed, now_ms, "")
                 .await
         }
