@@ -501,7 +501,7 @@ async fn request(
             let status = resp.status().as_u16();
             // The body is skipped if it is here already; the connection closes otherwise.
             let keep = !head.close && skip_body(b, &head);
-            let ok = answer(s, b, resp, !keep, is_head, server.send_timeout).await;
+            let ok = answer(s, b, *resp, !keep, is_head, server.send_timeout).await;
             if let Some(l) = log {
                 l.finish(status);
             }

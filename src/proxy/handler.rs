@@ -81,7 +81,7 @@ async fn handle_inner(
     .await
     {
         Ok(a) => a,
-        Err(Turned::Answer(resp)) => return Ok(resp),
+        Err(Turned::Answer(resp)) => return Ok(*resp),
         Err(Turned::Reject(r)) => return Ok(r.response(&shared)),
     };
     let held = a.take_held();
@@ -191,8 +191,8 @@ pub(crate) async fn admit<H: Fields + ?Sized>(
         .classifier
         .feature(req.method, req.host, req.path, req.fields);
     let Some(feature) = c.features.get(fidx) else {
-        return Err(Turned::Answer(respond::error(ProxyError::BadRequest(
-            "no feature",
+        return Err(Turned::Answer(Box::new(respond::error(
+            ProxyError::BadRequest("no feature"),
         ))));
     };
     // The feature's cluster (resolved at load): its gate, signals, endpoints and decision.
@@ -200,7 +200,9 @@ pub(crate) async fn admit<H: Fields + ?Sized>(
         c.clusters.get(feature.cluster),
         snap.clusters.get(feature.cluster),
     ) else {
-        return Err(Turned::Answer(respond::error(ProxyError::NoEndpoint)));
+        return Err(Turned::Answer(Box::new(respond::error(
+            ProxyError::NoEndpoint,
+        ))));
     };
     let gate = cluster.state.gate;
     let policy = &cluster.config.gate;
@@ -281,12 +283,11 @@ pub(crate) async fn admit<H: Fields + ?Sized>(
                 Ok(p) => p,
                 Err(r) => {
                     note.outcome = r.reason.as_str();
-                    let (cidx, fidx) = (feature.cluster, fidx);
+                    let limit = view.decision.limit;
                     turn_away(cluster, feature, r, 0).await;
                     return Err(Turned::Reject(Rejection {
-                        limit: view.decision.limit,
+                        limit,
                         snap,
-                        cluster: cidx,
                         feature: fidx,
                         reject: r,
                         client,
@@ -296,11 +297,10 @@ pub(crate) async fn admit<H: Fields + ?Sized>(
         }
         Step::Refuse { reject, hold_ms } => {
             note.outcome = reject.reason.as_str();
-            let (cidx, limit) = (feature.cluster, view.decision.limit);
+            let limit = view.decision.limit;
             turn_away(cluster, feature, reject, hold_ms).await;
             return Err(Turned::Reject(Rejection {
                 snap,
-                cluster: cidx,
                 feature: fidx,
                 reject,
                 limit,
@@ -381,13 +381,12 @@ pub(crate) enum Turned {
     /// Refused, or its wait in line ran out: a reject (each HTTP path writes it its way).
     Reject(Rejection),
     /// Anything else (no feature or cluster to send it to).
-    Answer(Response<ProxyBody>),
+    Answer(Box<Response<ProxyBody>>),
 }
 
 /// A reject, with what its answer says.
 pub(crate) struct Rejection {
     pub snap: Arc<Snapshot>,
-    cluster: usize,
     feature: usize,
     pub reject: Reject,
     /// The cluster's limit (for `RateLimit-Policy`).
@@ -420,7 +419,6 @@ impl Rejection {
 
     /// The answer as a response (status, `Retry-After`, a body saying why, the ticket).
     pub fn response(&self, shared: &Shared) -> Response<ProxyBody> {
-        let _ = self.cluster;
         let Some(feature) = self.feature() else {
             return respond::error(ProxyError::NoEndpoint);
         };
