@@ -142,8 +142,8 @@ fn classify(c: &mut Criterion) {
         b.iter(|| {
             let f = cl.feature(
                 &Method::GET,
-                Some("app.example"),
-                black_box("/api/recommend/7"),
+                Some(b"app.example".as_slice()),
+                black_box(b"/api/recommend/7".as_slice()),
                 &h,
             );
             (f, cl.client_hash(&h, ip))

@@ -11,7 +11,7 @@ use http::header::{HeaderName, HeaderValue, COOKIE};
 #[cfg(test)]
 use http::HeaderMap;
 use http::Method;
-use regex::Regex;
+use regex::bytes::Regex;
 
 /// One compiled `[[route]]`: every present matcher must match.
 #[derive(Debug, Clone)]
@@ -51,8 +51,8 @@ impl Route {
     fn matches<H: Fields + ?Sized>(
         &self,
         method: &Method,
-        host: Option<&str>,
-        path: &str,
+        host: Option<&[u8]>,
+        path: &[u8],
         headers: &H,
     ) -> bool {
         if let Some(m) = &self.method {
@@ -63,12 +63,12 @@ impl Route {
         if let Some(h) = &self.host {
             let Some(got) = host else { return false };
             let got = strip_port(got);
-            if !got.eq_ignore_ascii_case(h) {
+            if !got.eq_ignore_ascii_case(h.as_bytes()) {
                 return false;
             }
         }
         if let Some(p) = &self.path_prefix {
-            if !path.starts_with(p.as_str()) {
+            if !path.starts_with(p.as_bytes()) {
                 return false;
             }
         }
@@ -88,13 +88,16 @@ impl Route {
     }
 }
 
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
+fn strip_port(host: &[u8]) -> &[u8] {
+    if host.first() == Some(&b'[') {
         return host
-            .split_once(']')
-            .map_or(host, |(h, _)| &host[..h.len() + 1]);
+            .iter()
+            .position(|b| *b == b']')
+            .map_or(host, |end| &host[..=end]);
     }
-    host.rsplit_once(':').map_or(host, |(h, _)| h)
+    host.iter()
+        .rposition(|b| *b == b':')
+        .map_or(host, |colon| &host[..colon])
 }
 
 impl Classifier {
@@ -118,8 +121,8 @@ impl Classifier {
     pub fn feature<H: Fields + ?Sized>(
         &self,
         method: &Method,
-        host: Option<&str>,
-        path: &str,
+        host: Option<&[u8]>,
+        path: &[u8],
         headers: &H,
     ) -> usize {
         self.routes
@@ -192,23 +195,28 @@ mod tests {
     fn first_match_wins_and_default_catches_the_rest() {
         let c = classifier(ClientKey::Address);
         let none = HeaderMap::new();
-        assert_eq!(c.feature(&Method::POST, None, "/api/login", &none), 0);
+        assert_eq!(c.feature(&Method::POST, None, b"/api/login", &none), 0);
         assert_eq!(
-            c.feature(&Method::GET, None, "/api/login", &none),
+            c.feature(&Method::GET, None, b"/api/login", &none),
             3,
             "method must match"
         );
         assert_eq!(
-            c.feature(&Method::GET, Some("ADMIN.example:8080"), "/x", &none),
+            c.feature(
+                &Method::GET,
+                Some(b"ADMIN.example:8080".as_slice()),
+                b"/x",
+                &none
+            ),
             1
         );
         let mut beta = HeaderMap::new();
         beta.insert("x-beta", HeaderValue::from_static("1"));
-        assert_eq!(c.feature(&Method::GET, None, "/api/feed/12", &beta), 2);
-        assert_eq!(c.feature(&Method::GET, None, "/api/feed/x", &beta), 3);
+        assert_eq!(c.feature(&Method::GET, None, b"/api/feed/12", &beta), 2);
+        assert_eq!(c.feature(&Method::GET, None, b"/api/feed/x", &beta), 3);
         beta.insert("x-beta", HeaderValue::from_static("0"));
         assert_eq!(
-            c.feature(&Method::GET, None, "/api/feed/12", &beta),
+            c.feature(&Method::GET, None, b"/api/feed/12", &beta),
             3,
             "value must match"
         );

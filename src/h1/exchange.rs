@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::buffers::{self, Buf};
 use super::chunked::Chunked;
 use super::head::{Framing, Head, View};
-use super::io::{read_by, read_timed, write_all, IoFail, Lazy};
+use super::io::{read_by, writable_within, write_all, IoFail, Lazy};
 use super::response::{self, BodyKind};
 use super::write::{self, Upstream};
 use crate::config::ServerConfig;
@@ -190,7 +190,9 @@ pub(crate) async fn forward(
         stall: req.server.stall_release,
         stalled: &shared.metrics.stalled_released,
     };
-    let relayed = relay.run(&mut ubuf, &mut b.out, resp.body, held).await;
+    let relayed = relay
+        .run(&mut ubuf, &mut b.out, resp.body, held, timer)
+        .await;
     let reusable = relayed && resp.reusable && ubuf.is_empty() && status != 101;
     b.give_upstream(ubuf);
     if reusable {
@@ -248,7 +250,8 @@ async fn send(
         let reused = pooled.is_some();
         let stream = match pooled {
             Some(s) => s,
-            None => connect(req).await?,
+            // Boxed: most requests go out on a pooled connection.
+            None => Box::pin(connect(req)).await?,
         };
         // The head and what is buffered of the body, in one write.
         if let Err(e) = write_all(&stream, &b.out, up.response_header_timeout).await {
@@ -261,7 +264,7 @@ async fn send(
         let sent = if body.done() {
             start
         } else {
-            relay_request_body(client, &stream, b, body, req.server).await?;
+            relay_request_body(client, &stream, b, body, req.server, timer).await?;
             Instant::now()
         };
         let sent_at = sent.saturating_duration_since(start);
@@ -281,8 +284,7 @@ async fn send(
 /// Whether an idle upstream connection is still open: nothing to read on it (an end of stream
 /// or unexpected bytes mean it is not to be used).
 fn still_open(s: &TcpStream) -> bool {
-    let mut probe = [0u8; 1];
-    matches!(s.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    super::io::nothing_to_read(s)
 }
 
 fn broken(what: &str, e: IoFail) -> Fail {
@@ -342,7 +344,7 @@ async fn read_head(
         if room.is_empty() {
             return Err(Fail::Broken("response head too large".into()));
         }
-        match read_timed(s, room, deadline, timer).await {
+        match read_by(s, room, deadline, timer).await {
             Ok(0) => return Err(Fail::Broken("upstream closed before answering".into())),
             Ok(n) => ubuf.filled(n),
             Err(e) => return Err(broken("reading the response head", e)),
@@ -423,6 +425,7 @@ async fn relay_request_body(
     b: &mut Buf,
     body: &mut BodyLeft,
     server: &ServerConfig,
+    timer: &mut Lazy,
 ) -> Result<(), Fail> {
     while !body.done() {
         b.out.clear();
@@ -437,7 +440,7 @@ async fn relay_request_body(
         }
         let deadline = Instant::now() + server.client_body_timeout;
         let room = b.room(buffers::CLIENT);
-        match read_by(client, room, deadline).await {
+        match read_by(client, room, deadline, timer).await {
             Ok(0) => return Err(Fail::Client(ProxyError::ClientBody)),
             Ok(n) => b.filled(n),
             Err(IoFail::Timeout) => return Err(Fail::Client(ProxyError::ClientTimeout)),
@@ -465,6 +468,7 @@ impl Relay<'_> {
         out: &mut Vec<u8>,
         body: BodyKind,
         held: &mut Held,
+        timer: &mut Lazy,
     ) -> bool {
         let mut left = match body {
             BodyKind::Length(n) => n,
@@ -517,7 +521,7 @@ impl Relay<'_> {
             }
             let deadline = Instant::now() + self.body_idle;
             let room = ubuf.room(buffers::UPSTREAM);
-            match read_by(self.upstream, room, deadline).await {
+            match read_by(self.upstream, room, deadline, timer).await {
                 Ok(0) if body == BodyKind::Close => {
                     out.extend_from_slice(b"0\r\n\r\n");
                     ended = true;
@@ -540,21 +544,21 @@ impl Relay<'_> {
             match s.try_write(bytes) {
                 Ok(0) => return Err(IoFail::Io(std::io::ErrorKind::WriteZero.into())),
                 Ok(n) => bytes = &bytes[n..],
+                // The waits are boxed: a full socket is rare next to the requests whose
+                // futures they would make larger.
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     let mut wait = self.send;
                     if held.permit.is_some() && self.stall < self.send {
-                        if let Ok(r) = tokio::time::timeout(self.stall, s.writable()).await {
-                            r.map_err(IoFail::Io)?;
-                            continue;
+                        match Box::pin(writable_within(s, self.stall)).await {
+                            Ok(()) => continue,
+                            Err(IoFail::Timeout) => {}
+                            Err(e) => return Err(e),
                         }
                         held.permit = None;
                         self.stalled.inc();
                         wait = self.send - self.stall;
                     }
-                    match tokio::time::timeout(wait, s.writable()).await {
-                        Ok(r) => r.map_err(IoFail::Io)?,
-                        Err(_) => return Err(IoFail::Timeout),
-                    }
+                    Box::pin(writable_within(s, wait)).await?;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(IoFail::Io(e)),

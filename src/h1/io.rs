@@ -2,10 +2,42 @@
 //! writes its sockets directly (no codec in between), and may watch a client for hang-up
 //! while it waits for the upstream.
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+/// One read of what is there (`WouldBlock` if nothing is). A read that fills less than `dst`
+/// took all the socket held, so the socket's readiness is cleared as the reactor last reported
+/// it: the next read waits for the reactor's next event instead of spending a `recv` that finds
+/// nothing (nginx does the same). Bytes that arrive during or after the read come with an event
+/// of their own, which a clear of the earlier one leaves alone.
+pub fn read_now(s: &TcpStream, dst: &mut [u8]) -> io::Result<usize> {
+    let mut short = 0;
+    let r = s.try_io(Interest::READABLE, || match s.try_read(dst) {
+        Ok(n) if n > 0 && n < dst.len() => {
+            short = n;
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+        r => r,
+    });
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && short > 0 => Ok(short),
+        r => r,
+    }
+}
+
+/// Whether `s` has nothing to read right now, asked of the socket itself (one `recv` with
+/// `MSG_PEEK`, whatever readiness the reactor last reported): an end of stream, an error or
+/// unexpected bytes mean no.
+pub fn nothing_to_read(s: &TcpStream) -> bool {
+    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    matches!(socket2::SockRef::from(s).peek(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+}
 
 /// Why a read or write did not complete.
 #[derive(Debug)]
@@ -14,33 +46,15 @@ pub enum IoFail {
     Io(io::Error),
 }
 
-/// Reads what is there (waiting for something until `deadline`); 0 at end of stream.
-pub async fn read_by(s: &TcpStream, dst: &mut [u8], deadline: Instant) -> Result<usize, IoFail> {
-    loop {
-        match s.try_read(dst) {
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                match tokio::time::timeout_at(deadline, s.readable()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return Err(IoFail::Io(e)),
-                    Err(_) => return Err(IoFail::Timeout),
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(IoFail::Io(e)),
-        }
-    }
-}
-
-/// A connection's timer for its waits on the upstream, moved forward only when it fires: a
-/// busy connection does not register a timer per request (each wait's deadline is later than
-/// the last, so the timer, if it fires early, is set again then).
+/// A connection's timer for its waits, moved forward only when it fires: a busy connection
+/// does not register a timer per wait (a wait whose deadline is later than the timer's lets it
+/// fire early and sets it again then).
 #[derive(Default)]
-pub struct Lazy(Option<std::pin::Pin<Box<tokio::time::Sleep>>>);
+pub struct Lazy(Option<Pin<Box<tokio::time::Sleep>>>);
 
 impl Lazy {
-    /// Resolves at `deadline`.
-    pub async fn until(&mut self, deadline: Instant) {
+    /// Ready once `deadline` has passed.
+    pub fn poll_until(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
         let s = self
             .0
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
@@ -48,31 +62,39 @@ impl Lazy {
             s.as_mut().reset(deadline);
         }
         loop {
-            s.as_mut().await;
+            if s.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
             if s.deadline() >= deadline {
-                return;
+                return Poll::Ready(());
             }
             s.as_mut().reset(deadline);
         }
     }
 }
 
-/// [`read_by`], its waits timed by `timer`.
-pub async fn read_timed(
+/// Reads what is there, waiting for something until `deadline` (timed by `timer`); 0 at end
+/// of stream. The wait is polled by hand: this future is a few words, with no readiness or
+/// timer future inside.
+pub async fn read_by(
     s: &TcpStream,
     dst: &mut [u8],
     deadline: Instant,
     timer: &mut Lazy,
 ) -> Result<usize, IoFail> {
     loop {
-        match s.try_read(dst) {
+        match read_now(s, dst) {
             Ok(n) => return Ok(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                tokio::select! {
-                    biased;
-                    r = s.readable() => r.map_err(IoFail::Io)?,
-                    () = timer.until(deadline) => return Err(IoFail::Timeout),
-                }
+                std::future::poll_fn(|cx| {
+                    if let Poll::Ready(r) = s.poll_read_ready(cx) {
+                        return Poll::Ready(r.map_err(IoFail::Io));
+                    }
+                    timer
+                        .poll_until(cx, deadline)
+                        .map(|()| Err(IoFail::Timeout))
+                })
+                .await?;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(IoFail::Io(e)),
@@ -90,18 +112,24 @@ pub async fn write_all(
         match s.try_write(bytes) {
             Ok(0) => return Err(IoFail::Io(io::ErrorKind::WriteZero.into())),
             Ok(n) => bytes = &bytes[n..],
+            // Boxed: a full socket is rare, and the wait's futures would otherwise make
+            // every request's future larger.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                match tokio::time::timeout(idle, s.writable()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return Err(IoFail::Io(e)),
-                    Err(_) => return Err(IoFail::Timeout),
-                }
+                Box::pin(writable_within(s, idle)).await?;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(IoFail::Io(e)),
         }
     }
     Ok(())
+}
+
+/// Waits until `s` takes bytes again, for `idle` at most.
+pub async fn writable_within(s: &TcpStream, idle: std::time::Duration) -> Result<(), IoFail> {
+    match tokio::time::timeout(idle, s.writable()).await {
+        Ok(r) => r.map_err(IoFail::Io),
+        Err(_) => Err(IoFail::Timeout),
+    }
 }
 
 /// Resolves when the client has closed its side (or the connection failed). A client that

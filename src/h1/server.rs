@@ -142,7 +142,7 @@ async fn busy(
     if b.pending().first() == Some(&H2_PREFACE[0]) {
         let deadline = Instant::now() + server.client_header_timeout;
         while b.pending().len() < H2_PREFACE.len() && H2_PREFACE.starts_with(b.pending()) {
-            match read_by(stream, b.room(buffers::CLIENT), deadline).await {
+            match read_by(stream, b.room(buffers::CLIENT), deadline, upstream_timer).await {
                 Ok(n) if n > 0 => b.filled(n),
                 _ => return Next::Close(b),
             }
@@ -154,11 +154,11 @@ async fn busy(
     // A head that came whole in the first read is parsed without waiting.
     let head = match parse_now(&mut b, server) {
         Ok(Some(h)) => h,
-        _ => match read_head(stream, &mut b, server).await {
+        _ => match read_head(stream, &mut b, server, upstream_timer).await {
             Ok(h) => h,
             Err(Some(bad)) => {
-                let resp = bad.response();
-                let _ = answer(stream, &mut b, resp, true, false, server.send_timeout).await;
+                local(&mut b, bad.response(), true, false);
+                let _ = flush(stream, &b, server.send_timeout).await;
                 return Next::Close(b);
             }
             Err(None) => return Next::Close(b),
@@ -285,46 +285,44 @@ async fn wait_for_bytes(
     // Without a lot: counted as parked once idle for `OWN_PARK_AFTER`.
     let mut parked = None;
     loop {
-        // The next request is often there already: nothing else is looked at then.
-        let ready = std::future::poll_fn(|cx| match stream.poll_read_ready(cx) {
-            Poll::Ready(r) => Poll::Ready(Some(r.is_ok())),
-            Poll::Pending => Poll::Ready(None),
-        })
-        .await;
-        let woke = match ready {
-            Some(true) => Woke::Readable,
-            Some(false) => Woke::Closed,
-            None => {
-                let since = *idle_since.get_or_insert_with(Instant::now);
+        // Until it parks (at most `OWN_PARK_AFTER`), a connection looks at shutdown only when
+        // its timer fires: a wait between two requests registers nothing but its readiness.
+        // Only a long wait without a lot registers for shutdown.
+        let mut stop = parked.is_some().then(|| Box::pin(conn.stop.notified()));
+        if let Some(n) = stop.as_mut() {
+            n.as_mut().enable();
+        }
+        if conn.stop.is_set() {
+            return Waited::Close;
+        }
+        let woke = std::future::poll_fn(|cx| {
+            // The next request is often there already: nothing else is looked at then.
+            if let Poll::Ready(r) = stream.poll_read_ready(cx) {
+                return Poll::Ready(if r.is_ok() {
+                    Woke::Readable
+                } else {
+                    Woke::Closed
+                });
+            }
+            if idle_since.is_none() {
+                let since = Instant::now();
+                idle_since = Some(since);
                 let park_at = since + OWN_PARK_AFTER;
                 if parked.is_none() && sleep.deadline() > park_at {
                     sleep.as_mut().reset(park_at);
                 }
-                let stop = conn.stop.notified();
-                tokio::pin!(stop);
-                stop.as_mut().enable();
-                if conn.stop.is_set() {
-                    return Waited::Close;
-                }
-                std::future::poll_fn(|cx| {
-                    if let Poll::Ready(r) = stream.poll_read_ready(cx) {
-                        return Poll::Ready(if r.is_ok() {
-                            Woke::Readable
-                        } else {
-                            Woke::Closed
-                        });
-                    }
-                    if stop.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Woke::Stop);
-                    }
-                    if sleep.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Woke::Timer);
-                    }
-                    Poll::Pending
-                })
-                .await
             }
-        };
+            if let Some(n) = stop.as_mut() {
+                if n.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Woke::Stop);
+                }
+            }
+            if sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Woke::Timer);
+            }
+            Poll::Pending
+        })
+        .await;
         match woke {
             Woke::Readable => {}
             Woke::Closed | Woke::Stop => return Waited::Close,
@@ -332,6 +330,9 @@ async fn wait_for_bytes(
                 let Some(since) = idle_since else {
                     return Waited::Close;
                 };
+                if conn.stop.is_set() {
+                    return Waited::Close;
+                }
                 let now = Instant::now();
                 if now >= since + keepalive {
                     return Waited::Close;
@@ -353,7 +354,7 @@ async fn wait_for_bytes(
         // Readable: a buffer is taken for the bytes (and given back at once if readiness was
         // stale).
         let mut b = buffers::take();
-        match stream.try_read(b.room(buffers::CLIENT)) {
+        match super::io::read_now(stream, b.room(buffers::CLIENT)) {
             Ok(0) => {
                 buffers::give(b);
                 return Waited::Close;
@@ -389,6 +390,7 @@ async fn read_head(
     s: &TcpStream,
     b: &mut Buf,
     server: &crate::config::ServerConfig,
+    timer: &mut Lazy,
 ) -> Result<Head, Option<BadHead>> {
     let deadline = Instant::now() + server.client_header_timeout;
     let max = server.max_header_bytes;
@@ -397,7 +399,7 @@ async fn read_head(
             return Ok(h);
         }
         let room = b.room(max.max(buffers::CLIENT));
-        match read_by(s, room, deadline).await {
+        match read_by(s, room, deadline, timer).await {
             Ok(0) => return Err(None),
             Ok(n) => b.filled(n),
             Err(IoFail::Timeout) => {
@@ -437,12 +439,19 @@ async fn request(
     };
     let mut log = shared.access.as_ref().map(|l| {
         let p = String::from_utf8_lossy(path.in_buf(b.pending()));
-        Pending::new(l.clone(), head.method.as_str(), &p, info.peer.ip())
+        // Boxed: the request's future is the smaller for those that log nothing.
+        Box::new(Pending::new(
+            l.clone(),
+            head.method.as_str(),
+            &p,
+            info.peer.ip(),
+        ))
     });
     if let Some(r) = head.refused {
         let resp = respond::refused(r);
         let status = resp.status().as_u16();
-        let _ = answer(s, b, resp, true, is_head, server.send_timeout).await;
+        local(b, resp, true, is_head);
+        let _ = flush(s, b, server.send_timeout).await;
         if let Some(l) = log {
             l.finish(status);
         }
@@ -458,16 +467,8 @@ async fn request(
     };
     let admitted = {
         let pending = &b.data[b.start..b.end];
-        // Both are ASCII: httparse takes only visible ASCII in a target, and the Host was
-        // checked to be a `host[:port]`.
-        let host = head
-            .host
-            .and_then(|h| std::str::from_utf8(h.in_buf(pending)).ok());
-        let Ok(path) = std::str::from_utf8(path.in_buf(pending)) else {
-            let r = respond::error(ProxyError::BadRequest("invalid request target"));
-            let _ = answer(s, b, r, true, is_head, server.send_timeout).await;
-            return false;
-        };
+        let host = head.host.map(|h| h.in_buf(pending));
+        let path = path.in_buf(pending);
         let asked = Asked {
             method: &head.method,
             host,
@@ -501,7 +502,8 @@ async fn request(
             let status = resp.status().as_u16();
             // The body is skipped if it is here already; the connection closes otherwise.
             let keep = !head.close && skip_body(b, &head);
-            let ok = answer(s, b, *resp, !keep, is_head, server.send_timeout).await;
+            local(b, *resp, !keep, is_head);
+            let ok = flush(s, b, server.send_timeout).await;
             if let Some(l) = log {
                 l.finish(status);
             }
@@ -510,7 +512,9 @@ async fn request(
         Err(Turned::Reject(r)) => {
             let status = r.status().as_u16();
             let keep = !head.close && skip_body(b, &head);
-            let ok = reject(s, b, shared, &r, !keep, is_head, server.send_timeout).await;
+            let rendered = rejected(b, shared, &r, !keep, is_head);
+            drop(r);
+            let ok = rendered && flush(s, b, server.send_timeout).await;
             if let Some(l) = log {
                 l.finish(status);
             }
@@ -531,7 +535,8 @@ async fn request(
         let keep = !head.close && skip_body(b, &head);
         let r = respond::error(ProxyError::NoEndpoint);
         let status = r.status().as_u16();
-        let ok = answer(s, b, r, !keep, is_head, server.send_timeout).await;
+        local(b, r, !keep, is_head);
+        let ok = flush(s, b, server.send_timeout).await;
         if let Some(l) = log {
             l.finish(status);
         }
@@ -575,7 +580,8 @@ async fn request(
             a.stamp_ours(shared, &mut r);
             let status = r.status().as_u16();
             let keep = !close && !head.close && err != ProxyError::ClientTimeout;
-            let ok = answer(s, b, r, !keep, is_head, server.send_timeout).await;
+            local(b, r, !keep, is_head);
+            let ok = flush(s, b, server.send_timeout).await;
             (status, keep && ok)
         }
     };
@@ -611,16 +617,8 @@ fn skip_body(b: &mut Buf, head: &Head) -> bool {
     }
 }
 
-/// Writes a reject. True if it was written.
-async fn reject(
-    s: &TcpStream,
-    b: &mut Buf,
-    shared: &Shared,
-    r: &Rejection,
-    close: bool,
-    is_head: bool,
-    send_timeout: std::time::Duration,
-) -> bool {
+/// Renders a reject into `b.out`; false if it has no feature to answer for.
+fn rejected(b: &mut Buf, shared: &Shared, r: &Rejection, close: bool, is_head: bool) -> bool {
     let Some(feature) = r.feature() else {
         return false;
     };
@@ -635,22 +633,20 @@ async fn reject(
     };
     b.out.clear();
     super::write::reject(&mut b.out, &head, close, is_head);
-    write_all(s, &b.out, send_timeout).await.is_ok()
+    true
 }
 
-/// Writes a response of our own. True if it was written.
-async fn answer(
-    s: &TcpStream,
-    b: &mut Buf,
-    resp: http::Response<ProxyBody>,
-    close: bool,
-    is_head: bool,
-    send_timeout: std::time::Duration,
-) -> bool {
+/// Renders a response of our own into `b.out` (rendered before the write, so that the
+/// response is not part of the request's future).
+fn local(b: &mut Buf, resp: http::Response<ProxyBody>, close: bool, is_head: bool) {
     let (parts, mut body) = resp.into_parts();
     let bytes = local_bytes(&mut body);
     b.out.clear();
     super::write::local(&mut b.out, &parts, &bytes, close, is_head);
+}
+
+/// Writes what is rendered in `b.out`. True if it was written.
+async fn flush(s: &TcpStream, b: &Buf, send_timeout: std::time::Duration) -> bool {
     write_all(s, &b.out, send_timeout).await.is_ok()
 }
 

@@ -3,7 +3,6 @@
 //! fields set, the framing our own.
 
 use std::cell::RefCell;
-use std::io::Write;
 
 use super::head::{Field, Span};
 use crate::proxy::headers::ConnHeaders;
@@ -223,6 +222,20 @@ pub fn response_head(
 }
 
 fn status_line(out: &mut Vec<u8>, status: u16, reason: &[u8]) {
+    // The usual lines, whole (their reason is the canonical one, or none was given).
+    let whole: &[u8] = match (status, reason) {
+        (200, b"OK" | b"") => b"HTTP/1.1 200 OK\r\n",
+        (204, b"No Content" | b"") => b"HTTP/1.1 204 No Content\r\n",
+        (304, b"Not Modified" | b"") => b"HTTP/1.1 304 Not Modified\r\n",
+        (404, b"Not Found" | b"") => b"HTTP/1.1 404 Not Found\r\n",
+        (429, b"") => b"HTTP/1.1 429 Too Many Requests\r\n",
+        (503, b"") => b"HTTP/1.1 503 Service Unavailable\r\n",
+        _ => b"",
+    };
+    if !whole.is_empty() {
+        out.extend_from_slice(whole);
+        return;
+    }
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
     out.push(b' ');
@@ -286,7 +299,9 @@ pub fn reject(out: &mut Vec<u8>, r: &Reject<'_>, close: bool, head: bool) {
     let secs = digits.format(r.retry_after_s).as_bytes();
     line(out, b"retry-after", secs);
     if let Some(limit) = r.ratelimit {
-        let _ = write!(out, "ratelimit-policy: \"warmup\";q={limit}\r\n");
+        out.extend_from_slice(b"ratelimit-policy: \"warmup\";q=");
+        out.extend_from_slice(itoa::Buffer::new().format(limit).as_bytes());
+        out.extend_from_slice(b"\r\n");
         out.extend_from_slice(b"ratelimit: \"warmup\";r=0;t=");
         out.extend_from_slice(secs);
         out.extend_from_slice(b"\r\n");
@@ -311,21 +326,22 @@ pub fn reject(out: &mut Vec<u8>, r: &Reject<'_>, close: bool, head: bool) {
     }
 }
 
-/// `date: <now>` (formatted once a second per thread).
+/// `date: <now>\r\n` (formatted once a second per thread).
 fn date(out: &mut Vec<u8>) {
     thread_local! {
-        static NOW: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+        static LINE: RefCell<(u64, Vec<u8>)> = const { RefCell::new((0, Vec::new())) };
     }
     let now = std::time::SystemTime::now();
     let secs = now
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    NOW.with(|c| {
+    LINE.with(|c| {
         let mut c = c.borrow_mut();
         if c.0 != secs || c.1.is_empty() {
-            *c = (secs, httpdate::fmt_http_date(now));
+            let line = format!("date: {}\r\n", httpdate::fmt_http_date(now));
+            *c = (secs, line.into_bytes());
         }
-        let _ = write!(out, "date: {}\r\n", c.1);
+        out.extend_from_slice(&c.1);
     });
 }
 

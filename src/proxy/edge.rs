@@ -50,8 +50,18 @@ pub fn valid_authority(v: &[u8]) -> bool {
         }
         close + 1
     } else {
-        let end = v.iter().position(|&b| b == b':').unwrap_or(v.len());
-        if end == 0 || !v[..end].iter().all(|&b| IN_NAME[b as usize]) {
+        // One pass: the name's bytes up to the port's colon.
+        let mut end = v.len();
+        for (i, &b) in v.iter().enumerate() {
+            if b == b':' {
+                end = i;
+                break;
+            }
+            if !IN_NAME[b as usize] {
+                return false;
+            }
+        }
+        if end == 0 {
             return false;
         }
         end

@@ -65,8 +65,8 @@ async fn handle_inner(
     };
     let asked = Asked {
         method: req.method(),
-        host: host.as_ref().and_then(|h| h.to_str().ok()),
-        path: req.uri().path(),
+        host: host.as_ref().map(|h| h.as_bytes()),
+        path: req.uri().path().as_bytes(),
         fields: req.headers(),
     };
     let snap = shared.snapshot.load_full();
@@ -105,9 +105,9 @@ async fn handle_inner(
 pub(crate) struct Asked<'a, H: ?Sized> {
     pub method: &'a http::Method,
     /// The validated authority (Host, or the target's).
-    pub host: Option<&'a str>,
+    pub host: Option<&'a [u8]>,
     /// The path, without the query.
-    pub path: &'a str,
+    pub path: &'a [u8],
     pub fields: &'a H,
 }
 
@@ -277,7 +277,7 @@ pub(crate) async fn admit<H: Fields + ?Sized>(
         }
         Step::Wait(ticket) => {
             let waited = Instant::now();
-            let r = wait(shared, cluster, ticket, ask).await;
+            let r = Box::pin(wait(shared, cluster, ticket, ask)).await;
             note.queue_wait = Some(waited.elapsed());
             match r {
                 Ok(p) => p,
@@ -371,7 +371,9 @@ async fn turn_away(cluster: &Cluster, feature: &FeatureRt, r: Reject, hold_ms: u
     feature.counters.inc(Outcome::of(r.reason));
     if hold_ms > 0 {
         if let Some(_hold) = cluster.state.gate.hold(cluster.config.queue.max_held) {
-            tokio::time::sleep(Duration::from_millis(hold_ms)).await;
+            // Boxed, as the wait in line: the admission future stays small for the
+            // requests that neither wait nor are held.
+            Box::pin(tokio::time::sleep(Duration::from_millis(hold_ms))).await;
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use http::Method;
-use regex::Regex;
+use regex::bytes::Regex;
 
 use super::Errors;
 use crate::admission::classify::Route;
