@@ -46,8 +46,8 @@ fuzz_target!(|data: &[u8]| {
     let (c, n) = classifier();
     let f = c.feature(
         &method,
-        host.as_ref().and_then(|h| h.to_str().ok()),
-        uri.path(),
+        host.as_ref().map(|h| h.as_bytes()),
+        uri.path().as_bytes(),
         &headers,
     );
     assert!(f < *n);
