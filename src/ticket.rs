@@ -240,7 +240,7 @@ pub fn presented<'a, H: crate::fields::Fields + ?Sized>(
 
 /// The client-key hash: SipHash under keys that are random for the process, or derived from
 /// a configured secret so that every instance (and a restarted one) hashes a client alike.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct ClientHasher {
     k0: u64,
     k1: u64,

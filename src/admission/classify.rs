@@ -133,17 +133,41 @@ impl Classifier {
 
     /// A keyed hash of the client key (header, cookie, or the address as fallback).
     pub fn client_hash<H: Fields + ?Sized>(&self, headers: &H, peer: IpAddr) -> u64 {
+        self.client_hash_kept(headers, peer, None)
+    }
+
+    /// [`Classifier::client_hash`], the address's hash kept in `kept` for a connection's
+    /// next requests (its address is the same for all of them).
+    pub fn client_hash_kept<H: Fields + ?Sized>(
+        &self,
+        headers: &H,
+        peer: IpAddr,
+        kept: Option<&mut PeerHash>,
+    ) -> u64 {
         let key = match &self.client_key {
             ClientKey::Header(name) => headers.first(name.as_str()),
             ClientKey::Cookie(name) => cookie(headers, name),
             ClientKey::Address => None,
         };
-        match key {
-            Some(k) if !k.is_empty() => self.hasher.hash_one(k),
-            _ => self.hasher.hash_one(peer),
+        match (key, kept) {
+            (Some(k), _) if !k.is_empty() => self.hasher.hash_one(k),
+            (_, Some(kept)) => match kept.0 {
+                // A reload may have changed the hasher's keys.
+                Some((hasher, ip, hash)) if hasher == self.hasher && ip == peer => hash,
+                _ => {
+                    let hash = self.hasher.hash_one(peer);
+                    kept.0 = Some((self.hasher, peer, hash));
+                    hash
+                }
+            },
+            (_, None) => self.hasher.hash_one(peer),
         }
     }
 }
+
+/// A connection's address hash, kept from one request to the next.
+#[derive(Debug, Default)]
+pub struct PeerHash(Option<(ClientHasher, IpAddr, u64)>);
 
 fn cookie<'h, H: Fields + ?Sized>(headers: &'h H, name: &str) -> Option<&'h [u8]> {
     headers.find_map(COOKIE.as_str(), |v| {

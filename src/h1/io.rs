@@ -3,7 +3,7 @@
 //! while it waits for the upstream.
 
 use std::future::Future;
-use std::io;
+use std::io::{self, Read};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -18,12 +18,14 @@ use tokio::time::Instant;
 /// of their own, which a clear of the earlier one leaves alone.
 pub fn read_now(s: &TcpStream, dst: &mut [u8]) -> io::Result<usize> {
     let mut short = 0;
-    let r = s.try_io(Interest::READABLE, || match s.try_read(dst) {
-        Ok(n) if n > 0 && n < dst.len() => {
-            short = n;
-            Err(io::ErrorKind::WouldBlock.into())
+    let r = s.try_io(Interest::READABLE, || {
+        match (&*socket2::SockRef::from(s)).read(dst) {
+            Ok(n) if n > 0 && n < dst.len() => {
+                short = n;
+                Err(io::ErrorKind::WouldBlock.into())
+            }
+            r => r,
         }
-        r => r,
     });
     match r {
         Err(e) if e.kind() == io::ErrorKind::WouldBlock && short > 0 => Ok(short),
@@ -139,5 +141,68 @@ pub async fn gone(s: &TcpStream) {
     match s.peek(&mut probe).await {
         Ok(0) | Err(_) => {}
         Ok(_) => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    /// A short read clears the readiness it took all the bytes of; bytes that come later
+    /// still wake the next read, and a read that fills its buffer leaves the rest readable.
+    #[tokio::test]
+    async fn a_short_read_waits_for_the_next_bytes_and_a_full_one_reads_on() {
+        let (mut w, r) = pair().await;
+        let mut timer = Lazy::default();
+        let deadline = || Instant::now() + std::time::Duration::from_secs(5);
+        let mut buf = [0u8; 8];
+        w.write_all(b"abc").await.unwrap();
+        assert_eq!(
+            read_by(&r, &mut buf, deadline(), &mut timer).await.unwrap(),
+            3
+        );
+        assert!(matches!(read_now(&r, &mut buf), Err(e) if e.kind() == io::ErrorKind::WouldBlock));
+        let late = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            w.write_all(b"0123456789").await.unwrap();
+            w
+        });
+        assert_eq!(
+            read_by(&r, &mut buf, deadline(), &mut timer).await.unwrap(),
+            8
+        );
+        assert_eq!(&buf, b"01234567");
+        // The buffer was filled: the rest is read without another wake-up.
+        assert_eq!(
+            read_by(&r, &mut buf, deadline(), &mut timer).await.unwrap(),
+            2
+        );
+        let w = late.await.unwrap();
+        drop(w);
+        assert_eq!(
+            read_by(&r, &mut buf, deadline(), &mut timer).await.unwrap(),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn a_read_with_nothing_coming_times_out() {
+        let (_w, r) = pair().await;
+        let mut timer = Lazy::default();
+        let mut buf = [0u8; 8];
+        let by = Instant::now() + std::time::Duration::from_millis(50);
+        assert!(matches!(
+            read_by(&r, &mut buf, by, &mut timer).await,
+            Err(IoFail::Timeout)
+        ));
     }
 }

@@ -17,6 +17,7 @@ use super::chunked::Chunked;
 use super::exchange::{self, Forwarded};
 use super::head::{self, Framing, Head, HeadError, View};
 use super::io::{gone, read_by, write_all, IoFail, Lazy};
+use crate::admission::classify::PeerHash;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::connection::{serve_io, Conn};
 use crate::proxy::forward::Exchange;
@@ -45,74 +46,143 @@ pub(crate) async fn serve(
     conn: Conn,
     lot: Option<Arc<ParkingLot>>,
 ) {
-    let mut buf: Option<Box<Buf>> = None;
     // The idle timer, inline (pinned in this task): moved forward only when it fires.
     let idle_timer = tokio::time::sleep_until(Instant::now() + OWN_PARK_AFTER);
     tokio::pin!(idle_timer);
     let mut upstream_timer = Lazy::default();
     let mut first = true;
+    let mut keepalive_until: Option<Instant> = None;
     loop {
-        let b = match buf.take() {
-            // Pipelined bytes: the next head is there already.
-            Some(b) if !b.is_empty() => b,
-            idle => {
-                // Idle: the buffer goes back, and the connection waits holding none.
-                if let Some(b) = idle {
-                    buffers::give(b);
-                }
-                // A new connection's first bytes are due within the head timeout (the
-                // keep-alive timeout is for connections that have been answered).
-                let limit = {
-                    let snap = shared.snapshot.load();
-                    let server = &snap.compiled.config.server;
-                    if first {
-                        server.client_header_timeout.min(server.keepalive_timeout)
-                    } else {
-                        server.keepalive_timeout
-                    }
-                };
-                let waited = wait_for_bytes(
-                    &stream,
-                    idle_timer.as_mut(),
-                    &mut upstream_timer,
-                    (&conn, lot.is_some()),
-                    limit,
-                )
-                .await;
-                match waited {
-                    Waited::Bytes(b) => b,
-                    Waited::Close => return,
-                    Waited::Park(deadline) => {
-                        // The task ends here, and everything it held with it; the lot keeps
-                        // the socket and what resumes it (a few dozen bytes).
-                        if let (Some(lot), Ok(tcp)) = (lot, stream.into_std()) {
-                            let resume = Resume {
-                                peer: info.peer,
-                                trusted: info.headers.trusted,
-                                conn,
-                            };
-                            lot.park(tcp, deadline.into_std(), resume);
-                        }
-                        return;
-                    }
-                }
+        // Idle: the connection waits holding no buffer. A new connection's first bytes are due
+        // within the head timeout (the keep-alive timeout is for connections that have been
+        // answered).
+        let limit = {
+            let snap = shared.snapshot.load();
+            let server = &snap.compiled.config.server;
+            match keepalive_until {
+                Some(t) => t.saturating_duration_since(Instant::now()),
+                None if first => server.client_header_timeout.min(server.keepalive_timeout),
+                None => server.keepalive_timeout,
             }
         };
-        // Boxed, one allocation a request: everything a request needs lives there, and this
-        // future (an idle connection's whole state) stays a few hundred bytes.
-        let busy = Box::pin(busy(&stream, b, (&shared, &info), &mut upstream_timer)).await;
-        first = false;
-        match busy {
-            Next::Keep(b) if !conn.stop.is_set() => buf = Some(b),
-            Next::Keep(b) | Next::Close(b) => {
-                buffers::give(b);
+        let waited = wait_for_bytes(
+            &stream,
+            idle_timer.as_mut(),
+            &mut upstream_timer,
+            (&conn, lot.is_some()),
+            limit,
+        )
+        .await;
+        let b = match waited {
+            Waited::Bytes(b) => b,
+            Waited::Close => return,
+            Waited::Park(deadline) => {
+                park(stream, lot, &info, conn, deadline);
                 return;
             }
-            Next::HandOver(b, proto) => {
+        };
+        first = false;
+        // Boxed, once a busy spell: everything its requests need lives there, and this future
+        // (an idle connection's whole state) stays a few hundred bytes.
+        let ended = Box::pin(active(
+            &stream,
+            b,
+            (&shared, &info, &conn),
+            idle_timer.as_mut(),
+            &mut upstream_timer,
+        ))
+        .await;
+        match ended {
+            Ended::Close => return,
+            Ended::Idle(deadline) => match lot {
+                Some(_) => {
+                    park(stream, lot, &info, conn, deadline);
+                    return;
+                }
+                None => keepalive_until = Some(deadline),
+            },
+            Ended::HandOver(b, proto) => {
                 let cfg = shared.snapshot.load().compiled.config.server.clone();
                 Box::pin(hand_over(stream, (b, proto), cfg, shared, info, conn, lot)).await;
                 return;
             }
+        }
+    }
+}
+
+/// Hands an idle connection to the parking lot until `deadline`: its task ends here, and
+/// everything it held with it; the lot keeps the socket and what resumes it (a few dozen
+/// bytes).
+fn park(
+    stream: TcpStream,
+    lot: Option<Arc<ParkingLot>>,
+    info: &ConnInfo,
+    conn: Conn,
+    deadline: Instant,
+) {
+    if let (Some(lot), Ok(tcp)) = (lot, stream.into_std()) {
+        let resume = Resume {
+            peer: info.peer,
+            trusted: info.headers.trusted,
+            conn,
+        };
+        lot.park(tcp, deadline.into_std(), resume);
+    }
+}
+
+/// How a busy spell ended.
+enum Ended {
+    Close,
+    /// Idle for `OWN_PARK_AFTER`: to the parking lot (or, without one, to the connection's
+    /// own idle wait) until this deadline.
+    Idle(Instant),
+    HandOver(Box<Buf>, Proto),
+}
+
+/// Serves requests from their first bytes in `b` until the connection closes, is handed
+/// over, or has been idle for `OWN_PARK_AFTER`: the waits between requests happen here, so a
+/// keep-alive connection's requests share one future (not one each).
+async fn active(
+    stream: &TcpStream,
+    mut b: Box<Buf>,
+    (shared, info, conn): (&Arc<Shared>, &Arc<ConnInfo>, &Conn),
+    mut idle_timer: Pin<&mut tokio::time::Sleep>,
+    upstream_timer: &mut Lazy,
+) -> Ended {
+    let mut peer_hash = PeerHash::default();
+    loop {
+        match busy(stream, b, (shared, info), upstream_timer, &mut peer_hash).await {
+            // Pipelined bytes: the next head is there already.
+            Next::Keep(next) if !conn.stop.is_set() && !next.is_empty() => b = next,
+            Next::Keep(idle) if !conn.stop.is_set() => {
+                buffers::give(idle);
+                let keepalive = shared
+                    .snapshot
+                    .load()
+                    .compiled
+                    .config
+                    .server
+                    .keepalive_timeout;
+                // Parked or not, a connection idle this long leaves the busy spell.
+                b = match wait_for_bytes(
+                    stream,
+                    idle_timer.as_mut(),
+                    upstream_timer,
+                    (conn, true),
+                    keepalive,
+                )
+                .await
+                {
+                    Waited::Bytes(b) => b,
+                    Waited::Close => return Ended::Close,
+                    Waited::Park(deadline) => return Ended::Idle(deadline),
+                };
+            }
+            Next::Keep(b) | Next::Close(b) => {
+                buffers::give(b);
+                return Ended::Close;
+            }
+            Next::HandOver(b, proto) => return Ended::HandOver(b, proto),
         }
     }
 }
@@ -135,6 +205,7 @@ async fn busy(
     mut b: Box<Buf>,
     (shared, info): (&Arc<Shared>, &Arc<ConnInfo>),
     upstream_timer: &mut Lazy,
+    peer_hash: &mut PeerHash,
 ) -> Next {
     let snap = shared.snapshot.load_full();
     let server = &snap.compiled.config.server;
@@ -167,7 +238,14 @@ async fn busy(
     if head.general || !all_plain(&snap) {
         return Next::HandOver(b, Proto::H1);
     }
-    let keep = request(stream, &mut b, head, (shared, info, &snap), upstream_timer).await;
+    let keep = request(
+        stream,
+        &mut b,
+        head,
+        (shared, info, &snap),
+        (upstream_timer, peer_hash),
+    )
+    .await;
     if keep {
         Next::Keep(b)
     } else {
@@ -421,7 +499,7 @@ async fn request(
     b: &mut Buf,
     head: Head,
     (shared, info, snap): (&Arc<Shared>, &ConnInfo, &Arc<Snapshot>),
-    timer: &mut Lazy,
+    (timer, peer_hash): (&mut Lazy, &mut PeerHash),
 ) -> bool {
     let server = &snap.compiled.config.server;
     let is_head = head.method == http::Method::HEAD;
@@ -477,6 +555,7 @@ async fn request(
                 buf: pending,
                 fields: &b.fields,
             },
+            peer_hash: Some(peer_hash),
         };
         let mut admission = std::pin::pin!(admit(
             shared,

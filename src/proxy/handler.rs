@@ -14,6 +14,7 @@ use super::headers::ConnHeaders;
 use super::phases::Phase;
 use super::respond::{self, ProxyError};
 use crate::admission::admit::{self, Step};
+use crate::admission::classify::PeerHash;
 use crate::admission::Decision;
 use crate::admission::{Ask, Permit, Reject, RejectReason, Ticket};
 use crate::fields::Fields;
@@ -68,6 +69,7 @@ async fn handle_inner(
         host: host.as_ref().map(|h| h.as_bytes()),
         path: req.uri().path().as_bytes(),
         fields: req.headers(),
+        peer_hash: None,
     };
     let snap = shared.snapshot.load_full();
     let mut a = match admit(
@@ -109,6 +111,9 @@ pub(crate) struct Asked<'a, H: ?Sized> {
     /// The path, without the query.
     pub path: &'a [u8],
     pub fields: &'a H,
+    /// The connection's address hash, kept for its next requests (its requests one at a
+    /// time).
+    pub peer_hash: Option<&'a mut PeerHash>,
 }
 
 /// An admitted request: its slot, and where it goes.
@@ -212,7 +217,7 @@ pub(crate) async fn admit<H: Fields + ?Sized>(
     } else {
         peer
     };
-    let client = c.classifier.client_hash(req.fields, ip);
+    let client = c.classifier.client_hash_kept(req.fields, ip, req.peer_hash);
     if note.on {
         note.feature = Some(feature.name.clone());
         note.priority = Some(feature.priority.as_str());
