@@ -5,7 +5,7 @@
 use tokio::time::Instant;
 
 /// Milliseconds since a day before the process started.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Clock {
     base: Instant,
 }

@@ -78,12 +78,52 @@ pub enum HeadError {
 /// The most fields parsed at once (a bigger `server.max_headers` is held to this).
 pub const MAX_FIELDS: usize = 256;
 
+/// The last Host a connection sent that was found valid: the next request's, when it is the
+/// same, is not checked again (a keep-alive client sends the same Host every time).
+#[derive(Debug)]
+pub struct KnownHost {
+    len: usize,
+    bytes: [u8; 64],
+}
+
+impl Default for KnownHost {
+    fn default() -> Self {
+        Self {
+            len: 0,
+            bytes: [0; 64],
+        }
+    }
+}
+
+impl KnownHost {
+    fn is(&self, host: &[u8]) -> bool {
+        self.len > 0 && self.bytes.get(..self.len) == Some(host)
+    }
+
+    fn keep(&mut self, host: &[u8]) {
+        if let Some(to) = self.bytes.get_mut(..host.len()) {
+            to.copy_from_slice(host);
+            self.len = host.len();
+        }
+    }
+}
+
 /// Parses the head at the start of `buf` into `fields` (cleared first). `Ok(None)`: not
 /// complete yet.
 pub fn parse(
     buf: &[u8],
     max_fields: usize,
     fields: &mut Vec<Field>,
+) -> Result<Option<Head>, HeadError> {
+    parse_known(buf, max_fields, fields, &mut KnownHost::default())
+}
+
+/// [`parse`], a Host the connection sent before (and found valid) not checked again.
+pub fn parse_known(
+    buf: &[u8],
+    max_fields: usize,
+    fields: &mut Vec<Field>,
+    known: &mut KnownHost,
 ) -> Result<Option<Head>, HeadError> {
     let mut raw = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
     let n = max_fields.clamp(1, MAX_FIELDS);
@@ -178,7 +218,11 @@ pub fn parse(
     }
     head.refused = match (hosts, head.host) {
         (0, _) | (_, None) => Some(Refusal::MissingHost),
-        (1, Some(h)) if valid_authority(h.in_buf(buf)) => None,
+        (1, Some(h)) if known.is(h.in_buf(buf)) => None,
+        (1, Some(h)) if valid_authority(h.in_buf(buf)) => {
+            known.keep(h.in_buf(buf));
+            None
+        }
         (1, _) => Some(Refusal::BadHost),
         _ => Some(Refusal::DuplicateHost),
     };
@@ -229,6 +273,44 @@ mod tests {
 
     fn head(text: &str) -> Result<Option<Head>, HeadError> {
         parse(text.as_bytes(), 100, &mut Vec::new())
+    }
+
+    /// A connection's valid Host is kept; another Host is checked afresh, and a bad one is
+    /// refused whatever came before it.
+    #[test]
+    fn a_known_host_is_kept_and_only_the_same_one_passes_unchecked() {
+        let mut known = KnownHost::default();
+        let mut fields = Vec::new();
+        let mut refused = |text: &str, known: &mut KnownHost| {
+            parse_known(text.as_bytes(), 100, &mut fields, known)
+                .unwrap()
+                .unwrap()
+                .refused
+        };
+        assert_eq!(
+            refused("GET / HTTP/1.1\r\nHost: a.example:80\r\n\r\n", &mut known),
+            None
+        );
+        assert!(known.is(b"a.example:80"));
+        assert_eq!(
+            refused("GET / HTTP/1.1\r\nHost: a.example:80\r\n\r\n", &mut known),
+            None
+        );
+        assert_eq!(
+            refused("GET / HTTP/1.1\r\nHost: a.example:80x\r\n\r\n", &mut known),
+            Some(Refusal::BadHost)
+        );
+        assert_eq!(
+            refused("GET / HTTP/1.1\r\nHost: a.example/\r\n\r\n", &mut known),
+            Some(Refusal::BadHost)
+        );
+        assert!(known.is(b"a.example:80"));
+        let long = format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", "h".repeat(100));
+        assert_eq!(refused(&long, &mut known), None);
+        assert!(
+            known.is(b"a.example:80"),
+            "a host longer than the room is not kept"
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::buffers::{self, Buf};
 use super::chunked::Chunked;
 use super::exchange::{self, Forwarded};
-use super::head::{self, Framing, Head, HeadError, View};
+use super::head::{self, Framing, Head, HeadError, KnownHost, View};
 use super::io::{gone, read_by, write_all, IoFail, Lazy};
 use crate::admission::classify::PeerHash;
 use crate::proxy::body::ProxyBody;
@@ -52,55 +52,89 @@ pub(crate) async fn serve(
     let mut upstream_timer = Lazy::default();
     let mut first = true;
     let mut keepalive_until: Option<Instant> = None;
+    // Bytes of a next request that came with the last one.
+    let mut pipelined: Option<Box<Buf>> = None;
+    // A request was answered since the connection last went quiet.
+    let mut busy_spell = false;
     loop {
-        // Idle: the connection waits holding no buffer. A new connection's first bytes are due
-        // within the head timeout (the keep-alive timeout is for connections that have been
-        // answered).
-        let limit = {
-            let snap = shared.snapshot.load();
-            let server = &snap.compiled.config.server;
-            match keepalive_until {
-                Some(t) => t.saturating_duration_since(Instant::now()),
-                None if first => server.client_header_timeout.min(server.keepalive_timeout),
-                None => server.keepalive_timeout,
-            }
-        };
-        let waited = wait_for_bytes(
-            &stream,
-            idle_timer.as_mut(),
-            &mut upstream_timer,
-            (&conn, lot.is_some()),
-            limit,
-        )
-        .await;
-        let b = match waited {
-            Waited::Bytes(b) => b,
-            Waited::Close => return,
-            Waited::Park(deadline) => {
-                park(stream, lot, &info, conn, deadline);
-                return;
+        let b = match pipelined.take() {
+            Some(b) => b,
+            None => {
+                // Idle: the connection waits holding no buffer. A new connection's first
+                // bytes are due within the head timeout (the keep-alive timeout is for
+                // connections that have been answered).
+                let limit = {
+                    let snap = shared.snapshot.load();
+                    let server = &snap.compiled.config.server;
+                    match keepalive_until {
+                        Some(t) => t.saturating_duration_since(Instant::now()),
+                        None if first => server.client_header_timeout.min(server.keepalive_timeout),
+                        None => server.keepalive_timeout,
+                    }
+                };
+                let waited = wait_for_bytes(
+                    &stream,
+                    idle_timer.as_mut(),
+                    &mut upstream_timer,
+                    (&conn, lot.is_some()),
+                    limit,
+                )
+                .await;
+                match waited {
+                    Waited::Bytes(b) => b,
+                    Waited::Close => return,
+                    Waited::Park(deadline) => {
+                        park(stream, lot, &info, conn, deadline);
+                        return;
+                    }
+                }
             }
         };
         first = false;
-        // Boxed, once a busy spell: everything its requests need lives there, and this future
-        // (an idle connection's whole state) stays a few hundred bytes.
-        let ended = Box::pin(active(
-            &stream,
-            b,
-            (&shared, &info, &conn),
-            idle_timer.as_mut(),
-            &mut upstream_timer,
-        ))
-        .await;
+        let ended = if busy_spell {
+            // A second request soon after the first: the rest of the busy spell runs in one
+            // boxed future, the waits between its requests included.
+            Box::pin(active(
+                &stream,
+                b,
+                (&shared, &info, &conn),
+                idle_timer.as_mut(),
+                &mut upstream_timer,
+            ))
+            .await
+        } else {
+            // The first request after a quiet spell, in a box of its own: a connection that
+            // asks once and goes quiet (most idle ones) holds no request state while it waits.
+            match Box::pin(one(&stream, b, (&shared, &info), &mut upstream_timer)).await {
+                Next::Keep(b) if !conn.stop.is_set() => {
+                    busy_spell = true;
+                    keepalive_until = None;
+                    if b.is_empty() {
+                        buffers::give(b);
+                    } else {
+                        pipelined = Some(b);
+                    }
+                    continue;
+                }
+                Next::Keep(b) | Next::Close(b) => {
+                    buffers::give(b);
+                    Ended::Close
+                }
+                Next::HandOver(b, proto) => Ended::HandOver(b, proto),
+            }
+        };
         match ended {
             Ended::Close => return,
-            Ended::Idle(deadline) => match lot {
-                Some(_) => {
-                    park(stream, lot, &info, conn, deadline);
-                    return;
+            Ended::Idle(deadline) => {
+                busy_spell = false;
+                match lot {
+                    Some(_) => {
+                        park(stream, lot, &info, conn, deadline);
+                        return;
+                    }
+                    None => keepalive_until = Some(deadline),
                 }
-                None => keepalive_until = Some(deadline),
-            },
+            }
             Ended::HandOver(b, proto) => {
                 let cfg = shared.snapshot.load().compiled.config.server.clone();
                 Box::pin(hand_over(stream, (b, proto), cfg, shared, info, conn, lot)).await;
@@ -108,6 +142,18 @@ pub(crate) async fn serve(
             }
         }
     }
+}
+
+/// One request, with what a busy spell would keep made for it alone.
+async fn one(
+    stream: &TcpStream,
+    b: Box<Buf>,
+    (shared, info): (&Arc<Shared>, &Arc<ConnInfo>),
+    upstream_timer: &mut Lazy,
+) -> Next {
+    let snap = shared.snapshot.load_full();
+    let mut kept = Kept::default();
+    busy(stream, b, (shared, info, &snap), upstream_timer, &mut kept).await
 }
 
 /// Hands an idle connection to the parking lot until `deadline`: its task ends here, and
@@ -130,6 +176,13 @@ fn park(
     }
 }
 
+/// What a connection keeps from one request to the next while it is busy.
+#[derive(Default)]
+struct Kept {
+    peer_hash: PeerHash,
+    host: KnownHost,
+}
+
 /// How a busy spell ended.
 enum Ended {
     Close,
@@ -149,20 +202,17 @@ async fn active(
     mut idle_timer: Pin<&mut tokio::time::Sleep>,
     upstream_timer: &mut Lazy,
 ) -> Ended {
-    let mut peer_hash = PeerHash::default();
+    let mut kept = Kept::default();
+    // The snapshot, read again only when a reload has swapped it (one load a request).
+    let mut snaps = arc_swap::Cache::new(&shared.snapshot);
     loop {
-        match busy(stream, b, (shared, info), upstream_timer, &mut peer_hash).await {
+        let snap = snaps.load();
+        match busy(stream, b, (shared, info, snap), upstream_timer, &mut kept).await {
             // Pipelined bytes: the next head is there already.
             Next::Keep(next) if !conn.stop.is_set() && !next.is_empty() => b = next,
             Next::Keep(idle) if !conn.stop.is_set() => {
                 buffers::give(idle);
-                let keepalive = shared
-                    .snapshot
-                    .load()
-                    .compiled
-                    .config
-                    .server
-                    .keepalive_timeout;
+                let keepalive = snaps.load().compiled.config.server.keepalive_timeout;
                 // Parked or not, a connection idle this long leaves the busy spell.
                 b = match wait_for_bytes(
                     stream,
@@ -203,11 +253,10 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 async fn busy(
     stream: &TcpStream,
     mut b: Box<Buf>,
-    (shared, info): (&Arc<Shared>, &Arc<ConnInfo>),
+    (shared, info, snap): (&Arc<Shared>, &Arc<ConnInfo>, &Arc<Snapshot>),
     upstream_timer: &mut Lazy,
-    peer_hash: &mut PeerHash,
+    kept: &mut Kept,
 ) -> Next {
-    let snap = shared.snapshot.load_full();
     let server = &snap.compiled.config.server;
     // HTTP/2 with prior knowledge goes to hyper's server (a preface in pieces is waited for).
     if b.pending().first() == Some(&H2_PREFACE[0]) {
@@ -223,9 +272,9 @@ async fn busy(
         }
     }
     // A head that came whole in the first read is parsed without waiting.
-    let head = match parse_now(&mut b, server) {
+    let head = match parse_now(&mut b, server, &mut kept.host) {
         Ok(Some(h)) => h,
-        _ => match read_head(stream, &mut b, server, upstream_timer).await {
+        _ => match read_head(stream, &mut b, server, (upstream_timer, &mut kept.host)).await {
             Ok(h) => h,
             Err(Some(bad)) => {
                 local(&mut b, bad.response(), true, false);
@@ -235,15 +284,15 @@ async fn busy(
             Err(None) => return Next::Close(b),
         },
     };
-    if head.general || !all_plain(&snap) {
+    if head.general || !all_plain(snap) {
         return Next::HandOver(b, Proto::H1);
     }
     let keep = request(
         stream,
         &mut b,
         head,
-        (shared, info, &snap),
-        (upstream_timer, peer_hash),
+        (shared, info, snap),
+        (upstream_timer, &mut kept.peer_hash),
     )
     .await;
     if keep {
@@ -275,7 +324,11 @@ async fn hand_over(
 
 /// The head at the front of `b`: `Ok(None)` while it is not whole yet, or the answer to a
 /// head that cannot be served.
-fn parse_now(b: &mut Buf, server: &crate::config::ServerConfig) -> Result<Option<Head>, BadHead> {
+fn parse_now(
+    b: &mut Buf,
+    server: &crate::config::ServerConfig,
+    known: &mut KnownHost,
+) -> Result<Option<Head>, BadHead> {
     let Buf {
         data,
         start,
@@ -284,7 +337,7 @@ fn parse_now(b: &mut Buf, server: &crate::config::ServerConfig) -> Result<Option
         ..
     } = &mut *b;
     let max = server.max_header_bytes;
-    match head::parse(&data[*start..*end], server.max_headers, fields) {
+    match head::parse_known(&data[*start..*end], server.max_headers, fields, known) {
         Ok(Some(h)) if h.len <= max => Ok(Some(h)),
         Ok(Some(_)) | Err(HeadError::TooManyFields) => Err(BadHead::TooLarge),
         Ok(None) if *end - *start >= max => Err(BadHead::TooLarge),
@@ -468,12 +521,12 @@ async fn read_head(
     s: &TcpStream,
     b: &mut Buf,
     server: &crate::config::ServerConfig,
-    timer: &mut Lazy,
+    (timer, known): (&mut Lazy, &mut KnownHost),
 ) -> Result<Head, Option<BadHead>> {
     let deadline = Instant::now() + server.client_header_timeout;
     let max = server.max_header_bytes;
     loop {
-        if let Some(h) = parse_now(b, server).map_err(Some)? {
+        if let Some(h) = parse_now(b, server, known).map_err(Some)? {
             return Ok(h);
         }
         let room = b.room(max.max(buffers::CLIENT));
@@ -709,6 +762,7 @@ fn rejected(b: &mut Buf, shared: &Shared, r: &Rejection, close: bool, is_head: b
         ratelimit: cfg.ratelimit_headers.then_some(r.limit),
         ticket: ticket.as_ref().map(|(t, c)| (t.as_str(), c.as_deref())),
         body_prefix: feature.reject_bodies.prefix(r.reject.reason),
+        now: (shared.clock, r.now_ms),
     };
     b.out.clear();
     super::write::reject(&mut b.out, &head, close, is_head);

@@ -289,15 +289,32 @@ pub struct Reject<'a> {
     pub ticket: Option<(&'a str, Option<&'a str>)>,
     /// The body before the `Retry-After` figure (`{..."retry_after_s":`).
     pub body_prefix: &'a [u8],
+    /// Now, on the shared clock (read already): the `Date` line is written again only when
+    /// its second has passed.
+    pub now: (crate::clock::Clock, u64),
 }
 
 /// A reject written as `respond::reject` makes it, without building a response first.
 pub fn reject(out: &mut Vec<u8>, r: &Reject<'_>, close: bool, head: bool) {
-    status_line(out, r.status, b"");
-    out.extend_from_slice(b"content-type: application/json\r\ncache-control: no-store\r\n");
+    // The usual statuses' lines up to the `Retry-After` figure, whole.
+    macro_rules! fields {
+        () => {
+            "content-type: application/json\r\ncache-control: no-store\r\nretry-after: "
+        };
+    }
+    let start: &str = match r.status {
+        503 => concat!("HTTP/1.1 503 Service Unavailable\r\n", fields!()),
+        429 => concat!("HTTP/1.1 429 Too Many Requests\r\n", fields!()),
+        status => {
+            status_line(out, status, b"");
+            fields!()
+        }
+    };
+    out.extend_from_slice(start.as_bytes());
     let mut digits = itoa::Buffer::new();
     let secs = digits.format(r.retry_after_s).as_bytes();
-    line(out, b"retry-after", secs);
+    out.extend_from_slice(secs);
+    out.extend_from_slice(b"\r\n");
     if let Some(limit) = r.ratelimit {
         out.extend_from_slice(b"ratelimit-policy: \"warmup\";q=");
         out.extend_from_slice(itoa::Buffer::new().format(limit).as_bytes());
@@ -312,7 +329,7 @@ pub fn reject(out: &mut Vec<u8>, r: &Reject<'_>, close: bool, head: bool) {
         }
         line(out, crate::ticket::HEADER.as_bytes(), text.as_bytes());
     }
-    date(out);
+    date_at(out, r.now);
     let len = r.body_prefix.len() + secs.len() + 2;
     framing(out, Framing::Length(len as u64));
     if close {
@@ -342,6 +359,33 @@ fn date(out: &mut Vec<u8>) {
             *c = (secs, line.into_bytes());
         }
         out.extend_from_slice(&c.1);
+    });
+}
+
+/// `date: <now>\r\n`, with now read already on a monotonic millisecond clock: the wall clock
+/// is read only when the line's second has passed (per thread, and per clock: tests run
+/// several proxies in one process).
+fn date_at(out: &mut Vec<u8>, (clock, now_ms): (crate::clock::Clock, u64)) {
+    thread_local! {
+        /// The clock, until when on it the line holds, and the line.
+        static LINE: RefCell<Option<(crate::clock::Clock, u64, Vec<u8>)>> = const { RefCell::new(None) };
+    }
+    LINE.with(|c| {
+        let mut c = c.borrow_mut();
+        match &*c {
+            Some((on, until, line)) if *on == clock && now_ms < *until => {
+                out.extend_from_slice(line);
+            }
+            _ => {
+                let wall = std::time::SystemTime::now();
+                let into_second = wall
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::from(d.subsec_millis()));
+                let line = format!("date: {}\r\n", httpdate::fmt_http_date(wall));
+                out.extend_from_slice(line.as_bytes());
+                *c = Some((clock, now_ms + (1000 - into_second), line.into_bytes()));
+            }
+        }
     });
 }
 

@@ -296,6 +296,7 @@ pub(crate) async fn admit<H: Fields + ?Sized>(
                         feature: fidx,
                         reject: r,
                         client,
+                        now_ms: shared.clock.now_ms(),
                     }));
                 }
             }
@@ -310,6 +311,7 @@ pub(crate) async fn admit<H: Fields + ?Sized>(
                 reject,
                 limit,
                 client,
+                now_ms,
             }));
         }
     };
@@ -399,6 +401,8 @@ pub(crate) struct Rejection {
     /// The cluster's limit (for `RateLimit-Policy`).
     pub limit: u32,
     client: u64,
+    /// When it was turned away (on the shared clock).
+    pub now_ms: u64,
 }
 
 impl Rejection {
