@@ -14,6 +14,7 @@ if [ ${#targets[@]} -eq 0 ]; then
 fi
 for t in "${targets[@]}"; do
   echo "== fuzz target $t for ${secs}s"
+  mkdir -p "fuzz/corpus/$t"
   (cd fuzz && cargo +nightly fuzz run "$t" "corpus/$t" -- \
     -max_total_time="$secs" -timeout=10 -rss_limit_mb=4096 -print_final_stats=1 2>&1) \
     | grep -E '^(stat::|SUMMARY|ERROR|==[0-9]+== ERROR|thread .* panicked)' || true
