@@ -21,7 +21,7 @@ use crate::proxy::forward::{backend_down, cache_of, Exchange};
 use crate::proxy::handler::ConnInfo;
 use crate::proxy::respond::ProxyError;
 use crate::runtime::Cluster;
-use crate::upstream::pool::millis;
+use crate::upstream::pool::{millis, still_open};
 use crate::upstream::EndpointGuard;
 
 /// How a forwarded request ended, for the client connection.
@@ -279,12 +279,6 @@ async fn send(
             Err(f) => return Err(f),
         }
     }
-}
-
-/// Whether an idle upstream connection is still open: nothing to read on it (an end of stream
-/// or unexpected bytes mean it is not to be used).
-fn still_open(s: &TcpStream) -> bool {
-    super::io::nothing_to_read(s)
 }
 
 fn broken(what: &str, e: IoFail) -> Fail {

@@ -277,7 +277,7 @@ async fn busy(
         _ => match read_head(stream, &mut b, server, (upstream_timer, &mut kept.host)).await {
             Ok(h) => h,
             Err(Some(bad)) => {
-                local(&mut b, bad.response(), true, false);
+                local(&mut b, bad.response(), (true, false), &shared.clock);
                 let _ = flush(stream, &b, server.send_timeout).await;
                 return Next::Close(b);
             }
@@ -581,7 +581,7 @@ async fn request(
     if let Some(r) = head.refused {
         let resp = respond::refused(r);
         let status = resp.status().as_u16();
-        local(b, resp, true, is_head);
+        local(b, resp, (true, is_head), &shared.clock);
         let _ = flush(s, b, server.send_timeout).await;
         if let Some(l) = log {
             l.finish(status);
@@ -634,7 +634,7 @@ async fn request(
             let status = resp.status().as_u16();
             // The body is skipped if it is here already; the connection closes otherwise.
             let keep = !head.close && skip_body(b, &head);
-            local(b, *resp, !keep, is_head);
+            local(b, *resp, (!keep, is_head), &shared.clock);
             let ok = flush(s, b, server.send_timeout).await;
             if let Some(l) = log {
                 l.finish(status);
@@ -667,7 +667,7 @@ async fn request(
         let keep = !head.close && skip_body(b, &head);
         let r = respond::error(ProxyError::NoEndpoint);
         let status = r.status().as_u16();
-        local(b, r, !keep, is_head);
+        local(b, r, (!keep, is_head), &shared.clock);
         let ok = flush(s, b, server.send_timeout).await;
         if let Some(l) = log {
             l.finish(status);
@@ -712,7 +712,7 @@ async fn request(
             a.stamp_ours(shared, &mut r);
             let status = r.status().as_u16();
             let keep = !close && !head.close && err != ProxyError::ClientTimeout;
-            local(b, r, !keep, is_head);
+            local(b, r, (!keep, is_head), &shared.clock);
             let ok = flush(s, b, server.send_timeout).await;
             (status, keep && ok)
         }
@@ -771,11 +771,22 @@ fn rejected(b: &mut Buf, shared: &Shared, r: &Rejection, close: bool, is_head: b
 
 /// Renders a response of our own into `b.out` (rendered before the write, so that the
 /// response is not part of the request's future).
-fn local(b: &mut Buf, resp: http::Response<ProxyBody>, close: bool, is_head: bool) {
+fn local(
+    b: &mut Buf,
+    resp: http::Response<ProxyBody>,
+    (close, is_head): (bool, bool),
+    clock: &crate::clock::Clock,
+) {
     let (parts, mut body) = resp.into_parts();
     let bytes = local_bytes(&mut body);
     b.out.clear();
-    super::write::local(&mut b.out, &parts, &bytes, close, is_head);
+    super::write::local(
+        &mut b.out,
+        &parts,
+        &bytes,
+        (close, is_head),
+        (*clock, clock.now_ms()),
+    );
 }
 
 /// Writes what is rendered in `b.out`. True if it was written.

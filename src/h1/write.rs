@@ -256,8 +256,8 @@ pub fn local(
     out: &mut Vec<u8>,
     parts: &http::response::Parts,
     body: &[u8],
-    close: bool,
-    head: bool,
+    (close, head): (bool, bool),
+    now: (crate::clock::Clock, u64),
 ) {
     status_line(out, parts.status.as_u16(), b"");
     let mut closing = close;
@@ -268,7 +268,7 @@ pub fn local(
         }
         line(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    date(out);
+    date(out, now);
     framing(out, Framing::Length(body.len() as u64));
     if closing {
         out.extend_from_slice(b"connection: close\r\n");
@@ -329,7 +329,7 @@ pub fn reject(out: &mut Vec<u8>, r: &Reject<'_>, close: bool, head: bool) {
         }
         line(out, crate::ticket::HEADER.as_bytes(), text.as_bytes());
     }
-    date_at(out, r.now);
+    date(out, r.now);
     let len = r.body_prefix.len() + secs.len() + 2;
     framing(out, Framing::Length(len as u64));
     if close {
@@ -343,29 +343,10 @@ pub fn reject(out: &mut Vec<u8>, r: &Reject<'_>, close: bool, head: bool) {
     }
 }
 
-/// `date: <now>\r\n` (formatted once a second per thread).
-fn date(out: &mut Vec<u8>) {
-    thread_local! {
-        static LINE: RefCell<(u64, Vec<u8>)> = const { RefCell::new((0, Vec::new())) };
-    }
-    let now = std::time::SystemTime::now();
-    let secs = now
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    LINE.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.0 != secs || c.1.is_empty() {
-            let line = format!("date: {}\r\n", httpdate::fmt_http_date(now));
-            *c = (secs, line.into_bytes());
-        }
-        out.extend_from_slice(&c.1);
-    });
-}
-
 /// `date: <now>\r\n`, with now read already on a monotonic millisecond clock: the wall clock
 /// is read only when the line's second has passed (per thread, and per clock: tests run
 /// several proxies in one process).
-fn date_at(out: &mut Vec<u8>, (clock, now_ms): (crate::clock::Clock, u64)) {
+fn date(out: &mut Vec<u8>, (clock, now_ms): (crate::clock::Clock, u64)) {
     thread_local! {
         /// The clock, until when on it the line holds, and the line.
         static LINE: RefCell<Option<(crate::clock::Clock, u64, Vec<u8>)>> = const { RefCell::new(None) };
@@ -505,7 +486,13 @@ mod tests {
         let r = crate::proxy::respond::error(crate::proxy::respond::ProxyError::NoEndpoint);
         let (parts, _) = r.into_parts();
         let mut out = Vec::new();
-        local(&mut out, &parts, b"{}", false, false);
+        local(
+            &mut out,
+            &parts,
+            b"{}",
+            (false, false),
+            (crate::clock::Clock::new(), 0),
+        );
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{text}");
         assert!(

@@ -159,10 +159,7 @@ impl IdlePool {
         }
         for _ in 0..self.raw.len() {
             let Some(c) = self.raw.pop() else { break };
-            // A connection the upstream closed reads as ready (end of stream or an error).
-            let mut probe = [0u8; 1];
-            let open = matches!(c.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
-            if open && now_ms.saturating_sub(c.since_ms) < max_idle_ms {
+            if still_open(&c.stream) && now_ms.saturating_sub(c.since_ms) < max_idle_ms {
                 self.raw.push(c);
             }
         }
@@ -230,6 +227,13 @@ impl IdlePool {
     }
 }
 
+/// Whether an idle upstream connection is still open: nothing to read on it, asked of the
+/// socket itself (one `recv` with `MSG_PEEK`, whatever readiness the reactor last reported).
+/// An end of stream, an error or unexpected bytes mean it is not to be used.
+pub fn still_open(s: &tokio::net::TcpStream) -> bool {
+    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    matches!(socket2::SockRef::from(s).peek(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
 fn fresh(c: &Idle, now_ms: u64, max_idle_ms: u64) -> bool {
     !c.tx.is_closed() && now_ms.saturating_sub(c.since_ms) < max_idle_ms
 }
