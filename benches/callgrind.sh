@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Userland instructions per request (callgrind): warmgate forwarding an empty body to a static
-# nginx, and warmgate answering a reject (the feature switched off), each under wrk -t1 -c8.
+# nginx, and warmgate answering a reject (the feature switched off), each under wrk -t1 -c8;
+# then the forward over h2c (h2load -c16 -m10).
 # Instruction counts repeat to a few tenths of a percent on a noisy machine, unlike timings.
 # Only the load is counted: callgrind starts with instrumentation off and is switched on once
 # the proxy listens and has served a warm-up, and off again before it stops.
 #
-#   benches/callgrind.sh [SECONDS]      # needs nginx, wrk and valgrind
+#   benches/callgrind.sh [SECONDS]      # needs nginx, wrk, h2load and valgrind
+#   BIN=path/to/warmgate benches/callgrind.sh   # another build
 #   KEEP=DIR benches/callgrind.sh       # and keeps the profiles in DIR
 #
 # Everything listens on 127.0.0.1 and is stopped (by PID) at the end.
@@ -13,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-15}
 . "$(dirname "$0")/lib.sh"
-for t in wrk valgrind callgrind_control callgrind_annotate; do
+for t in wrk h2load valgrind callgrind_control callgrind_annotate; do
   command -v "$t" >/dev/null || { echo "callgrind.sh needs $t" >&2; exit 1; }
 done
 
@@ -26,18 +28,29 @@ warmgate_config 18182 1 18181 > "$work/forward.toml"
   printf '[[feature]]\nname = "default"\npriority = "normal"\nstate = "off"\n'; } > "$work/reject.toml"
 wait_port 18181
 
+BIN=${BIN:-./target/release/warmgate}
+
+# The load: wrk -t1 -c8 (or h2load -c16 -m10 for a name ending in h2c) on PORT for SECONDS;
+# prints the requests served.
+load() { # name port seconds
+  case "$1" in
+    *h2c) h2load -c16 -m10 -D "$3" "http://127.0.0.1:$2/empty" | awk '/^requests:/ {print $8}' ;;
+    *) wrk -t1 -c8 -d"$3s" "http://127.0.0.1:$2/empty" | awk '/requests in/ {print $1}' ;;
+  esac
+}
+
 # Prints the instructions per request of warmgate on CONFIG at PORT.
 measure() { # name config port
   local out="$work/$1.callgrind"
   valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
-    ./target/release/warmgate run "$2" 2>"$work/$1.valgrind" & local pid=$!
+    "$BIN" run "$2" 2>"$work/$1.valgrind" & local pid=$!
   pids+=("$pid")
   # Under valgrind the start takes seconds.
   for _ in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/"$3") 2>/dev/null && break; sleep 0.1; done
-  wrk -t1 -c8 -d3s "http://127.0.0.1:$3/empty" >/dev/null
+  load "$1" "$3" 3 >/dev/null
   callgrind_control -i on "$pid" >/dev/null 2>&1
   local n
-  n=$(wrk -t1 -c8 -d"${SECS}s" "http://127.0.0.1:$3/empty" | awk '/requests in/ {print $1}')
+  n=$(load "$1" "$3" "$SECS")
   callgrind_control -i off "$pid" >/dev/null 2>&1
   kill -TERM "$pid"
   wait "$pid" || true
@@ -49,3 +62,4 @@ measure() { # name config port
 }
 measure forward "$work/forward.toml" 18182
 measure reject "$work/reject.toml" 18183
+measure h2c "$work/forward.toml" 18182

@@ -391,3 +391,113 @@ async fn upstream_connections_are_reused_for_every_kind_of_body() {
     }
     assert_eq!(up.hits(), 35);
 }
+
+/// HTTP/2 streams without a body go upstream on the bare HTTP/1.1 connections: every kind of
+/// response body arrives whole and unframed, one upstream connection serves them all in turn,
+/// a HEAD gets no body, and split `cookie` fields reach the upstream as one.
+#[tokio::test]
+async fn h2_streams_reuse_bare_upstream_connections_for_every_kind_of_body() {
+    let up = upstream(Arc::new(|req| {
+        Box::pin(async move {
+            let b = Response::builder().header("x-kind", req.uri().path());
+            let cookies: Vec<_> = req
+                .headers()
+                .get_all("cookie")
+                .iter()
+                .map(|c| c.to_str().unwrap_or("?").to_string())
+                .collect();
+            match req.uri().path() {
+                "/empty" => b.body(full(Bytes::new())).unwrap(),
+                "/chunked" => b.body(chunks(Bytes::from_static(b"abcd"), 64)).unwrap(),
+                "/cookies" => b.body(full(cookies.join("|"))).unwrap(),
+                _ => b.body(full("fixed")).unwrap(),
+            }
+        })
+    }))
+    .await;
+    let p = proxy(&open_config(&format!("\"{}\"", up.addr), "")).await;
+    let client = h2();
+    let mut before = 0;
+    for i in 0..30 {
+        let path = ["/empty", "/fixed", "/chunked"][i % 3];
+        let (resp, body) = send(&client, "GET", &p.url(path), &[], full(Bytes::new())).await;
+        assert_eq!(resp.status(), 200, "{path}");
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        assert_eq!(resp.headers()["x-kind"], path);
+        assert_eq!(resp.headers()["via"], "1.1 warmgate");
+        assert!(resp.headers().get("transfer-encoding").is_none());
+        let want: &[u8] = match path {
+            "/empty" => b"",
+            "/fixed" => b"fixed",
+            _ => &b"abcd".repeat(16),
+        };
+        assert_eq!(&body[..], want, "{path}");
+        if i == 0 {
+            before = up.conns.load(Ordering::SeqCst);
+        }
+    }
+    assert_eq!(
+        up.conns.load(Ordering::SeqCst),
+        before,
+        "one upstream connection for 30 streams"
+    );
+    let (resp, body) = send(&client, "HEAD", &p.url("/fixed"), &[], full(Bytes::new())).await;
+    assert_eq!(resp.status(), 200);
+    assert!(body.is_empty());
+    let (_, body) = send(
+        &client,
+        "GET",
+        &p.url("/cookies"),
+        &[("cookie", "a=1"), ("cookie", "b=2")],
+        full(Bytes::new()),
+    )
+    .await;
+    assert_eq!(&body[..], b"a=1; b=2", "cookie fields joined for HTTP/1.1");
+    assert_eq!(up.hits(), 32);
+    p.stop().await;
+}
+
+/// A raw upstream that answers every connection with `answer` and closes.
+async fn raw_upstream(answer: &'static [u8]) -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(answer).await;
+            });
+        }
+    });
+    addr
+}
+
+/// On the bare path too, a malformed upstream response is a 502, and an upstream that
+/// closes mid-body cuts the stream off instead of ending it as if it were whole.
+#[tokio::test]
+async fn h2_stream_from_a_broken_upstream() {
+    let bad = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n").await;
+    let p = proxy(&open_config(&format!("\"{bad}\""), "")).await;
+    let (resp, _) = send(&h2(), "GET", &p.url("/"), &[], full(Bytes::new())).await;
+    assert_eq!(resp.status(), 502);
+    p.stop().await;
+
+    let cut = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this").await;
+    let p = proxy(&open_config(&format!("\"{cut}\""), "")).await;
+    let req = http::Request::get(p.url("/"))
+        .body(full(Bytes::new()))
+        .unwrap();
+    // The reset may overtake the head (h2 drops frames still queued for a reset stream).
+    let whole = tokio::time::timeout(Duration::from_secs(10), async {
+        let resp = h2().request(req).await.ok()?;
+        resp.into_body().collect().await.ok()
+    })
+    .await
+    .unwrap();
+    assert!(
+        whole.is_none(),
+        "a cut-off body is an error, not a short body"
+    );
+    p.stop().await;
+}

@@ -87,6 +87,16 @@ impl Chunked {
     /// Reads past `input`: how many of its bytes belong to the body (all of them unless the
     /// body ends inside it).
     pub fn scan(&mut self, input: &[u8]) -> Result<usize, ChunkError> {
+        self.scan_data(input, |_| {})
+    }
+
+    /// As [`Chunked::scan`], handing each run of chunk data (the body without its framing)
+    /// to `data` as it passes.
+    pub fn scan_data(
+        &mut self,
+        input: &[u8],
+        mut data: impl FnMut(&[u8]),
+    ) -> Result<usize, ChunkError> {
         let mut i = 0;
         while i < input.len() {
             let b = input[i];
@@ -132,6 +142,7 @@ impl Chunked {
                     let take =
                         (input.len() - i).min(usize::try_from(self.size).unwrap_or(usize::MAX));
                     self.size -= take as u64;
+                    data(&input[i..i + take]);
                     i += take;
                     if self.size == 0 {
                         self.state = State::DataCr;
@@ -244,6 +255,23 @@ mod tests {
             }
         }
         Ok(None)
+    }
+
+    #[test]
+    fn hands_over_the_data_without_its_framing_however_it_is_cut() -> Result<(), String> {
+        let body = b"5\r\nhello\r\na;ext=\"x\"\r\n0123456789\r\n0\r\nx-t: 1\r\n\r\n";
+        for step in 1..=body.len() {
+            let (mut c, mut data, mut at) = (Chunked::new(64), Vec::new(), 0);
+            while at < body.len() && !c.done() {
+                let end = (at + step).min(body.len());
+                at += c
+                    .scan_data(&body[at..end], |d| data.extend_from_slice(d))
+                    .map_err(|e| format!("step {step}: {}", e.as_str()))?;
+            }
+            assert!(c.done(), "step {step}");
+            assert_eq!(data, b"hello0123456789", "step {step}");
+        }
+        Ok(())
     }
 
     #[test]

@@ -251,7 +251,9 @@ async fn send(
         let stream = match pooled {
             Some(s) => s,
             // Boxed: most requests go out on a pooled connection.
-            None => Box::pin(connect(req)).await?,
+            None => Box::pin(connect(req.cluster, req.ep))
+                .await
+                .map_err(Fail::Connect)?,
         };
         // The head and what is buffered of the body, in one write.
         if let Err(e) = write_all(&stream, &b.out, up.response_header_timeout).await {
@@ -288,19 +290,19 @@ fn broken(what: &str, e: IoFail) -> Fail {
     }
 }
 
-async fn connect(req: &Request<'_>) -> Result<TcpStream, Fail> {
-    let up = &req.cluster.config.upstream;
-    req.cluster.client.connector.turn().await;
-    let uri = &req.ep.endpoint.uri;
+/// A new connection to the endpoint, paced by the cluster's connector.
+pub(super) async fn connect(cluster: &Cluster, ep: &EndpointGuard) -> std::io::Result<TcpStream> {
+    let up = &cluster.config.upstream;
+    cluster.client.connector.turn().await;
+    let uri = &ep.endpoint.uri;
     let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
     let port = uri.port_u16().unwrap_or(80);
     let s = match tokio::time::timeout(up.connect_timeout, TcpStream::connect((host, port))).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(Fail::Connect(e)),
-        Err(_) => return Err(Fail::Connect(std::io::ErrorKind::TimedOut.into())),
+        Ok(r) => r?,
+        Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
     };
     let _ = s.set_nodelay(true);
-    req.ep.endpoint.pool.note_opened();
+    ep.endpoint.pool.note_opened();
     Ok(s)
 }
 

@@ -1,4 +1,5 @@
 //! The HTTP/1.1 path of our own, for the proxy's hot path.
+pub mod bare;
 pub mod buffers;
 pub mod chunked;
 pub mod exchange;

@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use crate::admission::per_client::ClientSlot;
 use crate::admission::Permit;
 use crate::clock::Clock;
+use crate::h1::bare::BareBody;
 use crate::idle::IdleTimer;
 use crate::upstream::pool::Lease;
 use crate::upstream::EndpointGuard;
@@ -30,9 +31,26 @@ pub struct Held {
     pub client: Option<ClientSlot>,
 }
 
+/// Where an upstream body is read from.
+pub enum Source {
+    /// hyper's client connection.
+    Hyper(Incoming),
+    /// A bare connection of the HTTP/1.1 path's pool.
+    Bare(BareBody),
+}
+
+impl Source {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Source::Hyper(b) => b.is_end_stream(),
+            Source::Bare(b) => b.is_end_stream(),
+        }
+    }
+}
+
 /// An upstream body, cut off when the upstream sends nothing for `idle`.
 pub struct UpstreamBody {
-    body: Incoming,
+    body: Source,
     held: Held,
     /// The HTTP/1 connection holding this response's admission slot while it streams (its
     /// write path frees the slot if the client stops reading).
@@ -44,7 +62,8 @@ pub struct UpstreamBody {
 
 /// A pooled connection to give back, and what the pool needs to know.
 pub struct Back {
-    pub lease: Lease,
+    /// hyper's connection (a bare one is held by its body).
+    pub lease: Option<Lease>,
     pub clock: Clock,
     pub max_idle: usize,
 }
@@ -62,7 +81,26 @@ impl UpstreamBody {
     /// The body has ended: its connection is free for the next request.
     fn give_back(&mut self) {
         if let (Some(b), Some(ep)) = (self.back.take(), self.held.endpoint.as_ref()) {
-            ep.endpoint.pool.put(b.lease, b.clock.now_ms(), b.max_idle);
+            let pool = &ep.endpoint.pool;
+            match (&mut self.body, b.lease) {
+                (Source::Hyper(_), Some(lease)) => pool.put(lease, b.clock.now_ms(), b.max_idle),
+                (Source::Bare(bare), _) => bare.give_back(pool, b.clock.now_ms(), b.max_idle),
+                _ => {}
+            }
+        }
+    }
+}
+
+impl UpstreamBody {
+    fn poll_source(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.body {
+            Source::Hyper(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|r| r.map(|x| x.map_err(BoxError::from))),
+            Source::Bare(b) => b.poll_frame(cx),
         }
     }
 }
@@ -95,7 +133,7 @@ impl ProxyBody {
     /// the admission slot is handed to the connection, whose write path frees it early if the
     /// client stops reading.
     pub fn upstream(
-        body: Incoming,
+        body: Source,
         mut held: Held,
         idle: Duration,
         back: Option<Back>,
@@ -144,7 +182,7 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ProxyBody::Upstream(u) => match Pin::new(&mut u.body).poll_frame(cx) {
+            ProxyBody::Upstream(u) => match u.poll_source(cx) {
                 Poll::Ready(r) => {
                     if r.is_none() {
                         u.give_back();
@@ -154,7 +192,7 @@ impl Body for ProxyBody {
                     } else {
                         u.idle.progress();
                     }
-                    Poll::Ready(r.map(|x| x.map_err(BoxError::from)))
+                    Poll::Ready(r)
                 }
                 Poll::Pending => match u.idle.poll_expired(cx) {
                     Poll::Ready(()) => {
@@ -177,7 +215,10 @@ impl Body for ProxyBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Upstream(u) => u.body.size_hint(),
+            ProxyBody::Upstream(u) => match &u.body {
+                Source::Hyper(b) => b.size_hint(),
+                Source::Bare(b) => b.size_hint(),
+            },
             ProxyBody::Local(b) => b.size_hint(),
         }
     }

@@ -8,19 +8,21 @@ use std::time::Duration;
 use http::header::{HeaderValue, CONNECTION, UPGRADE};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 
-use super::body::{Back, Held, ProxyBody};
+use super::body::{Back, Held, ProxyBody, Source};
 use super::edge;
 use super::handler::ConnInfo;
 use super::headers;
 use super::respond::{self, ProxyError};
 use super::tunnel;
 use crate::admission::limit::class_of;
+use crate::h1::bare::{self, BareBody};
 use crate::metrics::Outcome;
 use crate::runtime::{Cluster, ClusterView, FeatureRt, Shared, Snapshot};
 use crate::signals::Cache;
-use crate::upstream::pool::{millis, SendError};
+use crate::upstream::pool::{millis, Lease, SendError};
 use crate::upstream::request_body::{ClientBody, ClientBodyTimeout, SentAt};
 use crate::upstream::EndpointGuard;
 
@@ -94,21 +96,39 @@ pub(super) async fn forward(
 
     let start = tokio::time::Instant::now();
     let server = &snap.compiled.config.server;
-    let (body, body_sent) = ClientBody::new(body, server.client_body_timeout, start);
-    let req = Request::from_parts(parts, body);
+    // A request with no body to a cleartext HTTP/1.1 upstream goes out on the bare
+    // connections of the HTTP/1.1 path; the rest on hyper's client.
+    let bare = h2c.is_none()
+        && upgrade.is_none()
+        && cfg.tls.is_none()
+        && body.is_end_stream()
+        && parts.method != http::Method::CONNECT;
+    let (out, body_sent) = if bare {
+        (Outgoing::Bare(parts), None)
+    } else {
+        let (body, sent) = ClientBody::new(body, server.client_body_timeout, start);
+        (Outgoing::Hyper(Request::from_parts(parts, body)), sent)
+    };
     // Pinned where it is made: moved into `response_head` by value it would be held twice in
     // this request's future (the argument and the pinned copy), about 1.8 KB each.
     let sent = {
         let exchange = std::pin::pin!(async {
-            match h2c {
-                Some(client) => client.request(req).await.map(|r| (r, None)).map_err(|e| {
-                    if e.is_connect() {
-                        SendError::Connect(Box::new(e))
-                    } else {
-                        SendError::Other(Box::new(e))
-                    }
-                }),
-                None => ep
+            match (out, h2c) {
+                (Outgoing::Bare(parts), _) => bare::send(cluster, &ep, &parts, now_ms)
+                    .await
+                    .map(Answer::Bare),
+                (Outgoing::Hyper(req), Some(client)) => client
+                    .request(req)
+                    .await
+                    .map(|r| Answer::Hyper(r, None))
+                    .map_err(|e| {
+                        if e.is_connect() {
+                            SendError::Connect(Box::new(e))
+                        } else {
+                            SendError::Other(Box::new(e))
+                        }
+                    }),
+                (Outgoing::Hyper(req), None) => ep
                     .endpoint
                     .pool
                     .send(
@@ -119,7 +139,7 @@ pub(super) async fn forward(
                         millis(cfg.pool_idle_timeout),
                     )
                     .await
-                    .map(|(r, lease)| (r, Some(lease))),
+                    .map(|(r, lease)| Answer::Hyper(r, Some(lease))),
             }
         });
         response_head(
@@ -142,20 +162,22 @@ pub(super) async fn forward(
         feature,
         ep: &ep,
     };
-    match sent {
-        Ok(Ok((mut resp, lease))) => {
+    let (mut parts, body, lease) = match sent {
+        Ok(Ok(Answer::Bare((parts, body)))) => (parts, Source::Bare(body), None),
+        Ok(Ok(Answer::Hyper(mut resp, lease))) => {
             let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
             let tunnel = match (switched, client_upgrade) {
                 (true, Some(client)) => Some((client, hyper::upgrade::on(&mut resp))),
                 _ => None,
             };
             let (mut parts, body) = resp.into_parts();
-            let cache = cache_of(&parts.headers, &cluster.config.signals);
-            at.answered(parts.status.is_server_error(), cache, elapsed, now_ms);
-            let switch_to = parts.headers.get(UPGRADE).cloned();
-            headers::forward_response(&mut parts.headers, parts.version);
-            parts.version = Version::HTTP_11;
-            if let (Some((client, upstream)), Some(proto)) = (tunnel, switch_to) {
+            if let (Some((client, upstream)), Some(proto)) =
+                (tunnel, parts.headers.get(UPGRADE).cloned())
+            {
+                let cache = cache_of(&parts.headers, &cluster.config.signals);
+                at.answered(parts.status.is_server_error(), cache, elapsed, now_ms);
+                headers::forward_response(&mut parts.headers, parts.version);
+                parts.version = Version::HTTP_11;
                 // The backend accepted the upgrade: the request is done as far as admission
                 // goes; the tunnel runs on its own and holds no slot.
                 parts.headers.insert(CONNECTION, UPGRADE_TOKEN.clone());
@@ -171,33 +193,17 @@ pub(super) async fn forward(
                 drop(held);
                 return Response::from_parts(parts, ProxyBody::local(bytes::Bytes::new()));
             }
-            held.endpoint = Some(ep);
-            Response::from_parts(
-                parts,
-                ProxyBody::upstream(
-                    body,
-                    held,
-                    cfg.body_idle_timeout,
-                    lease.map(|lease| Back {
-                        lease,
-                        clock: shared.clock,
-                        max_idle: cfg.pool_max_idle_per_endpoint,
-                    }),
-                    // One response at a time on an HTTP/1 connection: its slot can be the
-                    // connection's to release (HTTP/2 streams share theirs).
-                    (client_version != Version::HTTP_2).then(|| Arc::clone(&conn.phase)),
-                ),
-            )
+            (parts, Source::Hyper(body), lease)
         }
         // The client's own request body failed (a malformed chunk, a hang-up mid-upload): a
         // client fault. It says nothing about the backend, so it is not recorded as a signal
         // and does not count against the endpoint; the client gets a 400.
         Ok(Err(e)) if client_fault(&e).is_some() => {
             tracing::debug!(error = %error_chain(&e), "request body failed");
-            respond::error(match client_fault(&e) {
+            return respond::error(match client_fault(&e) {
                 Some(ClientFault::Timeout) => ProxyError::ClientTimeout,
                 _ => ProxyError::ClientBody,
-            })
+            });
         }
         Ok(Err(e)) => {
             let connect = e.is_connect();
@@ -208,13 +214,48 @@ pub(super) async fn forward(
             } else {
                 ProxyError::UpstreamConnect
             };
-            at.failed(err, elapsed, now_ms, &error_chain(&e)).await
+            return at.failed(err, elapsed, now_ms, &error_chain(&e)).await;
         }
         Err(_) => {
-            at.failed(ProxyError::UpstreamTimeout, elapsed, now_ms, "")
-                .await
+            return at
+                .failed(ProxyError::UpstreamTimeout, elapsed, now_ms, "")
+                .await;
         }
-    }
+    };
+    let cache = cache_of(&parts.headers, &cluster.config.signals);
+    at.answered(parts.status.is_server_error(), cache, elapsed, now_ms);
+    headers::forward_response(&mut parts.headers, parts.version);
+    parts.version = Version::HTTP_11;
+    held.endpoint = Some(ep);
+    Response::from_parts(
+        parts,
+        ProxyBody::upstream(
+            body,
+            held,
+            cfg.body_idle_timeout,
+            Some(Back {
+                lease,
+                clock: shared.clock,
+                max_idle: cfg.pool_max_idle_per_endpoint,
+            }),
+            // One response at a time on an HTTP/1 connection: its slot can be the
+            // connection's to release (HTTP/2 streams share theirs).
+            (client_version != Version::HTTP_2).then(|| Arc::clone(&conn.phase)),
+        ),
+    )
+}
+
+/// The request as it goes out.
+enum Outgoing {
+    /// No body: on a bare connection of the HTTP/1.1 path.
+    Bare(http::request::Parts),
+    Hyper(Request<ClientBody>),
+}
+
+/// The response head, and where its body comes from.
+enum Answer {
+    Bare((http::response::Parts, BareBody)),
+    Hyper(Response<Incoming>, Option<Lease>),
 }
 
 /// One request's exchange with an endpoint, as the signals see it.
