@@ -13,6 +13,9 @@
 #   without, and how many are still open after that load
 #   added p50 and p99 at a paced ~5,000 req/s (50 connections, 10 ms between requests)
 #   warmgate with server.workers = 2 against 1 (both CPUs; the load shares CPU 1)
+#
+#   ONLY=h2c benches/load.sh   # only the h2c figure, the proxies alternated ROUNDS times
+#   BEFORE=path/to/warmgate    # and another build of warmgate beside this one ("before")
 # Everything listens on 127.0.0.1 and is stopped (by PID) at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -88,6 +91,13 @@ declare -A PORT=([nginx]=18082 [haproxy]=18085 [warmgate]=18083 [reject]=18084 [
 declare -A H2PORT=([nginx]=18092 [haproxy]=18095 [warmgate]=18083)
 declare -A PID=([nginx]=$NGINX_PID [haproxy]=$HAPROXY_PID [warmgate]=$WG_PID [reject]=$WR_PID [warmgate-2]=$W2_PID)
 PEERS=(nginx haproxy warmgate)
+if [ -n "${BEFORE:-}" ]; then
+  wg_config 18087 1 > "$work/before.toml"
+  taskset -c "$PROXY_CPU" "$BEFORE" run "$work/before.toml" & B_PID=$!; pids+=($B_PID)
+  wait_port 18087
+  PORT[before]=18087; H2PORT[before]=18087; PID[before]=$B_PID
+  PEERS+=(before)
+fi
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
@@ -130,6 +140,19 @@ row() { # key -> median of ROUNDS runs of the command after it
   R[$key]=$(median "${vals[@]}")
   echo "  $key: ${vals[*]} -> ${R[$key]}" >&2
 }
+
+if [ "${ONLY:-}" = h2c ]; then
+  echo "== h2c: h2load -c16 -m10, ${DUR}s, proxies alternated $ROUNDS times" >&2
+  for _ in $(seq "$ROUNDS"); do
+    for p in "${PEERS[@]}"; do v=$(h2_eff "$p"); eval "h2_${p}+=($v)"; done
+  done
+  for p in "${PEERS[@]}"; do
+    eval "vals=(\"\${h2_${p}[@]}\")"
+    R[$p]=$(median "${vals[@]}"); echo "  $p: ${vals[*]} -> ${R[$p]}"
+  done
+  awk -v w="${R[warmgate]}" -v h="${R[haproxy]}" 'BEGIN { printf "warmgate / HAProxy: %.2fx\n", w / h }'
+  exit 0
+fi
 
 echo "== requests per proxy CPU-second: wrk -t1 -c$CONNS, ${DUR}s, proxies on CPU $PROXY_CPU, upstream + load on CPU $LOAD_CPU" >&2
 for body in empty 4k 64k; do

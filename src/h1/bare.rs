@@ -35,22 +35,21 @@ pub(crate) async fn send(
     req: &http::request::Parts,
     now_ms: u64,
 ) -> Result<(http::response::Parts, BareBody), SendError> {
-    let mut cb = buffers::take();
-    let mut ub = cb.take_upstream();
+    let mut ub = buffers::take_for_stream();
     request_head(&mut ub.out, req);
     match exchange(cluster, ep, &mut ub, req.method == Method::HEAD, now_ms).await {
         Ok((stream, r)) => match response_parts(&ub, &r) {
             Ok(parts) => {
                 ub.consume(r.len);
-                Ok((parts, BareBody::new(stream, (cb, ub), r.body, r.reusable)))
+                Ok((parts, BareBody::new(stream, ub, r.body, r.reusable)))
             }
             Err(why) => {
-                give((cb, ub));
+                buffers::give_for_stream(ub);
                 Err(SendError::Other(why))
             }
         },
         Err(e) => {
-            give((cb, ub));
+            buffers::give_for_stream(ub);
             Err(e)
         }
     }
@@ -206,16 +205,11 @@ fn response_parts(ub: &Buf, r: &response::Response) -> Result<http::response::Pa
     Ok(parts)
 }
 
-fn give((mut cb, ub): (Box<Buf>, Box<Buf>)) {
-    cb.give_upstream(ub);
-    buffers::give(cb);
-}
-
 /// A response body read from a bare upstream connection, its framing taken off.
 pub struct BareBody {
     stream: Option<TcpStream>,
-    /// The buffer pair it reads into, back to the shared pool when the body is over.
-    bufs: Option<(Box<Buf>, Box<Buf>)>,
+    /// The buffer it reads into, back to the shared pool when the body is over.
+    buf: Option<Box<Buf>>,
     kind: BodyKind,
     /// Bytes of a `Content-Length` body not yet handed on.
     left: u64,
@@ -225,14 +219,14 @@ pub struct BareBody {
 }
 
 impl BareBody {
-    fn new(stream: TcpStream, bufs: (Box<Buf>, Box<Buf>), kind: BodyKind, reusable: bool) -> Self {
+    fn new(stream: TcpStream, buf: Box<Buf>, kind: BodyKind, reusable: bool) -> Self {
         let left = match kind {
             BodyKind::Length(n) => n,
             _ => 0,
         };
         Self {
             stream: Some(stream),
-            bufs: Some(bufs),
+            buf: Some(buf),
             kind,
             left,
             chunked: Chunked::new(64 * 1024),
@@ -259,7 +253,7 @@ impl BareBody {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let (Some(stream), Some((_, ub))) = (self.stream.as_ref(), self.bufs.as_mut()) else {
+        let (Some(stream), Some(ub)) = (self.stream.as_ref(), self.buf.as_mut()) else {
             return Poll::Ready(None);
         };
         loop {
@@ -321,18 +315,18 @@ impl BareBody {
     /// upstream sent nothing after it; the buffers go back either way.
     pub fn give_back(&mut self, pool: &IdlePool, now_ms: u64, max_idle: usize) {
         let stream = self.stream.take();
-        let Some(bufs) = self.bufs.take() else { return };
-        if let (Some(s), true, true) = (stream, self.ended && self.reusable, bufs.1.is_empty()) {
+        let Some(buf) = self.buf.take() else { return };
+        if let (Some(s), true, true) = (stream, self.ended && self.reusable, buf.is_empty()) {
             pool.put_raw(s, now_ms, max_idle);
         }
-        give(bufs);
+        buffers::give_for_stream(buf);
     }
 }
 
 impl Drop for BareBody {
     fn drop(&mut self) {
-        if let Some(bufs) = self.bufs.take() {
-            give(bufs);
+        if let Some(buf) = self.buf.take() {
+            buffers::give_for_stream(buf);
         }
     }
 }
@@ -391,7 +385,7 @@ mod tests {
 
     #[test]
     fn response_values_are_slices_of_one_copy() {
-        let mut ub = buffers::take();
+        let mut ub = buffers::take_for_stream();
         let raw = b"HTTP/1.1 203 Fine\r\nX-A: 1\r\nx-a: 2\r\nContent-Length: 3\r\n\r\nabc";
         ub.room(1024)[..raw.len()].copy_from_slice(raw);
         ub.filled(raw.len());
