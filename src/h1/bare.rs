@@ -22,6 +22,7 @@ use super::chunked::Chunked;
 use super::exchange::connect;
 use super::io::{read_now, write_all, IoFail};
 use super::response::{self, BodyKind};
+use super::write::line;
 use crate::proxy::body::BoxError;
 use crate::runtime::Cluster;
 use crate::upstream::pool::{millis, IdlePool, SendError};
@@ -130,13 +131,6 @@ fn request_head(out: &mut Vec<u8>, req: &http::request::Parts) {
     if usually_has_body && !req.headers.contains_key(CONTENT_LENGTH) {
         out.extend_from_slice(b"content-length: 0\r\n");
     }
-    out.extend_from_slice(b"\r\n");
-}
-
-fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
 

@@ -124,15 +124,21 @@ static KEPT_BUFS: LazyLock<ArrayQueue<Box<Buf>>> = LazyLock::new(|| ArrayQueue::
 
 /// A buffer, empty.
 pub fn take() -> Box<Buf> {
-    KEPT_BUFS
-        .pop()
-        .unwrap_or_else(|| Box::new(Buf::new(CLIENT)))
+    take_from(&KEPT_BUFS)
 }
 
 /// Gives a buffer back (an outgrown one is dropped).
-pub fn give(mut b: Box<Buf>) {
+pub fn give(b: Box<Buf>) {
+    give_to(&KEPT_BUFS, b);
+}
+
+fn take_from(kept: &ArrayQueue<Box<Buf>>) -> Box<Buf> {
+    kept.pop().unwrap_or_else(|| Box::new(Buf::new(CLIENT)))
+}
+
+fn give_to(kept: &ArrayQueue<Box<Buf>>, mut b: Box<Buf>) {
     if b.reset() {
-        let _ = KEPT_BUFS.push(b);
+        let _ = kept.push(b);
     }
 }
 
@@ -140,16 +146,12 @@ static STREAM_BUFS: LazyLock<ArrayQueue<Box<Buf>>> = LazyLock::new(|| ArrayQueue
 
 /// A buffer for one stream's upstream exchange, empty.
 pub fn take_for_stream() -> Box<Buf> {
-    STREAM_BUFS
-        .pop()
-        .unwrap_or_else(|| Box::new(Buf::new(CLIENT)))
+    take_from(&STREAM_BUFS)
 }
 
 /// Gives a stream's buffer back (an outgrown one is dropped).
-pub fn give_for_stream(mut b: Box<Buf>) {
-    if b.reset() {
-        let _ = STREAM_BUFS.push(b);
-    }
+pub fn give_for_stream(b: Box<Buf>) {
+    give_to(&STREAM_BUFS, b);
 }
 
 #[cfg(test)]

@@ -78,7 +78,8 @@ fn listed(buf: &[u8], fields: &[Field], name: &[u8]) -> bool {
     })
 }
 
-fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+/// One field line, `name: value`.
+pub(super) fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
