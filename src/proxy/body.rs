@@ -89,9 +89,7 @@ impl UpstreamBody {
             }
         }
     }
-}
 
-impl UpstreamBody {
     fn poll_source(
         &mut self,
         cx: &mut Context<'_>,

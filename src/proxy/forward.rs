@@ -162,38 +162,16 @@ pub(super) async fn forward(
         feature,
         ep: &ep,
     };
-    let (mut parts, body, lease) = match sent {
-        Ok(Ok(Answer::Bare((parts, body)))) => (parts, Source::Bare(body), None),
+    let (mut parts, body, lease, tunnel) = match sent {
+        Ok(Ok(Answer::Bare((parts, body)))) => (parts, Source::Bare(body), None, None),
         Ok(Ok(Answer::Hyper(mut resp, lease))) => {
             let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
             let tunnel = match (switched, client_upgrade) {
                 (true, Some(client)) => Some((client, hyper::upgrade::on(&mut resp))),
                 _ => None,
             };
-            let (mut parts, body) = resp.into_parts();
-            if let (Some((client, upstream)), Some(proto)) =
-                (tunnel, parts.headers.get(UPGRADE).cloned())
-            {
-                let cache = cache_of(&parts.headers, &cluster.config.signals);
-                at.answered(parts.status.is_server_error(), cache, elapsed, now_ms);
-                headers::forward_response(&mut parts.headers, parts.version);
-                parts.version = Version::HTTP_11;
-                // The backend accepted the upgrade: the request is done as far as admission
-                // goes; the tunnel runs on its own and holds no slot.
-                parts.headers.insert(CONNECTION, UPGRADE_TOKEN.clone());
-                parts.headers.insert(UPGRADE, proto);
-                tokio::spawn(tunnel::run(
-                    client,
-                    upstream,
-                    server.websocket_idle_timeout,
-                    shared.metrics.tunnels.clone(),
-                    // The connection's own idle and head timers stand aside for the tunnel.
-                    conn.phase.enter(),
-                ));
-                drop(held);
-                return Response::from_parts(parts, ProxyBody::local(bytes::Bytes::new()));
-            }
-            (parts, Source::Hyper(body), lease)
+            let (parts, body) = resp.into_parts();
+            (parts, Source::Hyper(body), lease, tunnel)
         }
         // The client's own request body failed (a malformed chunk, a hang-up mid-upload): a
         // client fault. It says nothing about the backend, so it is not recorded as a signal
@@ -224,8 +202,25 @@ pub(super) async fn forward(
     };
     let cache = cache_of(&parts.headers, &cluster.config.signals);
     at.answered(parts.status.is_server_error(), cache, elapsed, now_ms);
+    let switch_to = parts.headers.get(UPGRADE).cloned();
     headers::forward_response(&mut parts.headers, parts.version);
     parts.version = Version::HTTP_11;
+    if let (Some((client, upstream)), Some(proto)) = (tunnel, switch_to) {
+        // The backend accepted the upgrade: the request is done as far as admission goes;
+        // the tunnel runs on its own and holds no slot.
+        parts.headers.insert(CONNECTION, UPGRADE_TOKEN.clone());
+        parts.headers.insert(UPGRADE, proto);
+        tokio::spawn(tunnel::run(
+            client,
+            upstream,
+            server.websocket_idle_timeout,
+            shared.metrics.tunnels.clone(),
+            // The connection's own idle and head timers stand aside for the tunnel.
+            conn.phase.enter(),
+        ));
+        drop(held);
+        return Response::from_parts(parts, ProxyBody::local(bytes::Bytes::new()));
+    }
     held.endpoint = Some(ep);
     Response::from_parts(
         parts,
