@@ -501,3 +501,76 @@ async fn h2_stream_from_a_broken_upstream() {
     );
     p.stop().await;
 }
+
+/// The header blocks of the HEADERS frames the proxy answers `streams` GETs with, read off
+/// the wire of an h2c connection (prior knowledge). The requests' own blocks use no dynamic
+/// table either: indexed pseudo-headers and a literal `:authority` without indexing.
+async fn raw_h2_response_blocks(addr: std::net::SocketAddr, streams: u32) -> Vec<Vec<u8>> {
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = (payload.len() as u32).to_be_bytes();
+        let mut f = vec![len[1], len[2], len[3], kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+    let authority = addr.to_string();
+    let mut block = vec![0x82, 0x86, 0x84, 0x01, authority.len() as u8];
+    block.extend_from_slice(authority.as_bytes());
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    for i in 0..streams {
+        // HEADERS with END_STREAM | END_HEADERS on the odd stream ids 1, 3, 5...
+        out.extend(frame(0x1, 0x5, 2 * i + 1, &block));
+    }
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(&out).await.unwrap();
+    let mut blocks = Vec::new();
+    let mut ended = 0;
+    let read = async {
+        while ended < streams {
+            let mut head = [0u8; 9];
+            s.read_exact(&mut head).await.unwrap();
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            s.read_exact(&mut payload).await.unwrap();
+            let (kind, flags) = (head[3], head[4]);
+            if kind == 0x4 && flags & 0x1 == 0 {
+                s.write_all(&frame(0x4, 0x1, 0, &[])).await.unwrap();
+            }
+            if kind == 0x1 {
+                assert_eq!(flags & 0x4, 0x4, "one HEADERS frame, no CONTINUATION");
+                blocks.push(payload);
+            }
+            if (kind == 0x0 || kind == 0x1) && flags & 0x1 == 0x1 {
+                ended += 1;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("the responses within 10 s");
+    blocks
+}
+
+#[tokio::test]
+async fn h2_responses_are_encoded_from_the_static_table_and_raw_literals() {
+    let up = echo_headers().await;
+    let p = proxy(&open_config(&format!("\"{}\"", up.addr), "")).await;
+    let blocks = raw_h2_response_blocks(p.addr, 3).await;
+    assert_eq!(blocks.len(), 3);
+    for (i, b) in blocks.iter().enumerate() {
+        // `:status: 200` is static index 8, a whole match: its indexed form is the first byte.
+        assert_eq!(
+            b[0], 0x88,
+            "response {i} starts with :status 200 indexed: {b:02x?}"
+        );
+        // Every response carries `via` (the upstream answered in HTTP/1.1) as the same raw
+        // literal: neither Huffman-coded nor replaced by a dynamic table entry later on.
+        let via = b"\x0c1.1 warmgate";
+        assert!(
+            b.windows(via.len()).any(|w| w == via),
+            "response {i} has a raw via literal: {b:02x?}"
+        );
+    }
+    p.stop().await;
+}

@@ -388,6 +388,10 @@ where
         // Create the codec.
         let mut codec = Codec::new(io);
 
+        // Responses are encoded from the static table and raw literals (as HAProxy does): no
+        // per-header hash lookup and insertion in the dynamic table.
+        codec.set_send_header_indexing(false);
+
         if let Some(max) = builder.settings.max_frame_size() {
             codec.set_max_recv_frame_size(max as usize);
         }

@@ -343,6 +343,11 @@ impl<T, B> FramedWrite<T, B> {
         self.encoder.hpack.update_max_size(val);
     }
 
+    /// Switches the dynamic table of the header encoder on or off.
+    pub fn set_header_indexing(&mut self, on: bool) {
+        self.encoder.hpack.set_dynamic_indexing(on);
+    }
+
     /// Retrieve the last data frame that has been sent
     pub fn take_last_data_frame(&mut self) -> Option<frame::Data<B>> {
         self.encoder.last_data_frame.take()

@@ -95,6 +95,11 @@ impl<T, B> Codec<T, B> {
         self.framed_write().set_header_table_size(val)
     }
 
+    /// Switches the dynamic table of the header encoder on or off.
+    pub fn set_send_header_indexing(&mut self, on: bool) {
+        self.framed_write().set_header_indexing(on)
+    }
+
     /// Set the decoder header table size size.
     pub fn set_recv_header_table_size(&mut self, val: usize) {
         self.inner.set_header_table_size(val)

@@ -11,6 +11,10 @@ pub struct Encoder {
     table: Table,
     max_allowed_size: usize,
     size_update: Option<SizeUpdate>,
+    /// Whether headers go into the dynamic table (with Huffman-coded literals). Without it,
+    /// a header is indexed from the static table or sent as a raw literal: nothing is hashed,
+    /// inserted or evicted per header, at the cost of larger header blocks.
+    dynamic: bool,
     /// Reusable buffer for the encoded header block of a single frame.
     ///
     /// A header block only has to live until it is copied into the
@@ -34,6 +38,7 @@ impl Encoder {
             table: Table::new(max_size, capacity),
             max_allowed_size: DEFAULT_MAX_ALLOWED_SIZE,
             size_update: None,
+            dynamic: true,
             scratch: BytesMut::new(),
         }
     }
@@ -60,6 +65,12 @@ impl Encoder {
     /// Returns a fully-written header block buffer for reuse.
     pub(crate) fn return_scratch(&mut self, scratch: BytesMut) {
         self.scratch = scratch;
+    }
+
+    /// Switches the dynamic table (and Huffman coding) on or off for the headers encoded
+    /// from now on. Entries already in the table stay where the peer expects them.
+    pub fn set_dynamic_indexing(&mut self, on: bool) {
+        self.dynamic = on;
     }
 
     /// Queues a max size update.
@@ -114,7 +125,11 @@ impl Encoder {
                 // The header has an associated name. In which case, try to
                 // index it in the table.
                 Ok(header) => {
-                    let index = self.table.index(header);
+                    let index = if self.dynamic {
+                        self.table.index(header)
+                    } else {
+                        Table::index_static_only(header)
+                    };
                     self.encode_header(&index, dst);
 
                     last_index = Some(index);
@@ -160,7 +175,13 @@ impl Encoder {
             Index::Name(idx, _) => {
                 let header = self.table.resolve(index);
 
-                encode_not_indexed(idx, header.value_slice(), header.is_sensitive(), dst);
+                encode_not_indexed(
+                    idx,
+                    header.value_slice(),
+                    header.is_sensitive(),
+                    self.dynamic,
+                    dst,
+                );
             }
             Index::Inserted(_) => {
                 let header = self.table.resolve(index);
@@ -187,6 +208,7 @@ impl Encoder {
                     header.name().as_slice(),
                     header.value_slice(),
                     header.is_sensitive(),
+                    self.dynamic,
                     dst,
                 );
             }
@@ -206,7 +228,7 @@ impl Encoder {
             | Index::InsertedValue(..) => {
                 let idx = self.table.resolve_idx(last);
 
-                encode_not_indexed(idx, value.as_ref(), value.is_sensitive(), dst);
+                encode_not_indexed(idx, value.as_ref(), value.is_sensitive(), self.dynamic, dst);
             }
             Index::NotIndexed(_) => {
                 let last = self.table.resolve(last);
@@ -215,6 +237,7 @@ impl Encoder {
                     last.name().as_slice(),
                     value.as_ref(),
                     value.is_sensitive(),
+                    self.dynamic,
                     dst,
                 );
             }
@@ -232,25 +255,47 @@ fn encode_size_update(val: usize, dst: &mut BytesMut) {
     encode_int(val, 5, 0b0010_0000, dst)
 }
 
-fn encode_not_indexed(name: usize, value: &[u8], sensitive: bool, dst: &mut BytesMut) {
+fn encode_not_indexed(
+    name: usize,
+    value: &[u8],
+    sensitive: bool,
+    huffman: bool,
+    dst: &mut BytesMut,
+) {
     if sensitive {
         encode_int(name, 4, 0b10000, dst);
     } else {
         encode_int(name, 4, 0, dst);
     }
 
-    encode_str(value, dst);
+    encode_literal(value, huffman, dst);
 }
 
-fn encode_not_indexed2(name: &[u8], value: &[u8], sensitive: bool, dst: &mut BytesMut) {
+fn encode_not_indexed2(
+    name: &[u8],
+    value: &[u8],
+    sensitive: bool,
+    huffman: bool,
+    dst: &mut BytesMut,
+) {
     if sensitive {
         dst.put_u8(0b10000);
     } else {
         dst.put_u8(0);
     }
 
-    encode_str(name, dst);
-    encode_str(value, dst);
+    encode_literal(name, huffman, dst);
+    encode_literal(value, huffman, dst);
+}
+
+/// A string literal, Huffman-coded or raw (its length, then its bytes as they are).
+fn encode_literal(val: &[u8], huffman: bool, dst: &mut BytesMut) {
+    if huffman {
+        encode_str(val, dst);
+    } else {
+        encode_int(val.len(), 7, 0, dst);
+        dst.put_slice(val);
+    }
 }
 
 fn encode_str(val: &[u8], dst: &mut BytesMut) {

@@ -131,6 +131,12 @@ impl Table {
     }
 
     /// Index the header in the HPACK table.
+    /// Indexes the header from the static table alone: a whole match is indexed, a name match
+    /// gives the name's index, anything else is a literal. Nothing is hashed or inserted.
+    pub fn index_static_only(header: Header) -> Index {
+        Index::new(index_static(&header), header)
+    }
+
     pub fn index(&mut self, header: Header) -> Index {
         // Check the static table
         let statik = index_static(&header);
