@@ -12,7 +12,7 @@ use std::io;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, COOKIE};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, VIA};
 use http::{Method, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use tokio::net::TcpStream;
@@ -22,22 +22,24 @@ use super::chunked::Chunked;
 use super::exchange::connect;
 use super::io::{read_now, write_all, IoFail};
 use super::response::{self, BodyKind};
-use super::write::line;
+use super::write::{self, Fields, Framing, Kind, Spans, Upstream};
 use crate::proxy::body::BoxError;
+use crate::proxy::headers;
 use crate::runtime::Cluster;
 use crate::upstream::pool::{millis, IdlePool, SendError};
 use crate::upstream::EndpointGuard;
 
-/// Sends the request (its head already rewritten for the upstream, `forward_request`) and
-/// waits for the response head; the caller bounds the wait.
+/// Sends the request (its head as the client sent it: the forwarding fields are written
+/// from `up` on the way out) and waits for the response head; the caller bounds the wait.
 pub(crate) async fn send(
     cluster: &Cluster,
     ep: &EndpointGuard,
     req: &http::request::Parts,
+    up: &Upstream<'_>,
     now_ms: u64,
 ) -> Result<(http::response::Parts, BareBody), SendError> {
     let mut ub = buffers::take_for_stream();
-    request_head(&mut ub.out, req);
+    request_head(&mut ub.out, req, up);
     match exchange(cluster, ep, &mut ub, req.method == Method::HEAD, now_ms).await {
         Ok((stream, r)) => match response_parts(&ub, &r) {
             Ok(parts) => {
@@ -103,35 +105,21 @@ async fn exchange(
     }
 }
 
-/// The request head in HTTP/1.1 (origin form). An HTTP/2 request's `cookie` fields are
-/// joined into one (RFC 9113 §8.2.3); a method that usually has a body says it is empty.
-fn request_head(out: &mut Vec<u8>, req: &http::request::Parts) {
+/// The request head in HTTP/1.1 (origin form), with the rules of the HTTP/1.1 path
+/// ([`write::request_fields`]). An HTTP/2 request's `cookie` fields are joined into one (RFC
+/// 9113 §8.2.3); a method that usually has a body says it is empty.
+fn request_head(out: &mut Vec<u8>, req: &http::request::Parts, up: &Upstream<'_>) {
     out.clear();
-    out.extend_from_slice(req.method.as_str().as_bytes());
-    out.push(b' ');
     let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &req.headers {
-        if name != COOKIE {
-            line(out, name.as_str().as_bytes(), value.as_bytes());
-        }
-    }
-    let mut cookies = req.headers.get_all(COOKIE).iter();
-    if let Some(first) = cookies.next() {
-        out.extend_from_slice(b"cookie: ");
-        out.extend_from_slice(first.as_bytes());
-        for c in cookies {
-            out.extend_from_slice(b"; ");
-            out.extend_from_slice(c.as_bytes());
-        }
-        out.extend_from_slice(b"\r\n");
-    }
+    write::request_line(out, req.method.as_str().as_bytes(), target.as_bytes());
     let usually_has_body = matches!(req.method, Method::POST | Method::PUT | Method::PATCH);
-    if usually_has_body && !req.headers.contains_key(CONTENT_LENGTH) {
-        out.extend_from_slice(b"content-length: 0\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
+    let body = if usually_has_body {
+        Framing::Length(0)
+    } else {
+        Framing::Keep
+    };
+    let conn_names = req.headers.contains_key(CONNECTION);
+    write::request_fields(out, &req.headers, conn_names, true, up, body);
 }
 
 /// Reads the response head into `ub` (interim 1xx heads skipped).
@@ -182,15 +170,36 @@ async fn read_head(
     }
 }
 
-/// The response head as hyper's server takes it: one copy of the head's bytes, each value a
-/// slice of it.
+/// The response head as hyper's server takes it, ready for the client as `forward_response`
+/// makes it: one copy of the head's bytes, each value a slice of it; hop-by-hop fields (and
+/// those `Connection` lists) left out, our `Via` entry added to the upstream's.
 fn response_parts(ub: &Buf, r: &response::Response) -> Result<http::response::Parts, BoxError> {
     let head = Bytes::copy_from_slice(&ub.pending()[..r.len]);
-    let mut headers = HeaderMap::with_capacity(ub.fields.len());
-    for f in &ub.fields {
-        let name = HeaderName::from_bytes(f.name.in_buf(&head))?;
-        let value = HeaderValue::from_maybe_shared(head.slice_ref(f.value.in_buf(&head)))?;
-        headers.append(name, value);
+    let fields = Spans(&head, &ub.fields);
+    let mut headers = HeaderMap::with_capacity(ub.fields.len() + 1);
+    let mut via = false;
+    for (name, value) in fields.pairs() {
+        match write::kind(name) {
+            Kind::HopByHop => continue,
+            // The body is unframed here; HTTP/2 has no Transfer-Encoding.
+            Kind::Framing if name.len() != 14 => continue,
+            Kind::Via => {
+                via = true;
+                continue;
+            }
+            _ if r.conn_names && write::listed(fields, name) => continue,
+            _ => {}
+        }
+        let name = HeaderName::from_bytes(name)?;
+        headers.append(name, HeaderValue::from_maybe_shared(head.slice_ref(value))?);
+    }
+    let ours = headers::via(Version::HTTP_11);
+    if via {
+        let mut all = Vec::with_capacity(64);
+        write::joined_values(&mut all, fields, Kind::Via, ours.as_bytes());
+        headers.append(VIA, HeaderValue::from_bytes(&all)?);
+    } else {
+        headers.append(VIA, ours.clone());
     }
     let (mut parts, ()) = http::Response::new(()).into_parts();
     parts.status = StatusCode::from_u16(r.status)?;
@@ -329,6 +338,7 @@ impl Drop for BareBody {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::proxy::headers::ConnHeaders;
 
     fn parts(
         method: Method,
@@ -342,10 +352,32 @@ mod tests {
         b.body(()).unwrap().into_parts().0
     }
 
-    fn head(p: &http::request::Parts) -> String {
+    fn head_with(p: &http::request::Parts, conn: &ConnHeaders, host: Option<&[u8]>) -> String {
+        let up = Upstream {
+            conn,
+            host,
+            preserve_host: true,
+            endpoint_host: b"10.0.0.9:8080",
+            via: b"2 warmgate",
+        };
         let mut out = Vec::new();
-        request_head(&mut out, p);
+        request_head(&mut out, p, &up);
         String::from_utf8(out).unwrap()
+    }
+
+    fn conn(trusted: bool) -> ConnHeaders {
+        ConnHeaders {
+            client_ip: HeaderValue::from_static("10.1.2.3"),
+            proto: HeaderValue::from_static("http"),
+            trusted,
+        }
+    }
+
+    /// The forwarding fields every head below ends with (no Host from the client).
+    const TAIL: &str = "x-forwarded-for: 10.1.2.3\r\nx-forwarded-proto: http\r\nvia: 2 warmgate\r\nhost: 10.0.0.9:8080\r\n";
+
+    fn head(p: &http::request::Parts) -> String {
+        head_with(p, &conn(false), None)
     }
 
     #[test]
@@ -362,19 +394,50 @@ mod tests {
         );
         assert_eq!(
             head(&p),
-            "GET /a?b=1 HTTP/1.1\r\nhost: up\r\nx-y: z\r\ncookie: a=1; b=2\r\n\r\n"
+            format!("GET /a?b=1 HTTP/1.1\r\nx-y: z\r\ncookie: a=1; b=2\r\n{TAIL}\r\n")
+        );
+    }
+
+    #[test]
+    fn forwarding_fields_follow_the_http1_rules() {
+        // Hop-by-hop fields and what Connection lists go; a trusted peer's forwarding fields
+        // are extended or kept; the client's Host is kept (preserve_host).
+        let p = parts(
+            Method::GET,
+            "/",
+            &[
+                ("connection", "x-secret"),
+                ("x-secret", "1"),
+                ("te", "trailers"),
+                ("x-forwarded-for", "192.0.2.1"),
+                ("x-forwarded-proto", "https"),
+                ("via", "1.1 edge"),
+                ("content-length", "0"),
+                ("x-keep", "yes"),
+            ],
+        );
+        assert_eq!(
+            head_with(&p, &conn(true), Some(b"app.example")),
+            "GET / HTTP/1.1\r\nx-forwarded-proto: https\r\nx-keep: yes\r\n\
+             x-forwarded-for: 192.0.2.1, 10.1.2.3\r\nx-forwarded-host: app.example\r\n\
+             via: 1.1 edge, 2 warmgate\r\nhost: app.example\r\n\r\n"
+        );
+        // Anyone else's are replaced by what the proxy saw.
+        assert_eq!(
+            head_with(&p, &conn(false), Some(b"app.example")),
+            "GET / HTTP/1.1\r\nx-keep: yes\r\nx-forwarded-for: 10.1.2.3\r\n\
+             x-forwarded-proto: http\r\nx-forwarded-host: app.example\r\n\
+             via: 1.1 edge, 2 warmgate\r\nhost: app.example\r\n\r\n"
         );
     }
 
     #[test]
     fn an_empty_post_says_its_length() {
         let p = parts(Method::POST, "/form", &[("host", "up")]);
-        assert_eq!(
-            head(&p),
-            "POST /form HTTP/1.1\r\nhost: up\r\ncontent-length: 0\r\n\r\n"
-        );
+        let want = format!("POST /form HTTP/1.1\r\n{TAIL}content-length: 0\r\n\r\n");
+        assert_eq!(head(&p), want);
         let p = parts(Method::POST, "/form", &[("content-length", "0")]);
-        assert_eq!(head(&p), "POST /form HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
+        assert_eq!(head(&p), want);
     }
 
     #[test]
@@ -396,6 +459,30 @@ mod tests {
         let all: Vec<_> = p.headers.get_all("x-a").iter().collect();
         assert_eq!(all, ["1", "2"]);
         assert_eq!(p.headers["content-length"], "3");
+        assert_eq!(p.headers["via"], "1.1 warmgate");
         assert_eq!(r.body, BodyKind::Length(3));
+        buffers::give_for_stream(ub);
+    }
+
+    #[test]
+    fn a_response_head_loses_its_hop_by_hop_fields_and_gains_via() {
+        let mut ub = buffers::take_for_stream();
+        let raw = b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Up\r\nX-Up: 1\r\nKeep-Alive: timeout=5\r\nVia: 1.0 a\r\nTransfer-Encoding: chunked\r\nX-Keep: yes\r\nvia: 1.1 b\r\n\r\n0\r\n\r\n";
+        ub.room(1024)[..raw.len()].copy_from_slice(raw);
+        ub.filled(raw.len());
+        let r = {
+            let Buf {
+                data, end, fields, ..
+            } = &mut *ub;
+            response::parse(&data[..*end], fields, false)
+                .unwrap()
+                .unwrap()
+        };
+        let p = response_parts(&ub, &r).unwrap();
+        let names: Vec<_> = p.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-keep", "via"]);
+        assert_eq!(p.headers["via"], "1.0 a, 1.1 b, 1.1 warmgate");
+        assert_eq!(r.body, BodyKind::Chunked);
+        buffers::give_for_stream(ub);
     }
 }

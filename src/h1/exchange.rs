@@ -82,6 +82,7 @@ pub(crate) async fn forward(
             host: req.host.map(|h| h.in_buf(pending)),
             preserve_host: up.preserve_host,
             endpoint_host: ep.host_header.as_bytes(),
+            via: b"1.1 warmgate",
         };
         b.out.clear();
         write::request_head(

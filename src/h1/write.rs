@@ -15,6 +15,34 @@ pub struct Upstream<'a> {
     pub preserve_host: bool,
     /// The endpoint's authority, the Host otherwise.
     pub endpoint_host: &'a [u8],
+    /// Our `Via` entry (`1.1 warmgate`, or `2 warmgate` for an HTTP/2 request).
+    pub via: &'a [u8],
+}
+
+/// A head's fields as name and value pairs: spans of the buffer the head was read into, or a
+/// header map's entries. Walked again for what `Connection` lists and for joined lists.
+pub trait Fields<'f>: Copy {
+    fn pairs(self) -> impl Iterator<Item = (&'f [u8], &'f [u8])>;
+}
+
+/// The fields of a head read into a buffer: the buffer, and the spans of the fields in it.
+#[derive(Clone, Copy)]
+pub struct Spans<'f>(pub &'f [u8], pub &'f [Field]);
+
+impl<'f> Fields<'f> for Spans<'f> {
+    fn pairs(self) -> impl Iterator<Item = (&'f [u8], &'f [u8])> {
+        let Spans(buf, fields) = self;
+        fields
+            .iter()
+            .map(move |f| (f.name.in_buf(buf), f.value.in_buf(buf)))
+    }
+}
+
+impl<'f> Fields<'f> for &'f http::HeaderMap {
+    fn pairs(self) -> impl Iterator<Item = (&'f [u8], &'f [u8])> {
+        self.iter()
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+    }
 }
 
 /// The framing a head announces.
@@ -29,7 +57,7 @@ pub enum Framing {
 
 /// What a field is to the proxy, by its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(super) enum Kind {
     Plain,
     HopByHop,
     Framing,
@@ -41,7 +69,7 @@ enum Kind {
     Via,
 }
 
-fn kind(name: &[u8]) -> Kind {
+pub(super) fn kind(name: &[u8]) -> Kind {
     let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
     match name.len() {
         2 if is(b"te") => Kind::HopByHop,
@@ -68,12 +96,10 @@ fn kind(name: &[u8]) -> Kind {
 }
 
 /// Whether a `Connection` field of `fields` names `name`.
-fn listed(buf: &[u8], fields: &[Field], name: &[u8]) -> bool {
-    fields.iter().any(|f| {
-        f.name.in_buf(buf).eq_ignore_ascii_case(b"connection")
-            && f.value
-                .in_buf(buf)
-                .split(|b| *b == b',')
+pub(super) fn listed<'f>(fields: impl Fields<'f>, name: &[u8]) -> bool {
+    fields.pairs().any(|(n, v)| {
+        n.eq_ignore_ascii_case(b"connection")
+            && v.split(|b| *b == b',')
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(name))
     })
 }
@@ -86,16 +112,21 @@ pub(super) fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Every value of the fields of `kind`, joined as a list, then `last`.
-fn joined(out: &mut Vec<u8>, name: &[u8], buf: &[u8], fields: &[Field], k: Kind, last: &[u8]) {
+/// Every value of the fields of `kind`, joined as a list, then `last`, as one field line.
+fn joined<'f>(out: &mut Vec<u8>, name: &[u8], fields: impl Fields<'f>, k: Kind, last: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
-    for f in fields.iter().filter(|f| kind(f.name.in_buf(buf)) == k) {
-        out.extend_from_slice(f.value.in_buf(buf));
+    joined_values(out, fields, k, last);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Every value of the fields of `kind`, joined as a list, then `last`.
+pub(super) fn joined_values<'f>(out: &mut Vec<u8>, fields: impl Fields<'f>, k: Kind, last: &[u8]) {
+    for (_, v) in fields.pairs().filter(|(n, _)| kind(n) == k) {
+        out.extend_from_slice(v);
         out.extend_from_slice(b", ");
     }
     out.extend_from_slice(last);
-    out.extend_from_slice(b"\r\n");
 }
 
 fn framing(out: &mut Vec<u8>, f: Framing) {
@@ -111,7 +142,7 @@ fn framing(out: &mut Vec<u8>, f: Framing) {
 }
 
 /// The request head for the upstream (origin form, HTTP/1.1), as `forward_request` makes it
-/// on the general path.
+/// on the general path: the request line, then [`request_fields`].
 #[allow(clippy::too_many_arguments)]
 pub fn request_head(
     out: &mut Vec<u8>,
@@ -123,16 +154,39 @@ pub fn request_head(
     up: &Upstream<'_>,
     body: Framing,
 ) {
+    request_line(out, method, target.in_buf(buf));
+    request_fields(out, Spans(buf, fields), conn_names, false, up, body);
+}
+
+/// `METHOD target HTTP/1.1`.
+pub fn request_line(out: &mut Vec<u8>, method: &[u8], target: &[u8]) {
     out.extend_from_slice(method);
     out.push(b' ');
-    out.extend_from_slice(target.in_buf(buf));
+    out.extend_from_slice(target);
     out.extend_from_slice(b" HTTP/1.1\r\n");
+}
+
+/// A request's fields for the upstream and the blank line after them: hop-by-hop fields (and
+/// those `Connection` lists, when `conn_names`) dropped, the forwarding fields and `Via` set,
+/// `Host` chosen, the framing ours. `join_cookies`: the `cookie` fields are sent as one,
+/// joined with `; ` (an HTTP/2 request's, RFC 9113 §8.2.3).
+pub fn request_fields<'f>(
+    out: &mut Vec<u8>,
+    fields: impl Fields<'f>,
+    conn_names: bool,
+    join_cookies: bool,
+    up: &Upstream<'_>,
+    body: Framing,
+) {
     let trusted = up.conn.trusted;
-    let (mut xff, mut xfp, mut xfh, mut via) = (false, false, false, false);
-    for f in fields {
-        let name = f.name.in_buf(buf);
+    let (mut xff, mut xfp, mut xfh, mut via, mut cookies) = (false, false, false, false, false);
+    for (name, value) in fields.pairs() {
         let keep = match kind(name) {
-            Kind::Plain => !conn_names || !listed(buf, fields, name),
+            Kind::Plain if join_cookies && name.eq_ignore_ascii_case(b"cookie") => {
+                cookies = true;
+                false
+            }
+            Kind::Plain => !conn_names || !listed(fields, name),
             Kind::HopByHop | Kind::Framing | Kind::Host => false,
             Kind::ForwardedFor => {
                 xff = true;
@@ -153,12 +207,26 @@ pub fn request_head(
             Kind::Forwarded => trusted,
         };
         if keep {
-            line(out, name, f.value.in_buf(buf));
+            line(out, name, value);
         }
+    }
+    if cookies {
+        out.extend_from_slice(b"cookie: ");
+        let mut all = fields
+            .pairs()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(b"cookie"));
+        if let Some((_, first)) = all.next() {
+            out.extend_from_slice(first);
+        }
+        for (_, v) in all {
+            out.extend_from_slice(b"; ");
+            out.extend_from_slice(v);
+        }
+        out.extend_from_slice(b"\r\n");
     }
     let ip = up.conn.client_ip.as_bytes();
     if xff && trusted {
-        joined(out, b"x-forwarded-for", buf, fields, Kind::ForwardedFor, ip);
+        joined(out, b"x-forwarded-for", fields, Kind::ForwardedFor, ip);
     } else {
         line(out, b"x-forwarded-for", ip);
     }
@@ -169,9 +237,9 @@ pub fn request_head(
         line(out, b"x-forwarded-host", h);
     }
     if via {
-        joined(out, b"via", buf, fields, Kind::Via, b"1.1 warmgate");
+        joined(out, b"via", fields, Kind::Via, up.via);
     } else {
-        out.extend_from_slice(b"via: 1.1 warmgate\r\n");
+        line(out, b"via", up.via);
     }
     match up.host {
         Some(h) if up.preserve_host => line(out, b"host", h),
@@ -204,14 +272,14 @@ pub fn response_head(
                 via = true;
                 false
             }
-            _ => !conn_names || !listed(buf, fields, name),
+            _ => !conn_names || !listed(Spans(buf, fields), name),
         };
         if keep {
             line(out, name, f.value.in_buf(buf));
         }
     }
     if via {
-        joined(out, b"via", buf, fields, Kind::Via, b"1.1 warmgate");
+        joined(out, b"via", Spans(buf, fields), Kind::Via, b"1.1 warmgate");
     } else {
         out.extend_from_slice(b"via: 1.1 warmgate\r\n");
     }
@@ -395,6 +463,7 @@ mod tests {
             host: h.host.map(|s| s.in_buf(text)),
             preserve_host,
             endpoint_host: b"10.0.0.9:8080",
+            via: b"1.1 warmgate",
         };
         let mut out = Vec::new();
         let framing = match h.framing {

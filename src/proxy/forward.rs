@@ -19,6 +19,7 @@ use super::respond::{self, ProxyError};
 use super::tunnel;
 use crate::admission::limit::class_of;
 use crate::h1::bare::{self, BareBody};
+use crate::h1::write::Upstream;
 use crate::metrics::Outcome;
 use crate::runtime::{Cluster, ClusterView, FeatureRt, Shared, Snapshot};
 use crate::signals::Cache;
@@ -61,19 +62,40 @@ pub(super) async fn forward(
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let client_version = req.version();
     let (mut parts, body) = req.into_parts();
-    headers::forward_request(
-        &mut parts.headers,
-        &conn.headers,
-        parts.version,
-        host,
-        cfg.preserve_host,
-        &ep.endpoint.host_header,
-    );
+    let h2c = cluster.client.h2c.as_ref();
+    // A request with no body to a cleartext HTTP/1.1 upstream goes out on the bare
+    // connections of the HTTP/1.1 path, its forwarding fields written on the way out; the
+    // rest on hyper's client, its header map rewritten first.
+    let bare = h2c.is_none()
+        && upgrade.is_none()
+        && cfg.tls.is_none()
+        && body.is_end_stream()
+        && parts.method != http::Method::CONNECT;
+    let via = headers::via(parts.version);
+    let host = if bare {
+        host
+    } else {
+        headers::forward_request(
+            &mut parts.headers,
+            &conn.headers,
+            parts.version,
+            host,
+            cfg.preserve_host,
+            &ep.endpoint.host_header,
+        );
+        None
+    };
+    let up = Upstream {
+        conn: &conn.headers,
+        host: host.as_ref().map(|h| h.as_bytes()),
+        preserve_host: cfg.preserve_host,
+        endpoint_host: ep.endpoint.host_header.as_bytes(),
+        via: via.as_bytes(),
+    };
     if let Some(u) = &upgrade {
         parts.headers.insert(CONNECTION, UPGRADE_TOKEN.clone());
         parts.headers.insert(UPGRADE, u.clone());
     }
-    let h2c = cluster.client.h2c.as_ref();
     if h2c.is_some() {
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(Scheme::HTTP);
@@ -96,13 +118,6 @@ pub(super) async fn forward(
 
     let start = tokio::time::Instant::now();
     let server = &snap.compiled.config.server;
-    // A request with no body to a cleartext HTTP/1.1 upstream goes out on the bare
-    // connections of the HTTP/1.1 path; the rest on hyper's client.
-    let bare = h2c.is_none()
-        && upgrade.is_none()
-        && cfg.tls.is_none()
-        && body.is_end_stream()
-        && parts.method != http::Method::CONNECT;
     let (out, body_sent) = if bare {
         (Outgoing::Bare(parts), None)
     } else {
@@ -114,7 +129,7 @@ pub(super) async fn forward(
     let sent = {
         let exchange = std::pin::pin!(async {
             match (out, h2c) {
-                (Outgoing::Bare(parts), _) => bare::send(cluster, &ep, &parts, now_ms)
+                (Outgoing::Bare(parts), _) => bare::send(cluster, &ep, &parts, &up, now_ms)
                     .await
                     .map(Answer::Bare),
                 (Outgoing::Hyper(req), Some(client)) => client
@@ -203,7 +218,10 @@ pub(super) async fn forward(
     let cache = cache_of(&parts.headers, &cluster.config.signals);
     at.answered(parts.status.is_server_error(), cache, elapsed, now_ms);
     let switch_to = parts.headers.get(UPGRADE).cloned();
-    headers::forward_response(&mut parts.headers, parts.version);
+    if !matches!(body, Source::Bare(_)) {
+        // The bare connections' heads are built without hop-by-hop fields and with `Via`.
+        headers::forward_response(&mut parts.headers, parts.version);
+    }
     parts.version = Version::HTTP_11;
     if let (Some((client, upstream)), Some(proto)) = (tunnel, switch_to) {
         // The backend accepted the upgrade: the request is done as far as admission goes;
