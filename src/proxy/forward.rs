@@ -125,15 +125,17 @@ pub(super) async fn forward(
         (Outgoing::Hyper(Request::from_parts(parts, body)), sent)
     };
     // Pinned where it is made: moved into `response_head` by value it would be held twice in
-    // this request's future (the argument and the pinned copy), about 1.8 KB each.
+    // this request's future (the argument and the pinned copy).
     let sent = {
         let exchange = std::pin::pin!(async {
             match (out, h2c) {
                 (Outgoing::Bare(parts), _) => bare::send(cluster, &ep, &parts, &up, now_ms)
                     .await
                     .map(Answer::Bare),
-                (Outgoing::Hyper(req), Some(client)) => client
-                    .request(req)
+                // hyper's client futures are boxed: a request's future is as large as its
+                // largest state, and the bare way (every request without a body) needs 0.3 KB
+                // where hyper's HTTP/1 pool needs 1.2 KB.
+                (Outgoing::Hyper(req), Some(client)) => Box::pin(client.request(req))
                     .await
                     .map(|r| Answer::Hyper(r, None))
                     .map_err(|e| {
@@ -143,18 +145,15 @@ pub(super) async fn forward(
                             SendError::Other(Box::new(e))
                         }
                     }),
-                (Outgoing::Hyper(req), None) => ep
-                    .endpoint
-                    .pool
-                    .send(
-                        &cluster.client.connector,
-                        &ep.endpoint.uri,
-                        req,
-                        now_ms,
-                        millis(cfg.pool_idle_timeout),
-                    )
-                    .await
-                    .map(|(r, lease)| Answer::Hyper(r, Some(lease))),
+                (Outgoing::Hyper(req), None) => Box::pin(ep.endpoint.pool.send(
+                    &cluster.client.connector,
+                    &ep.endpoint.uri,
+                    req,
+                    now_ms,
+                    millis(cfg.pool_idle_timeout),
+                ))
+                .await
+                .map(|(r, lease)| Answer::Hyper(r, Some(lease))),
             }
         });
         response_head(
