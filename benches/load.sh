@@ -14,7 +14,8 @@
 #   added p50 and p99 at a paced ~5,000 req/s (50 connections, 10 ms between requests)
 #   warmgate with server.workers = 2 against 1 (both CPUs; the load shares CPU 1)
 #
-#   ONLY=h2c benches/load.sh   # only the h2c figure, the proxies alternated ROUNDS times
+#   ONLY=h2c benches/load.sh   # only the h2c figure, the proxies alternated ROUNDS times, with
+#                              # the CPU time a request split into user and system
 #   BEFORE=path/to/warmgate    # and another build of warmgate beside this one ("before")
 # Everything listens on 127.0.0.1 and is stopped (by PID) at the end.
 set -euo pipefail
@@ -125,6 +126,17 @@ h2_eff() { # name
   after=$(cpu_ticks "$pid")
   per_cpu_s "$reqs" $((after - before))
 }
+# The same, as "requests/CPU-s user-µs/request system-µs/request": where the CPU went.
+h2_split() { # name
+  local port=${H2PORT[$1]} pid=${PID[$1]} u0 s0 u1 s1 reqs
+  taskset -c "$LOAD_CPU" h2load -c16 -m10 -D 2 "http://127.0.0.1:$port/empty" >/dev/null
+  read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+  reqs=$(taskset -c "$LOAD_CPU" h2load -c16 -m10 -D "$DUR" "http://127.0.0.1:$port/empty" |
+    awk '/^requests:/ {print $8}')
+  read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+  awk -v r="$reqs" -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v hz="$hz" \
+    'BEGIN { printf "%.0f %.2f %.2f\n", r / ((u + s) / hz), u / hz / r * 1e6, s / hz / r * 1e6 }'
+}
 # p50 and p99 (ms) of a paced load: 50 connections, 10 ms between requests on each.
 paced() { # port -> "p50 p99 req/s"
   taskset -c "$LOAD_CPU" wrk -t1 -c50 -d"${DUR}s" --latency -s "$work/pace.lua" "http://127.0.0.1:$1/empty" |
@@ -144,11 +156,15 @@ row() { # key -> median of ROUNDS runs of the command after it
 if [ "${ONLY:-}" = h2c ]; then
   echo "== h2c: h2load -c16 -m10, ${DUR}s, proxies alternated $ROUNDS times" >&2
   for _ in $(seq "$ROUNDS"); do
-    for p in "${PEERS[@]}"; do v=$(h2_eff "$p"); eval "h2_${p}+=($v)"; done
+    for p in "${PEERS[@]}"; do
+      read -r v u s < <(h2_split "$p")
+      eval "h2_${p}+=($v); h2u_${p}+=($u); h2s_${p}+=($s)"
+    done
   done
   for p in "${PEERS[@]}"; do
-    eval "vals=(\"\${h2_${p}[@]}\")"
+    eval "vals=(\"\${h2_${p}[@]}\"); us=(\"\${h2u_${p}[@]}\"); ss=(\"\${h2s_${p}[@]}\")"
     R[$p]=$(median "${vals[@]}"); echo "  $p: ${vals[*]} -> ${R[$p]}"
+    echo "    CPU µs a request, user: ${us[*]} -> $(median "${us[@]}"); system: ${ss[*]} -> $(median "${ss[@]}")"
   done
   awk -v w="${R[warmgate]}" -v h="${R[haproxy]}" 'BEGIN { printf "warmgate / HAProxy: %.2fx\n", w / h }'
   exit 0
