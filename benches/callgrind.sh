@@ -9,6 +9,8 @@
 #   benches/callgrind.sh [SECONDS]      # needs nginx, wrk, h2load and valgrind
 #   BIN=path/to/warmgate benches/callgrind.sh   # another build
 #   KEEP=DIR benches/callgrind.sh       # and keeps the profiles in DIR
+#   CACHE=1 benches/callgrind.sh        # and simulates the caches: data reads and writes that
+#                                       # miss the first level and the last, per request
 #
 # Everything listens on 127.0.0.1 and is stopped (by PID) at the end.
 set -euo pipefail
@@ -42,7 +44,9 @@ load() { # name port seconds
 # Prints the instructions per request of warmgate on CONFIG at PORT.
 measure() { # name config port
   local out="$work/$1.callgrind"
-  valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
+  local sim=()
+  [ -n "${CACHE:-}" ] && sim=(--cache-sim=yes)
+  valgrind --tool=callgrind "${sim[@]}" --instr-atstart=no --callgrind-out-file="$out" \
     "$BIN" run "$2" 2>"$work/$1.valgrind" & local pid=$!
   pids+=("$pid")
   # Under valgrind the start takes seconds.
@@ -57,6 +61,12 @@ measure() { # name config port
   local total
   total=$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
   echo "$1: $total instructions over $n requests: $((total / n)) per request"
+  if [ -n "${CACHE:-}" ]; then
+    # Events: Ir I1mr ILmr Dr D1mr DLmr Dw D1mw DLmw.
+    callgrind_annotate "$out" 2>/dev/null | awk -v n="$n" '/PROGRAM TOTALS/ {
+      gsub(",", ""); printf "  data misses per request: first level %.0f, last level %.1f\n",
+        ($5 + $8) / n, ($6 + $9) / n }'
+  fi
   # KEEP=DIR keeps each profile (callgrind_annotate --inclusive=yes DIR/forward.callgrind).
   if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$out" "$KEEP/"; fi
 }
