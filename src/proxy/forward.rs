@@ -2,6 +2,7 @@
 //! connection, wait for the response head (the backend's time, not the client's), record the
 //! signals, and stream the answer back holding the admission slot.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,236 +30,239 @@ use crate::upstream::EndpointGuard;
 
 static UPGRADE_TOKEN: HeaderValue = HeaderValue::from_static("upgrade");
 
-/// Sends the request to an endpoint and streams the answer back.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn forward(
-    shared: &Arc<Shared>,
-    snap: &Snapshot,
-    cluster: &Cluster,
-    view: &ClusterView,
-    conn: &ConnInfo,
+/// Sends the request to an endpoint and streams the answer back. Not an `async fn`, so the
+/// request is held once in its future (see `handler::handle`).
+#[allow(clippy::too_many_arguments, clippy::manual_async_fn)]
+pub(super) fn forward<'a>(
+    shared: &'a Arc<Shared>,
+    snap: &'a Snapshot,
+    cluster: &'a Cluster,
+    view: &'a ClusterView,
+    conn: &'a ConnInfo,
     mut req: Request<Incoming>,
     host: Option<HeaderValue>,
     mut held: Held,
-    feature: &FeatureRt,
-) -> Response<ProxyBody> {
-    // Read now, not at arrival: a request that waited in line starts its clock here.
-    let now_ms = shared.clock.now_ms();
-    let cfg = &cluster.config.upstream;
-    let endpoints = cluster.endpoints.load();
-    let Some(ep) = endpoints.pick(now_ms, shared.rand()) else {
-        feature.counters.inc(Outcome::UpstreamError);
-        return respond::error(ProxyError::NoEndpoint);
-    };
-    // A WebSocket upgrade keeps its Upgrade and Connection headers (hop-by-hop otherwise).
-    let upgrade = edge::wants_websocket(req.version(), req.headers())
-        .then(|| req.headers().get(UPGRADE).cloned())
-        .flatten();
-    if upgrade.is_some() && cfg.h2c {
-        return respond::error(ProxyError::BadRequest(
-            "WebSocket needs an HTTP/1.1 upstream (upstream.protocol = \"http1\")",
-        ));
-    }
-    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-    let client_version = req.version();
-    let (mut parts, body) = req.into_parts();
-    let h2c = cluster.client.h2c.as_ref();
-    // A request with no body to a cleartext HTTP/1.1 upstream goes out on the bare
-    // connections of the HTTP/1.1 path, its forwarding fields written on the way out; the
-    // rest on hyper's client, its header map rewritten first.
-    let bare = h2c.is_none()
-        && upgrade.is_none()
-        && cfg.tls.is_none()
-        && body.is_end_stream()
-        && parts.method != http::Method::CONNECT;
-    let via = headers::via(parts.version);
-    let host = if bare {
-        host
-    } else {
-        headers::forward_request(
-            &mut parts.headers,
-            &conn.headers,
-            parts.version,
-            host,
-            cfg.preserve_host,
-            &ep.endpoint.host_header,
-        );
-        None
-    };
-    let up = Upstream {
-        conn: &conn.headers,
-        host: host.as_ref().map(|h| h.as_bytes()),
-        preserve_host: cfg.preserve_host,
-        endpoint_host: ep.endpoint.host_header.as_bytes(),
-        via: via.as_bytes(),
-    };
-    if let Some(u) = &upgrade {
-        parts.headers.insert(CONNECTION, UPGRADE_TOKEN.clone());
-        parts.headers.insert(UPGRADE, u.clone());
-    }
-    if h2c.is_some() {
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(ep.endpoint.authority.clone());
-        uri.path_and_query = Some(path_and_query(&parts.uri));
-        parts.uri = match Uri::from_parts(uri) {
-            Ok(u) => u,
+    feature: &'a FeatureRt,
+) -> impl Future<Output = Response<ProxyBody>> + 'a {
+    async move {
+        // Read now, not at arrival: a request that waited in line starts its clock here.
+        let now_ms = shared.clock.now_ms();
+        let cfg = &cluster.config.upstream;
+        let endpoints = cluster.endpoints.load();
+        let Some(ep) = endpoints.pick(now_ms, shared.rand()) else {
+            feature.counters.inc(Outcome::UpstreamError);
+            return respond::error(ProxyError::NoEndpoint);
+        };
+        // A WebSocket upgrade keeps its Upgrade and Connection headers (hop-by-hop otherwise).
+        let upgrade = edge::wants_websocket(req.version(), req.headers())
+            .then(|| req.headers().get(UPGRADE).cloned())
+            .flatten();
+        if upgrade.is_some() && cfg.h2c {
+            return respond::error(ProxyError::BadRequest(
+                "WebSocket needs an HTTP/1.1 upstream (upstream.protocol = \"http1\")",
+            ));
+        }
+        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+        let client_version = req.version();
+        let (mut parts, body) = req.into_parts();
+        let h2c = cluster.client.h2c.as_ref();
+        // A request with no body to a cleartext HTTP/1.1 upstream goes out on the bare
+        // connections of the HTTP/1.1 path, its forwarding fields written on the way out; the
+        // rest on hyper's client, its header map rewritten first.
+        let bare = h2c.is_none()
+            && upgrade.is_none()
+            && cfg.tls.is_none()
+            && body.is_end_stream()
+            && parts.method != http::Method::CONNECT;
+        let via = headers::via(parts.version);
+        let host = if bare {
+            host
+        } else {
+            headers::forward_request(
+                &mut parts.headers,
+                &conn.headers,
+                parts.version,
+                host,
+                cfg.preserve_host,
+                &ep.endpoint.host_header,
+            );
+            None
+        };
+        let up = Upstream {
+            conn: &conn.headers,
+            host: host.as_ref().map(|h| h.as_bytes()),
+            preserve_host: cfg.preserve_host,
+            endpoint_host: ep.endpoint.host_header.as_bytes(),
+            via: via.as_bytes(),
+        };
+        if let Some(u) = &upgrade {
+            parts.headers.insert(CONNECTION, UPGRADE_TOKEN.clone());
+            parts.headers.insert(UPGRADE, u.clone());
+        }
+        if h2c.is_some() {
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(Scheme::HTTP);
+            uri.authority = Some(ep.endpoint.authority.clone());
+            uri.path_and_query = Some(path_and_query(&parts.uri));
+            parts.uri = match Uri::from_parts(uri) {
+                Ok(u) => u,
+                Err(_) => {
+                    return respond::error(ProxyError::BadRequest("unforwardable request target"))
+                }
+            };
+            parts.version = Version::HTTP_2;
+        } else {
+            // HTTP/1.1 upstreams get the origin form (an absolute-form request is rewritten).
+            if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+                parts.uri = Uri::from(path_and_query(&parts.uri));
+            }
+            parts.version = Version::HTTP_11;
+        }
+
+        let start = tokio::time::Instant::now();
+        let server = &snap.compiled.config.server;
+        let (out, body_sent) = if bare {
+            (Outgoing::Bare(parts), None)
+        } else {
+            let (body, sent) = ClientBody::new(body, server.client_body_timeout, start);
+            (Outgoing::Hyper(Request::from_parts(parts, body)), sent)
+        };
+        // Pinned where it is made: moved into `response_head` by value it would be held twice in
+        // this request's future (the argument and the pinned copy).
+        let sent = {
+            let exchange = std::pin::pin!(async {
+                // Matched in place: a tuple of the two, or `parts` moved out, would be held in
+                // this future beside `out` (about 300 bytes each).
+                match out {
+                    Outgoing::Bare(ref parts) => bare::send(cluster, &ep, parts, &up, now_ms)
+                        .await
+                        .map(Answer::Bare),
+                    // hyper's client futures are boxed: a request's future is as large as its
+                    // largest state, and the bare way (every request without a body) needs 0.3 KB
+                    // where hyper's HTTP/1 pool needs 1.2 KB.
+                    Outgoing::Hyper(req) => match h2c {
+                        Some(client) => Box::pin(client.request(req))
+                            .await
+                            .map(|r| Answer::Hyper(r, None))
+                            .map_err(|e| {
+                                if e.is_connect() {
+                                    SendError::Connect(Box::new(e))
+                                } else {
+                                    SendError::Other(Box::new(e))
+                                }
+                            }),
+                        None => Box::pin(ep.endpoint.pool.send(
+                            &cluster.client.connector,
+                            &ep.endpoint.uri,
+                            req,
+                            now_ms,
+                            millis(cfg.pool_idle_timeout),
+                        ))
+                        .await
+                        .map(|(r, lease)| Answer::Hyper(r, Some(lease))),
+                    },
+                }
+            });
+            response_head(
+                exchange,
+                start,
+                body_sent.as_deref(),
+                cfg.response_header_timeout,
+            )
+            .await
+        };
+        let total = start.elapsed();
+        // The backend's latency: from the last body byte sent (an upload's pace is the client's).
+        let elapsed =
+            total.saturating_sub(body_sent.as_ref().and_then(|s| s.get()).unwrap_or_default());
+        let now_ms = now_ms + total.as_millis() as u64;
+        let at = Exchange {
+            shared,
+            cluster,
+            view,
+            feature,
+            ep: &ep,
+        };
+        let (mut parts, body, lease, tunnel) = match sent {
+            Ok(Ok(Answer::Bare((parts, body)))) => (parts, Source::Bare(body), None, None),
+            Ok(Ok(Answer::Hyper(mut resp, lease))) => {
+                let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+                let tunnel = match (switched, client_upgrade) {
+                    (true, Some(client)) => Some((client, hyper::upgrade::on(&mut resp))),
+                    _ => None,
+                };
+                let (parts, body) = resp.into_parts();
+                (parts, Source::Hyper(body), lease, tunnel)
+            }
+            // The client's own request body failed (a malformed chunk, a hang-up mid-upload): a
+            // client fault. It says nothing about the backend, so it is not recorded as a signal
+            // and does not count against the endpoint; the client gets a 400.
+            Ok(Err(e)) if client_fault(&e).is_some() => {
+                tracing::debug!(error = %error_chain(&e), "request body failed");
+                return respond::error(match client_fault(&e) {
+                    Some(ClientFault::Timeout) => ProxyError::ClientTimeout,
+                    _ => ProxyError::ClientBody,
+                });
+            }
+            Ok(Err(e)) => {
+                let connect = e.is_connect();
+                let err = if !connect {
+                    ProxyError::UpstreamBroken
+                } else if backend_down(&e) {
+                    ProxyError::UpstreamDown
+                } else {
+                    ProxyError::UpstreamConnect
+                };
+                return at.failed(err, elapsed, now_ms, &error_chain(&e)).await;
+            }
             Err(_) => {
-                return respond::error(ProxyError::BadRequest("unforwardable request target"))
+                return at
+                    .failed(ProxyError::UpstreamTimeout, elapsed, now_ms, "")
+                    .await;
             }
         };
-        parts.version = Version::HTTP_2;
-    } else {
-        // HTTP/1.1 upstreams get the origin form (an absolute-form request is rewritten).
-        if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-            parts.uri = Uri::from(path_and_query(&parts.uri));
+        let cache = cache_of(&parts.headers, &cluster.config.signals);
+        at.answered(parts.status.is_server_error(), cache, elapsed, now_ms);
+        let switch_to = parts.headers.get(UPGRADE).cloned();
+        if !matches!(body, Source::Bare(_)) {
+            // The bare connections' heads are built without hop-by-hop fields and with `Via`.
+            headers::forward_response(&mut parts.headers, parts.version);
         }
         parts.version = Version::HTTP_11;
-    }
-
-    let start = tokio::time::Instant::now();
-    let server = &snap.compiled.config.server;
-    let (out, body_sent) = if bare {
-        (Outgoing::Bare(parts), None)
-    } else {
-        let (body, sent) = ClientBody::new(body, server.client_body_timeout, start);
-        (Outgoing::Hyper(Request::from_parts(parts, body)), sent)
-    };
-    // Pinned where it is made: moved into `response_head` by value it would be held twice in
-    // this request's future (the argument and the pinned copy).
-    let sent = {
-        let exchange = std::pin::pin!(async {
-            // Matched in place: a tuple of the two, or `parts` moved out, would be held in
-            // this future beside `out` (about 300 bytes each).
-            match out {
-                Outgoing::Bare(ref parts) => bare::send(cluster, &ep, parts, &up, now_ms)
-                    .await
-                    .map(Answer::Bare),
-                // hyper's client futures are boxed: a request's future is as large as its
-                // largest state, and the bare way (every request without a body) needs 0.3 KB
-                // where hyper's HTTP/1 pool needs 1.2 KB.
-                Outgoing::Hyper(req) => match h2c {
-                    Some(client) => Box::pin(client.request(req))
-                        .await
-                        .map(|r| Answer::Hyper(r, None))
-                        .map_err(|e| {
-                            if e.is_connect() {
-                                SendError::Connect(Box::new(e))
-                            } else {
-                                SendError::Other(Box::new(e))
-                            }
-                        }),
-                    None => Box::pin(ep.endpoint.pool.send(
-                        &cluster.client.connector,
-                        &ep.endpoint.uri,
-                        req,
-                        now_ms,
-                        millis(cfg.pool_idle_timeout),
-                    ))
-                    .await
-                    .map(|(r, lease)| Answer::Hyper(r, Some(lease))),
-                },
-            }
-        });
-        response_head(
-            exchange,
-            start,
-            body_sent.as_deref(),
-            cfg.response_header_timeout,
+        if let (Some((client, upstream)), Some(proto)) = (tunnel, switch_to) {
+            // The backend accepted the upgrade: the request is done as far as admission goes;
+            // the tunnel runs on its own and holds no slot.
+            parts.headers.insert(CONNECTION, UPGRADE_TOKEN.clone());
+            parts.headers.insert(UPGRADE, proto);
+            tokio::spawn(tunnel::run(
+                client,
+                upstream,
+                server.websocket_idle_timeout,
+                shared.metrics.tunnels.clone(),
+                // The connection's own idle and head timers stand aside for the tunnel.
+                conn.phase.enter(),
+            ));
+            drop(held);
+            return Response::from_parts(parts, ProxyBody::local(bytes::Bytes::new()));
+        }
+        held.endpoint = Some(ep);
+        Response::from_parts(
+            parts,
+            ProxyBody::upstream(
+                body,
+                held,
+                cfg.body_idle_timeout,
+                Some(Back {
+                    lease,
+                    clock: shared.clock,
+                    max_idle: cfg.pool_max_idle_per_endpoint,
+                }),
+                // One response at a time on an HTTP/1 connection: its slot can be the
+                // connection's to release (HTTP/2 streams share theirs).
+                (client_version != Version::HTTP_2).then(|| Arc::clone(&conn.phase)),
+            ),
         )
-        .await
-    };
-    let total = start.elapsed();
-    // The backend's latency: from the last body byte sent (an upload's pace is the client's).
-    let elapsed =
-        total.saturating_sub(body_sent.as_ref().and_then(|s| s.get()).unwrap_or_default());
-    let now_ms = now_ms + total.as_millis() as u64;
-    let at = Exchange {
-        shared,
-        cluster,
-        view,
-        feature,
-        ep: &ep,
-    };
-    let (mut parts, body, lease, tunnel) = match sent {
-        Ok(Ok(Answer::Bare((parts, body)))) => (parts, Source::Bare(body), None, None),
-        Ok(Ok(Answer::Hyper(mut resp, lease))) => {
-            let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-            let tunnel = match (switched, client_upgrade) {
-                (true, Some(client)) => Some((client, hyper::upgrade::on(&mut resp))),
-                _ => None,
-            };
-            let (parts, body) = resp.into_parts();
-            (parts, Source::Hyper(body), lease, tunnel)
-        }
-        // The client's own request body failed (a malformed chunk, a hang-up mid-upload): a
-        // client fault. It says nothing about the backend, so it is not recorded as a signal
-        // and does not count against the endpoint; the client gets a 400.
-        Ok(Err(e)) if client_fault(&e).is_some() => {
-            tracing::debug!(error = %error_chain(&e), "request body failed");
-            return respond::error(match client_fault(&e) {
-                Some(ClientFault::Timeout) => ProxyError::ClientTimeout,
-                _ => ProxyError::ClientBody,
-            });
-        }
-        Ok(Err(e)) => {
-            let connect = e.is_connect();
-            let err = if !connect {
-                ProxyError::UpstreamBroken
-            } else if backend_down(&e) {
-                ProxyError::UpstreamDown
-            } else {
-                ProxyError::UpstreamConnect
-            };
-            return at.failed(err, elapsed, now_ms, &error_chain(&e)).await;
-        }
-        Err(_) => {
-            return at
-                .failed(ProxyError::UpstreamTimeout, elapsed, now_ms, "")
-                .await;
-        }
-    };
-    let cache = cache_of(&parts.headers, &cluster.config.signals);
-    at.answered(parts.status.is_server_error(), cache, elapsed, now_ms);
-    let switch_to = parts.headers.get(UPGRADE).cloned();
-    if !matches!(body, Source::Bare(_)) {
-        // The bare connections' heads are built without hop-by-hop fields and with `Via`.
-        headers::forward_response(&mut parts.headers, parts.version);
     }
-    parts.version = Version::HTTP_11;
-    if let (Some((client, upstream)), Some(proto)) = (tunnel, switch_to) {
-        // The backend accepted the upgrade: the request is done as far as admission goes;
-        // the tunnel runs on its own and holds no slot.
-        parts.headers.insert(CONNECTION, UPGRADE_TOKEN.clone());
-        parts.headers.insert(UPGRADE, proto);
-        tokio::spawn(tunnel::run(
-            client,
-            upstream,
-            server.websocket_idle_timeout,
-            shared.metrics.tunnels.clone(),
-            // The connection's own idle and head timers stand aside for the tunnel.
-            conn.phase.enter(),
-        ));
-        drop(held);
-        return Response::from_parts(parts, ProxyBody::local(bytes::Bytes::new()));
-    }
-    held.endpoint = Some(ep);
-    Response::from_parts(
-        parts,
-        ProxyBody::upstream(
-            body,
-            held,
-            cfg.body_idle_timeout,
-            Some(Back {
-                lease,
-                clock: shared.clock,
-                max_idle: cfg.pool_max_idle_per_endpoint,
-            }),
-            // One response at a time on an HTTP/1 connection: its slot can be the
-            // connection's to release (HTTP/2 streams share theirs).
-            (client_version != Version::HTTP_2).then(|| Arc::clone(&conn.phase)),
-        ),
-    )
 }
 
 /// The request as it goes out.

@@ -1,6 +1,7 @@
 //! One request through the proxy: classify → gate (admit, wait in line, or reject with a
 //! Retry-After) → forward (`forward.rs`: send, record signals, stream back).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,74 +34,84 @@ pub struct ConnInfo {
 
 /// Handles one request; never fails (every error becomes a response). With the access log on,
 /// the request's line is written when its answer is ready (or as 499 if the client left).
-pub async fn handle(
+///
+/// A plain function around an `async` block, here and in `handle_inner` and `forward`: an
+/// `async fn` moves its arguments into locals of its future, and the request would be held
+/// twice at every level (264 bytes each, in a future that is boxed and copied per stream).
+#[allow(clippy::manual_async_fn)] // on purpose, as said above
+pub fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, std::convert::Infallible> {
-    let Some(log) = shared.access.as_ref() else {
-        let mut note = Note::default();
-        return handle_inner(shared, conn, req, &mut note).await;
-    };
-    let mut pending = Pending::new(
-        log.clone(),
-        req.method().as_str(),
-        req.uri().path(),
-        conn.peer.ip(),
-    );
-    pending.note.on = true;
-    let resp = handle_inner(Arc::clone(&shared), conn, req, &mut pending.note).await?;
-    pending.finish(resp.status().as_u16());
-    Ok(resp)
+) -> impl Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>> {
+    async move {
+        let Some(log) = shared.access.as_ref() else {
+            let mut note = Note::default();
+            return handle_inner(shared, conn, req, &mut note).await;
+        };
+        let mut pending = Pending::new(
+            log.clone(),
+            req.method().as_str(),
+            req.uri().path(),
+            conn.peer.ip(),
+        );
+        pending.note.on = true;
+        let resp = handle_inner(Arc::clone(&shared), conn, req, &mut pending.note).await?;
+        pending.finish(resp.status().as_u16());
+        Ok(resp)
+    }
 }
 
-async fn handle_inner(
+#[allow(clippy::manual_async_fn)] // see `handle`
+fn handle_inner<'a>(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
-    note: &mut Note,
-) -> Result<Response<ProxyBody>, std::convert::Infallible> {
-    let host = match edge::authority(req.method(), req.version(), req.uri(), req.headers()) {
-        Ok(h) => h,
-        Err(r) => return Ok(respond::refused(r)),
-    };
-    let asked = Asked {
-        method: req.method(),
-        host: host.as_ref().map(|h| h.as_bytes()),
-        path: req.uri().path().as_bytes(),
-        fields: req.headers(),
-        peer_hash: None,
-    };
-    let snap = shared.snapshot.load_full();
-    let mut a = match admit(
-        &shared,
-        snap,
-        conn.peer.ip(),
-        conn.headers.trusted,
-        asked,
-        note,
-    )
-    .await
-    {
-        Ok(a) => a,
-        Err(Turned::Answer(resp)) => return Ok(*resp),
-        Err(Turned::Reject(r)) => return Ok(r.response(&shared)),
-    };
-    let held = a.take_held();
-    let Some((cluster, view, feature)) = a.parts() else {
-        return Ok(respond::error(ProxyError::NoEndpoint));
-    };
-    let sent = note.on.then(Instant::now);
-    let mut resp = forward(
-        &shared, &a.snap, cluster, view, &conn, req, host, held, feature,
-    )
-    .await;
-    a.stamp_ours(&shared, &mut resp);
-    if let Some(t) = sent {
-        note.upstream = Some(t.elapsed());
-        note.outcome = "forwarded";
+    note: &'a mut Note,
+) -> impl Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>> + 'a {
+    async move {
+        let host = match edge::authority(req.method(), req.version(), req.uri(), req.headers()) {
+            Ok(h) => h,
+            Err(r) => return Ok(respond::refused(r)),
+        };
+        let asked = Asked {
+            method: req.method(),
+            host: host.as_ref().map(|h| h.as_bytes()),
+            path: req.uri().path().as_bytes(),
+            fields: req.headers(),
+            peer_hash: None,
+        };
+        let snap = shared.snapshot.load_full();
+        let mut a = match admit(
+            &shared,
+            snap,
+            conn.peer.ip(),
+            conn.headers.trusted,
+            asked,
+            note,
+        )
+        .await
+        {
+            Ok(a) => a,
+            Err(Turned::Answer(resp)) => return Ok(*resp),
+            Err(Turned::Reject(r)) => return Ok(r.response(&shared)),
+        };
+        let held = a.take_held();
+        let Some((cluster, view, feature)) = a.parts() else {
+            return Ok(respond::error(ProxyError::NoEndpoint));
+        };
+        let sent = note.on.then(Instant::now);
+        let mut resp = forward(
+            &shared, &a.snap, cluster, view, &conn, req, host, held, feature,
+        )
+        .await;
+        a.stamp_ours(&shared, &mut resp);
+        if let Some(t) = sent {
+            note.upstream = Some(t.elapsed());
+            note.outcome = "forwarded";
+        }
+        Ok(resp)
     }
-    Ok(resp)
 }
 
 /// What admission reads of a request.
