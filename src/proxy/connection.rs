@@ -186,7 +186,7 @@ where
                 .keep_alive_interval(Some(Duration::from_secs(30)))
                 .serve_connection(
                     phased(H2Guard::new(io), phase, false, server_cfg, None, None),
-                    // Boxed: a request's future is large (about 3.3 KB), and each stream's is
+                    // Boxed: a request's future is large (about 3 KB), and each stream's is
                     // spawned as a task, moved whole by value several times on the way; a box
                     // is one pointer to move.
                     service_fn(move |req| Box::pin(answer(req))),

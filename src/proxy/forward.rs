@@ -64,7 +64,6 @@ pub(super) fn forward<'a>(
         }
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let client_version = req.version();
-        let (mut parts, body) = req.into_parts();
         let h2c = cluster.client.h2c.as_ref();
         // A request with no body to a cleartext HTTP/1.1 upstream goes out on the bare
         // connections of the HTTP/1.1 path, its forwarding fields written on the way out; the
@@ -72,21 +71,64 @@ pub(super) fn forward<'a>(
         let bare = h2c.is_none()
             && upgrade.is_none()
             && cfg.tls.is_none()
-            && body.is_end_stream()
-            && parts.method != http::Method::CONNECT;
-        let via = headers::via(parts.version);
-        let host = if bare {
-            host
-        } else {
-            headers::forward_request(
-                &mut parts.headers,
-                &conn.headers,
-                parts.version,
-                host,
-                cfg.preserve_host,
-                &ep.endpoint.host_header,
-            );
-            None
+            && req.body().is_end_stream()
+            && req.method() != http::Method::CONNECT;
+        let via = headers::via(req.version());
+        let start = tokio::time::Instant::now();
+        let server = &snap.compiled.config.server;
+        // The head is taken apart and put in `out` inside this block: its parts are not held
+        // in this future beside `out` across the waits below.
+        let (out, body_sent, host) = {
+            let (mut parts, body) = req.into_parts();
+            let host = if bare {
+                host
+            } else {
+                headers::forward_request(
+                    &mut parts.headers,
+                    &conn.headers,
+                    parts.version,
+                    host,
+                    cfg.preserve_host,
+                    &ep.endpoint.host_header,
+                );
+                None
+            };
+            if let Some(u) = &upgrade {
+                parts.headers.insert(CONNECTION, UPGRADE_TOKEN.clone());
+                parts.headers.insert(UPGRADE, u.clone());
+            }
+            if h2c.is_some() {
+                let mut uri = http::uri::Parts::default();
+                uri.scheme = Some(Scheme::HTTP);
+                uri.authority = Some(ep.endpoint.authority.clone());
+                uri.path_and_query = Some(path_and_query(&parts.uri));
+                parts.uri = match Uri::from_parts(uri) {
+                    Ok(u) => u,
+                    Err(_) => {
+                        return respond::error(ProxyError::BadRequest(
+                            "unforwardable request target",
+                        ))
+                    }
+                };
+                parts.version = Version::HTTP_2;
+            } else {
+                // HTTP/1.1 upstreams get the origin form (an absolute-form request is
+                // rewritten).
+                if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+                    parts.uri = Uri::from(path_and_query(&parts.uri));
+                }
+                parts.version = Version::HTTP_11;
+            }
+            if bare {
+                (Outgoing::Bare(parts), None, host)
+            } else {
+                let (body, sent) = ClientBody::new(body, server.client_body_timeout, start);
+                (
+                    Outgoing::Hyper(Request::from_parts(parts, body)),
+                    sent,
+                    host,
+                )
+            }
         };
         let up = Upstream {
             conn: &conn.headers,
@@ -94,38 +136,6 @@ pub(super) fn forward<'a>(
             preserve_host: cfg.preserve_host,
             endpoint_host: ep.endpoint.host_header.as_bytes(),
             via: via.as_bytes(),
-        };
-        if let Some(u) = &upgrade {
-            parts.headers.insert(CONNECTION, UPGRADE_TOKEN.clone());
-            parts.headers.insert(UPGRADE, u.clone());
-        }
-        if h2c.is_some() {
-            let mut uri = http::uri::Parts::default();
-            uri.scheme = Some(Scheme::HTTP);
-            uri.authority = Some(ep.endpoint.authority.clone());
-            uri.path_and_query = Some(path_and_query(&parts.uri));
-            parts.uri = match Uri::from_parts(uri) {
-                Ok(u) => u,
-                Err(_) => {
-                    return respond::error(ProxyError::BadRequest("unforwardable request target"))
-                }
-            };
-            parts.version = Version::HTTP_2;
-        } else {
-            // HTTP/1.1 upstreams get the origin form (an absolute-form request is rewritten).
-            if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-                parts.uri = Uri::from(path_and_query(&parts.uri));
-            }
-            parts.version = Version::HTTP_11;
-        }
-
-        let start = tokio::time::Instant::now();
-        let server = &snap.compiled.config.server;
-        let (out, body_sent) = if bare {
-            (Outgoing::Bare(parts), None)
-        } else {
-            let (body, sent) = ClientBody::new(body, server.client_body_timeout, start);
-            (Outgoing::Hyper(Request::from_parts(parts, body)), sent)
         };
         // Pinned where it is made: moved into `response_head` by value it would be held twice in
         // this request's future (the argument and the pinned copy).
