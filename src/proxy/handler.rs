@@ -12,7 +12,7 @@ use super::body::{Held, ProxyBody};
 use super::edge;
 use super::forward::forward;
 use super::headers::ConnHeaders;
-use super::phases::Phase;
+use super::phases::{Active, Phase, Tracked};
 use super::respond::{self, ProxyError};
 use crate::admission::admit::{self, Step};
 use crate::admission::classify::PeerHash;
@@ -34,6 +34,7 @@ pub struct ConnInfo {
 
 /// Handles one request; never fails (every error becomes a response). With the access log on,
 /// the request's line is written when its answer is ready (or as 499 if the client left).
+/// `active` (the connection's busy mark) goes with the response body.
 ///
 /// A plain function around an `async` block, here and in `handle_inner` and `forward`: an
 /// `async fn` moves its arguments into locals of its future, and the request would be held
@@ -43,22 +44,26 @@ pub fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
-) -> impl Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>> {
+    active: Active,
+) -> impl Future<Output = Result<Response<Tracked<ProxyBody>>, std::convert::Infallible>> {
     async move {
-        let Some(log) = shared.access.as_ref() else {
+        let resp = if let Some(log) = shared.access.as_ref() {
+            let mut pending = Pending::new(
+                log.clone(),
+                req.method().as_str(),
+                req.uri().path(),
+                conn.peer.ip(),
+            );
+            pending.note.on = true;
+            let resp = handle_inner(Arc::clone(&shared), conn, req, &mut pending.note).await?;
+            pending.finish(resp.status().as_u16());
+            resp
+        } else {
             let mut note = Note::default();
-            return handle_inner(shared, conn, req, &mut note).await;
+            handle_inner(shared, conn, req, &mut note).await?
         };
-        let mut pending = Pending::new(
-            log.clone(),
-            req.method().as_str(),
-            req.uri().path(),
-            conn.peer.ip(),
-        );
-        pending.note.on = true;
-        let resp = handle_inner(Arc::clone(&shared), conn, req, &mut pending.note).await?;
-        pending.finish(resp.status().as_u16());
-        Ok(resp)
+        // The connection stays busy (no idle timer) until the response body ends.
+        Ok(resp.map(|b| Tracked::new(b, active)))
     }
 }
 
