@@ -440,10 +440,9 @@ mod tests {
         assert_eq!(head(&p), want);
     }
 
-    #[test]
-    fn response_values_are_slices_of_one_copy() {
+    /// `raw` as if read from an upstream into a stream buffer, and its head parsed.
+    fn read(raw: &[u8]) -> (Box<Buf>, response::Response) {
         let mut ub = buffers::take_for_stream();
-        let raw = b"HTTP/1.1 203 Fine\r\nX-A: 1\r\nx-a: 2\r\nContent-Length: 3\r\n\r\nabc";
         ub.room(1024)[..raw.len()].copy_from_slice(raw);
         ub.filled(raw.len());
         let r = {
@@ -454,6 +453,13 @@ mod tests {
                 .unwrap()
                 .unwrap()
         };
+        (ub, r)
+    }
+
+    #[test]
+    fn response_values_are_slices_of_one_copy() {
+        let (ub, r) =
+            read(b"HTTP/1.1 203 Fine\r\nX-A: 1\r\nx-a: 2\r\nContent-Length: 3\r\n\r\nabc");
         let p = response_parts(&ub, &r).unwrap();
         assert_eq!(p.status, StatusCode::NON_AUTHORITATIVE_INFORMATION);
         let all: Vec<_> = p.headers.get_all("x-a").iter().collect();
@@ -466,18 +472,7 @@ mod tests {
 
     #[test]
     fn a_response_head_loses_its_hop_by_hop_fields_and_gains_via() {
-        let mut ub = buffers::take_for_stream();
-        let raw = b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Up\r\nX-Up: 1\r\nKeep-Alive: timeout=5\r\nVia: 1.0 a\r\nTransfer-Encoding: chunked\r\nX-Keep: yes\r\nvia: 1.1 b\r\n\r\n0\r\n\r\n";
-        ub.room(1024)[..raw.len()].copy_from_slice(raw);
-        ub.filled(raw.len());
-        let r = {
-            let Buf {
-                data, end, fields, ..
-            } = &mut *ub;
-            response::parse(&data[..*end], fields, false)
-                .unwrap()
-                .unwrap()
-        };
+        let (ub, r) = read(b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Up\r\nX-Up: 1\r\nKeep-Alive: timeout=5\r\nVia: 1.0 a\r\nTransfer-Encoding: chunked\r\nX-Keep: yes\r\nvia: 1.1 b\r\n\r\n0\r\n\r\n");
         let p = response_parts(&ub, &r).unwrap();
         let names: Vec<_> = p.headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-keep", "via"]);
