@@ -118,7 +118,12 @@ fn request_head(out: &mut Vec<u8>, req: &http::request::Parts, up: &Upstream<'_>
     } else {
         Framing::Keep
     };
-    let conn_names = req.headers.contains_key(CONNECTION);
+    // Whether `Connection` names fields to drop (not just `close` or `keep-alive`).
+    let conn_names = req
+        .headers
+        .get_all(CONNECTION)
+        .iter()
+        .any(headers::names_other_headers);
     write::request_fields(out, &req.headers, conn_names, true, up, body);
 }
 

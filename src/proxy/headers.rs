@@ -61,7 +61,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Whether a `Connection` value lists a header to remove with it.
-fn names_other_headers(v: &HeaderValue) -> bool {
+pub(crate) fn names_other_headers(v: &HeaderValue) -> bool {
     v.to_str()
         .is_ok_and(|s| s.split(',').map(str::trim).any(names_a_header))
 }
