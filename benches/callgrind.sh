@@ -11,6 +11,7 @@
 #   KEEP=DIR benches/callgrind.sh       # and keeps the profiles in DIR
 #   CACHE=1 benches/callgrind.sh        # and simulates the caches: data reads and writes that
 #                                       # miss the first level and the last, per request
+#   H2ONLY=1 benches/callgrind.sh       # only the h2c figure
 #
 # Everything listens on 127.0.0.1 and is stopped (by PID) at the end.
 set -euo pipefail
@@ -69,6 +70,6 @@ measure() { # name config port
   # KEEP=DIR keeps each profile (callgrind_annotate --inclusive=yes DIR/forward.callgrind).
   if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$out" "$KEEP/"; fi
 }
-measure forward "$work/forward.toml" 18182
-measure reject "$work/reject.toml" 18183
+[ -n "${H2ONLY:-}" ] || measure forward "$work/forward.toml" 18182
+[ -n "${H2ONLY:-}" ] || measure reject "$work/reject.toml" 18183
 measure h2c "$work/forward.toml" 18182

@@ -502,6 +502,41 @@ async fn h2_stream_from_a_broken_upstream() {
     p.stop().await;
 }
 
+/// Without the dynamic table, every kind of response field reaches an HTTP/2 client whole:
+/// a status the static table has no whole entry for, a field it has whole, fields it has by
+/// name only, unknown names, and several values of one name (each value after the first
+/// written without its name).
+#[tokio::test]
+async fn h2_response_fields_of_every_kind_arrive_whole() {
+    let up = raw_upstream(
+        b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\
+          X-Custom: v1\r\nX-Custom: v2\r\nCache-Control: no-store\r\n\
+          Accept-Encoding: gzip, deflate\r\nX-Empty: \r\n\r\nok",
+    )
+    .await;
+    let p = proxy(&open_config(&format!("\"{up}\""), "")).await;
+    for _ in 0..2 {
+        let (resp, body) = send(&h2(), "GET", &p.url("/"), &[], full(Bytes::new())).await;
+        assert_eq!(resp.status(), 201);
+        assert_eq!(&body[..], b"ok");
+        let h = resp.headers();
+        let all = |n: &str| {
+            h.get_all(n)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(all("set-cookie"), ["a=1", "b=2"]);
+        assert_eq!(all("x-custom"), ["v1", "v2"]);
+        assert_eq!(all("cache-control"), ["no-store"]);
+        assert_eq!(all("accept-encoding"), ["gzip, deflate"]);
+        assert_eq!(all("x-empty"), [""]);
+        assert_eq!(all("content-length"), ["2"]);
+        assert_eq!(all("via"), ["1.1 warmgate"]);
+    }
+    p.stop().await;
+}
+
 /// The header blocks of the HEADERS frames the proxy answers `streams` GETs with, read off
 /// the wire of an h2c connection (prior knowledge). The requests' own blocks use no dynamic
 /// table either: indexed pseudo-headers and a literal `:authority` without indexing.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
@@ -17,6 +17,7 @@ use super::park::{Parkable, Parked, ParkingLot, Resume, PARK_AFTER};
 use super::phases::{Phase, Phases};
 use super::send_timeout::{SendTimeout, Stall};
 use super::server::Proto;
+use super::streams::{Inline, Streams};
 use super::until::{Done, Until};
 use crate::config::ServerConfig;
 use crate::runtime::Shared;
@@ -173,7 +174,9 @@ where
             }
         }
         Proto::H2 => {
-            let c = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            // Each stream's future runs in this task, beside the connection (`streams.rs`).
+            let exec = Inline::new();
+            let c = hyper::server::conn::http2::Builder::new(exec.clone())
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(server_cfg.h2_max_concurrent_streams)
                 .max_header_list_size(server_cfg.max_header_bytes as u32)
@@ -194,12 +197,12 @@ where
                 );
             // Boxed: an HTTP/2 session is large, and the connection task is as large as its
             // largest state (a parked HTTP/1 connection's included).
-            let mut c = Box::pin(c);
+            let mut c = Streams::new(Box::pin(c), &exec);
             let closing = std::pin::pin!(conn.closing(&idle));
-            match Until::new(c.as_mut(), closing).await {
+            match Until::new(&mut c, closing).await {
                 Done::Main(r) => r.map_err(Into::into),
                 Done::Signal(()) => {
-                    c.as_mut().graceful_shutdown();
+                    c.conn().graceful_shutdown();
                     c.await.map_err(Into::into)
                 }
             }

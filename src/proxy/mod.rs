@@ -15,6 +15,7 @@ pub mod respond;
 pub mod rewind;
 pub mod send_timeout;
 pub mod server;
+pub mod streams;
 pub mod tunnel;
 pub mod until;
 

@@ -1,4 +1,4 @@
-use super::table::{Index, Table};
+use super::table::{self, Index, Table};
 use super::{huffman, Header};
 
 use bytes::{BufMut, BytesMut};
@@ -117,6 +117,10 @@ impl Encoder {
         let _e = span.enter();
 
         self.encode_size_updates(dst);
+
+        if !self.dynamic {
+            return encode_static(headers, dst);
+        }
 
         let mut last_index = None;
 
@@ -248,6 +252,65 @@ impl Encoder {
 impl Default for Encoder {
     fn default() -> Encoder {
         Encoder::new(4096, 0)
+    }
+}
+
+/// Without the dynamic table: each header is written as it comes, indexed when the static
+/// table has it whole, with its static name when only the name is there, and as raw literals
+/// otherwise. Fields are read in place (no `Index` built around each).
+fn encode_static<I>(headers: I, dst: &mut BytesMut)
+where
+    I: IntoIterator<Item = Header<Option<HeaderName>>>,
+{
+    // The last field's static index, or its name when the table has none: a field without a
+    // name is another value of the one before.
+    let mut last: (usize, Option<HeaderName>) = (0, None);
+    for header in headers {
+        match header {
+            Header::Field { name, value } => {
+                if let Some(name) = name {
+                    match table::index_static_field(&name, &value) {
+                        Some((idx, true)) if !value.is_sensitive() => {
+                            encode_int(idx, 7, 0x80, dst);
+                            last = (idx, None);
+                            continue;
+                        }
+                        Some((idx, _)) => last = (idx, None),
+                        None => last = (0, Some(name)),
+                    }
+                }
+                match last {
+                    (_, Some(ref name)) => encode_not_indexed2(
+                        name.as_str().as_bytes(),
+                        value.as_bytes(),
+                        value.is_sensitive(),
+                        false,
+                        dst,
+                    ),
+                    (idx, None) if idx > 0 => {
+                        encode_not_indexed(idx, value.as_bytes(), value.is_sensitive(), false, dst)
+                    }
+                    // Cannot happen: the first field of a block always has its name.
+                    _ => {}
+                }
+            }
+            pseudo => match pseudo.reify() {
+                Ok(h) => encode_pseudo(Table::index_static_only(h), dst),
+                Err(_) => {}
+            },
+        }
+    }
+}
+
+/// A pseudo-header from the static table: indexed, or its static name and a raw value.
+fn encode_pseudo(index: Index, dst: &mut BytesMut) {
+    match index {
+        Index::Indexed(idx, _) => encode_int(idx, 7, 0x80, dst),
+        Index::Name(idx, h) => encode_not_indexed(idx, h.value_slice(), false, false, dst),
+        Index::NotIndexed(h) => {
+            encode_not_indexed2(h.name().as_slice(), h.value_slice(), false, false, dst)
+        }
+        Index::Inserted(_) | Index::InsertedValue(..) => {}
     }
 }
 

@@ -1,0 +1,172 @@
+//! An HTTP/2 connection's streams run inside the connection's own task.
+//!
+//! hyper hands each accepted stream's future to its executor; with tokio's, every stream is a
+//! task of its own: a task cell allocated, the future (about 320 bytes) moved into it whole
+//! several times on the way, scheduled and woken apart from its connection, and when it answers
+//! it wakes the connection's task to write the answer out. Here the executor only queues the
+//! future, and the connection's task runs it beside the connection (`FuturesUnordered`): one
+//! box per stream, the future moved into it once, and an answer that became ready is written
+//! on the same turn. nginx and HAProxy also run a connection's streams where the connection
+//! runs.
+//!
+//! The streams of one connection run on the worker that runs the connection (a spawned task
+//! could be taken by another worker); a stream's own work is small next to its wait for the
+//! upstream.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use crossbeam_queue::SegQueue;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+
+/// A stream's future, boxed (hyper's futures for a connection are of more than one type, and
+/// a stream's type names its executor).
+type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// hyper's executor for one connection's streams: queues each for the connection's task
+/// ([`Streams`]).
+#[derive(Clone, Default)]
+pub struct Inline {
+    queue: Arc<SegQueue<Task>>,
+}
+
+impl Inline {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl<F> hyper::rt::Executor<F> for Inline
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        self.queue.push(Box::pin(fut));
+    }
+}
+
+/// A connection future and the streams its executor ([`Inline`]) was given, run together.
+/// Ends with the connection; streams still running then are dropped (the client is gone, or,
+/// after a graceful shutdown, every stream has already ended).
+pub struct Streams<C> {
+    conn: Pin<Box<C>>,
+    queue: Arc<SegQueue<Task>>,
+    running: FuturesUnordered<Task>,
+}
+
+impl<C: Future> Streams<C> {
+    /// `conn`, served with `exec` as its executor.
+    pub fn new(conn: Pin<Box<C>>, exec: &Inline) -> Self {
+        Self {
+            conn,
+            queue: Arc::clone(&exec.queue),
+            running: FuturesUnordered::new(),
+        }
+    }
+
+    /// The connection (for its graceful shutdown).
+    pub fn conn(&mut self) -> Pin<&mut C> {
+        self.conn.as_mut()
+    }
+
+    /// How many streams are running.
+    pub fn running(&self) -> usize {
+        self.running.len() + self.queue.len()
+    }
+
+    /// Polls the running streams until none is ready.
+    fn run(&mut self, cx: &mut Context<'_>) {
+        while let Some(f) = self.queue.pop() {
+            self.running.push(f);
+        }
+        while let Poll::Ready(Some(())) = self.running.poll_next_unpin(cx) {}
+    }
+}
+
+impl<C: Future> Future for Streams<C> {
+    type Output = C::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
+        // Every field is `Unpin` (the connection and the streams are boxed).
+        let this = Pin::into_inner(self);
+        // The streams first: an answer that became ready is queued before the connection
+        // writes, and goes out on this turn.
+        this.run(cx);
+        let out = this.conn.as_mut().poll(cx);
+        if out.is_pending() && !this.queue.is_empty() {
+            // Streams accepted on this turn start now.
+            this.run(cx);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::rt::Executor;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The streams given to the executor run inside the connection's future, and the whole
+    /// ends with the connection.
+    #[tokio::test]
+    async fn streams_run_in_the_connection_task() {
+        let exec = Inline::new();
+        let done = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (exec2, done2) = (exec.clone(), Arc::clone(&done));
+        let conn = Box::pin(async move {
+            for _ in 0..3 {
+                let d = Arc::clone(&done2);
+                exec2.execute(async move {
+                    tokio::task::yield_now().await;
+                    d.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+            // The connection ends only once the streams have run.
+            let _ = rx.await;
+            7
+        });
+        let mut streams = Streams::new(conn, &exec);
+        let watch = {
+            let done = Arc::clone(&done);
+            async move {
+                while done.load(Ordering::SeqCst) < 3 {
+                    tokio::task::yield_now().await;
+                }
+                let _ = tx.send(());
+            }
+        };
+        let (out, ()) = tokio::join!(&mut streams, watch);
+        assert_eq!(out, 7);
+        assert_eq!(done.load(Ordering::SeqCst), 3);
+        assert_eq!(streams.running(), 0);
+    }
+
+    /// Streams still running when the connection ends are dropped with it.
+    #[tokio::test]
+    async fn streams_left_when_the_connection_ends_are_dropped() {
+        let exec = Inline::new();
+        let exec2 = exec.clone();
+        let dropped = Arc::new(AtomicUsize::new(0));
+        struct Count(Arc<AtomicUsize>);
+        impl Drop for Count {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let d = Arc::clone(&dropped);
+        let conn = Box::pin(async move {
+            exec2.execute(async move {
+                let _c = Count(d);
+                std::future::pending::<()>().await;
+            });
+            tokio::task::yield_now().await;
+        });
+        let streams = Streams::new(conn, &exec);
+        streams.await;
+        assert_eq!(dropped.load(Ordering::SeqCst), 1);
+    }
+}
