@@ -322,6 +322,29 @@ async fn in_flight_request_finishes_after_shutdown_starts() {
     );
 }
 
+/// The same over HTTP/2: the streams run inside their connection's task, and a graceful
+/// shutdown lets each one in flight finish.
+#[tokio::test]
+async fn in_flight_h2_streams_finish_after_shutdown_starts() {
+    let up = ok_upstream(Duration::from_millis(600)).await;
+    let p = proxy(&open_config(&format!("\"{}\"", up.addr), "")).await;
+    let client = h2();
+    let mut reqs = Vec::new();
+    for _ in 0..3 {
+        let (client, url) = (client.clone(), p.url("/slow"));
+        reqs.push(tokio::spawn(async move {
+            send(&client, "GET", &url, &[], full(Bytes::new())).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    p.stop().await;
+    for r in reqs {
+        let (resp, body) = r.await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(&body[..], b"ok");
+    }
+}
+
 #[tokio::test]
 async fn upstream_bytes_counted_once() {
     let counter = Arc::new(AtomicU64::new(0));
