@@ -117,7 +117,9 @@ impl Drop for UpstreamBody {
 
 /// A response body.
 pub enum ProxyBody {
-    Upstream(UpstreamBody),
+    /// Boxed: a response is moved whole several times between the exchange and the client's
+    /// connection (about 320 bytes with the upstream body inline, 150 boxed).
+    Upstream(Box<UpstreamBody>),
     Local(Full<Bytes>),
 }
 
@@ -150,13 +152,13 @@ impl ProxyBody {
                 None
             }
         };
-        ProxyBody::Upstream(UpstreamBody {
+        ProxyBody::Upstream(Box::new(UpstreamBody {
             body,
             held,
             conn,
             idle: IdleTimer::new(idle),
             back,
-        })
+        }))
     }
 }
 
