@@ -63,9 +63,9 @@ measure() { # name config port
   total=$(callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
   echo "$1: $total instructions over $n requests: $((total / n)) per request"
   if [ -n "${CACHE:-}" ]; then
-    callgrind_annotate --show=D1mr,D1mw,DLmr,DLmw "$out" 2>/dev/null | awk -v n="$n" '/PROGRAM TOTALS/ {
+    callgrind_annotate --show=D1mr,D1mw,DLmr,DLmw,I1mr,ILmr "$out" 2>/dev/null | awk -v n="$n" '/PROGRAM TOTALS/ {
       gsub(",", ""); gsub(/\([^)]*\)/, "")
-      printf "  data misses per request: first level %.0f, last level %.1f\n", ($1 + $2) / n, ($3 + $4) / n }'
+      printf "  data misses per request: first level %.0f, last level %.1f; instruction misses: first level %.0f, last level %.1f\n", ($1 + $2) / n, ($3 + $4) / n, $5 / n, $6 / n }'
   fi
   # KEEP=DIR keeps each profile (callgrind_annotate --inclusive=yes DIR/forward.callgrind).
   if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$out" "$KEEP/"; fi
