@@ -298,6 +298,7 @@ mod tests {
             "background_thread:true",
             "dirty_decay_ms:1000",
             "muzzy_decay_ms:0",
+            "tcache_nslots_small_min:64",
         ] {
             assert!(conf.contains(opt), "jemalloc built without {opt}: {conf:?}");
         }
