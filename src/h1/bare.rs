@@ -195,7 +195,10 @@ fn response_parts(ub: &Buf, r: &response::Response) -> Result<http::response::Pa
             _ if r.conn_names && write::listed(fields, name) => continue,
             _ => {}
         }
-        let name = HeaderName::from_bytes(name)?;
+        let name = match known_name(name) {
+            Some(n) => n,
+            None => HeaderName::from_bytes(name)?,
+        };
         headers.append(name, HeaderValue::from_maybe_shared(head.slice_ref(value))?);
     }
     let ours = headers::via(Version::HTTP_11);
@@ -211,6 +214,34 @@ fn response_parts(ub: &Buf, r: &response::Response) -> Result<http::response::Pa
     parts.version = Version::HTTP_11;
     parts.headers = headers;
     Ok(parts)
+}
+
+/// The usual response fields' names, matched without `HeaderName`'s general parse (a copy
+/// into a scratch buffer, then a lookup among every standard name). `name` is a token
+/// (`httparse` checked it), so a name equal to one of these apart from case is that name.
+fn known_name(name: &[u8]) -> Option<HeaderName> {
+    use http::header::{
+        ACCEPT_RANGES, AGE, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, DATE,
+        ETAG, EXPIRES, LAST_MODIFIED, LOCATION, SERVER, SET_COOKIE, VARY,
+    };
+    let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
+    Some(match name.len() {
+        3 if is(b"age") => AGE,
+        4 if is(b"date") => DATE,
+        4 if is(b"etag") => ETAG,
+        4 if is(b"vary") => VARY,
+        6 if is(b"server") => SERVER,
+        7 if is(b"expires") => EXPIRES,
+        8 if is(b"location") => LOCATION,
+        10 if is(b"set-cookie") => SET_COOKIE,
+        12 if is(b"content-type") => CONTENT_TYPE,
+        13 if is(b"last-modified") => LAST_MODIFIED,
+        13 if is(b"accept-ranges") => ACCEPT_RANGES,
+        13 if is(b"cache-control") => CACHE_CONTROL,
+        14 if is(b"content-length") => CONTENT_LENGTH,
+        16 if is(b"content-encoding") => CONTENT_ENCODING,
+        _ => return None,
+    })
 }
 
 /// A response body read from a bare upstream connection, its framing taken off.
@@ -344,6 +375,36 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::proxy::headers::ConnHeaders;
+
+    /// Every name `known_name` matches is the name `HeaderName` parses, whatever its case;
+    /// anything else is left to the general parse.
+    #[test]
+    fn known_names_are_the_parsed_names() {
+        for n in [
+            "Age",
+            "Date",
+            "ETag",
+            "Vary",
+            "Server",
+            "Expires",
+            "Location",
+            "Set-Cookie",
+            "Content-Type",
+            "Last-Modified",
+            "Accept-Ranges",
+            "Cache-Control",
+            "Content-Length",
+            "Content-Encoding",
+            "CONTENT-TYPE",
+            "date",
+        ] {
+            let known = super::known_name(n.as_bytes());
+            assert_eq!(known, HeaderName::from_bytes(n.as_bytes()).ok(), "{n}");
+        }
+        for n in ["x-date", "dat", "datum", "content-types", "x-custom", "via"] {
+            assert_eq!(super::known_name(n.as_bytes()), None, "{n}");
+        }
+    }
 
     fn parts(
         method: Method,
