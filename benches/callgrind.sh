@@ -12,6 +12,8 @@
 #   CACHE=1 benches/callgrind.sh        # and simulates the caches: data reads and writes that
 #                                       # miss the first level and the last, per request
 #   H2ONLY=1 benches/callgrind.sh       # only the h2c figure
+#   ATOMICS=1 benches/callgrind.sh      # and counts the atomic read-modify-write instructions a
+#                                       # request executes (benches/atomics.py; needs objdump)
 #
 # Everything listens on 127.0.0.1 and is stopped (by PID) at the end.
 set -euo pipefail
@@ -47,6 +49,7 @@ measure() { # name config port
   local out="$work/$1.callgrind"
   local sim=()
   [ -n "${CACHE:-}" ] && sim=(--cache-sim=yes)
+  [ -n "${ATOMICS:-}" ] && sim+=(--dump-instr=yes)
   valgrind --tool=callgrind "${sim[@]}" --instr-atstart=no --callgrind-out-file="$out" \
     "$BIN" run "$2" 2>"$work/$1.valgrind" & local pid=$!
   pids+=("$pid")
@@ -66,6 +69,9 @@ measure() { # name config port
     callgrind_annotate --show=D1mr,D1mw,DLmr,DLmw,I1mr,ILmr "$out" 2>/dev/null | awk -v n="$n" '/PROGRAM TOTALS/ {
       gsub(",", ""); gsub(/\([^)]*\)/, "")
       printf "  data misses per request: first level %.0f, last level %.1f; instruction misses: first level %.0f, last level %.1f\n", ($1 + $2) / n, ($3 + $4) / n, $5 / n, $6 / n }'
+  fi
+  if [ -n "${ATOMICS:-}" ]; then
+    python3 benches/atomics.py "$out" "$BIN" "$n" 8
   fi
   # KEEP=DIR keeps each profile (callgrind_annotate --inclusive=yes DIR/forward.callgrind).
   if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$out" "$KEEP/"; fi

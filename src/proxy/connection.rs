@@ -175,8 +175,7 @@ where
         }
         Proto::H2 => {
             // Each stream's future runs in this task, beside the connection (`streams.rs`).
-            let exec = Inline::new();
-            let c = hyper::server::conn::http2::Builder::new(exec.clone())
+            let c = hyper::server::conn::http2::Builder::new(Inline)
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(server_cfg.h2_max_concurrent_streams)
                 .max_header_list_size(server_cfg.max_header_bytes as u32)
@@ -197,7 +196,7 @@ where
                 );
             // Boxed: an HTTP/2 session is large, and the connection task is as large as its
             // largest state (a parked HTTP/1 connection's included).
-            let mut c = Streams::new(Box::pin(c), &exec);
+            let mut c = Streams::new(Box::pin(c));
             let closing = std::pin::pin!(conn.closing(&idle));
             match Until::new(&mut c, closing).await {
                 Done::Main(r) => r.map_err(Into::into),

@@ -3,47 +3,56 @@
 //! hyper hands each accepted stream's future to its executor; with tokio's, every stream is a
 //! task of its own: a task cell allocated, the future (about 320 bytes) moved into it whole
 //! several times on the way, scheduled and woken apart from its connection, and when it answers
-//! it wakes the connection's task to write the answer out. Here the executor only queues the
-//! future, and the connection's task runs it beside the connection (`FuturesUnordered`): one
-//! box per stream, the future moved into it once, and an answer that became ready is written
-//! on the same turn. nginx and HAProxy also run a connection's streams where the connection
+//! it wakes the connection's task to write the answer out. Here the executor hands the future
+//! to the connection being polled, and the connection's task runs it beside the connection
+//! (`FuturesUnordered`): one box per stream, the future moved into it once, and an answer that
+//! became ready is written on the same turn. nginx and HAProxy also run a connection's streams where the connection
 //! runs.
 //!
 //! The streams of one connection run on the worker that runs the connection (a spawned task
 //! could be taken by another worker); a stream's own work is small next to its wait for the
 //! upstream.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use crossbeam_queue::SegQueue;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
 /// A stream's future, boxed (hyper's futures for a connection are of more than one type, and
 /// a stream's type names its executor).
 type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// hyper's executor for one connection's streams: queues each for the connection's task
-/// ([`Streams`]).
-#[derive(Clone, Default)]
-pub struct Inline {
-    queue: Arc<SegQueue<Task>>,
+thread_local! {
+    /// The streams hyper hands over while a connection is polled on this thread
+    /// ([`Streams::poll`]; `None` when none is). hyper hands a stream over only from inside its
+    /// connection's poll, so the connection that is polled is the one it belongs to: no queue
+    /// shared between the executor and the connection, and no atomic operation per stream.
+    static ACCEPTED: RefCell<Option<Vec<Task>>> = const { RefCell::new(None) };
 }
 
-impl Inline {
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
+/// hyper's executor for HTTP/2 streams: hands each to the connection being polled
+/// ([`Streams`]), or spawns it as a task of its own when none is.
+#[derive(Clone, Copy, Default)]
+pub struct Inline;
 
 impl<F> hyper::rt::Executor<F> for Inline
 where
     F: Future<Output = ()> + Send + 'static,
 {
     fn execute(&self, fut: F) {
-        self.queue.push(Box::pin(fut));
+        let fut: Task = Box::pin(fut);
+        let outside = ACCEPTED.with_borrow_mut(|a| match a {
+            Some(v) => {
+                v.push(fut);
+                None
+            }
+            None => Some(fut),
+        });
+        if let Some(fut) = outside {
+            tokio::spawn(fut);
+        }
     }
 }
 
@@ -52,16 +61,17 @@ where
 /// after a graceful shutdown, every stream has already ended).
 pub struct Streams<C> {
     conn: Pin<Box<C>>,
-    queue: Arc<SegQueue<Task>>,
+    /// Lent to [`ACCEPTED`] while the connection is polled (kept to keep its capacity).
+    accepted: Vec<Task>,
     running: FuturesUnordered<Task>,
 }
 
 impl<C: Future> Streams<C> {
-    /// `conn`, served with `exec` as its executor.
-    pub fn new(conn: Pin<Box<C>>, exec: &Inline) -> Self {
+    /// `conn`, served with [`Inline`] as its executor.
+    pub fn new(conn: Pin<Box<C>>) -> Self {
         Self {
             conn,
-            queue: Arc::clone(&exec.queue),
+            accepted: Vec::new(),
             running: FuturesUnordered::new(),
         }
     }
@@ -73,14 +83,11 @@ impl<C: Future> Streams<C> {
 
     /// How many streams are running.
     pub fn running(&self) -> usize {
-        self.running.len() + self.queue.len()
+        self.running.len()
     }
 
     /// Polls the running streams until none is ready.
     fn run(&mut self, cx: &mut Context<'_>) {
-        while let Some(f) = self.queue.pop() {
-            self.running.push(f);
-        }
         while let Poll::Ready(Some(())) = self.running.poll_next_unpin(cx) {}
     }
 }
@@ -94,9 +101,15 @@ impl<C: Future> Future for Streams<C> {
         // The streams first: an answer that became ready is queued before the connection
         // writes, and goes out on this turn.
         this.run(cx);
+        let lent = std::mem::take(&mut this.accepted);
+        ACCEPTED.with_borrow_mut(|a| *a = Some(lent));
         let out = this.conn.as_mut().poll(cx);
-        if out.is_pending() && !this.queue.is_empty() {
+        this.accepted = ACCEPTED.with_borrow_mut(Option::take).unwrap_or_default();
+        if out.is_pending() && !this.accepted.is_empty() {
             // Streams accepted on this turn start now.
+            for f in this.accepted.drain(..) {
+                this.running.push(f);
+            }
             this.run(cx);
         }
         out
@@ -108,19 +121,19 @@ mod tests {
     use super::*;
     use hyper::rt::Executor;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
 
     /// The streams given to the executor run inside the connection's future, and the whole
     /// ends with the connection.
     #[tokio::test]
     async fn streams_run_in_the_connection_task() {
-        let exec = Inline::new();
         let done = Arc::new(AtomicUsize::new(0));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let (exec2, done2) = (exec.clone(), Arc::clone(&done));
+        let done2 = Arc::clone(&done);
         let conn = Box::pin(async move {
             for _ in 0..3 {
                 let d = Arc::clone(&done2);
-                exec2.execute(async move {
+                Inline.execute(async move {
                     tokio::task::yield_now().await;
                     d.fetch_add(1, Ordering::SeqCst);
                 });
@@ -129,7 +142,7 @@ mod tests {
             let _ = rx.await;
             7
         });
-        let mut streams = Streams::new(conn, &exec);
+        let mut streams = Streams::new(conn);
         let watch = {
             let done = Arc::clone(&done);
             async move {
@@ -148,8 +161,6 @@ mod tests {
     /// Streams still running when the connection ends are dropped with it.
     #[tokio::test]
     async fn streams_left_when_the_connection_ends_are_dropped() {
-        let exec = Inline::new();
-        let exec2 = exec.clone();
         let dropped = Arc::new(AtomicUsize::new(0));
         struct Count(Arc<AtomicUsize>);
         impl Drop for Count {
@@ -159,14 +170,25 @@ mod tests {
         }
         let d = Arc::clone(&dropped);
         let conn = Box::pin(async move {
-            exec2.execute(async move {
+            Inline.execute(async move {
                 let _c = Count(d);
                 std::future::pending::<()>().await;
             });
             tokio::task::yield_now().await;
         });
-        let streams = Streams::new(conn, &exec);
+        let streams = Streams::new(conn);
         streams.await;
         assert_eq!(dropped.load(Ordering::SeqCst), 1);
+    }
+
+    /// A future handed over while no connection is polled runs as a task of its own.
+    #[tokio::test]
+    async fn a_stream_handed_over_outside_a_connection_runs_on_its_own() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        Inline.execute(async move {
+            let _ = tx.send(5);
+        });
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), rx).await;
+        assert_eq!(got.ok().and_then(Result::ok), Some(5));
     }
 }
