@@ -184,11 +184,12 @@ where
                 .keep_alive_interval(Some(Duration::from_secs(30)))
                 .serve_connection(
                     phased(H2Guard::new(io), phase, false, server_cfg, None, None),
-                    // Boxed: a request's future is large (about 2.8 KB), and each stream's is
-                    // spawned as a task, moved whole by value several times on the way; a box
-                    // is one pointer to move. The box is allocated first and the future made
-                    // in it: `Box::pin(answer(req))` made it on the stack and copied all of
-                    // it, whichever state is live, into memory not yet in the cache.
+                    // Boxed: a request's future is large (about 2.8 KB), and hyper moves each
+                    // stream's by value into its own future, which is boxed again to run
+                    // (`streams.rs`); a box is one pointer to move. The box is allocated first
+                    // and the future made in it: `Box::pin(answer(req))` made it on the stack
+                    // and copied all of it, whichever state is live, into memory not yet in
+                    // the cache.
                     service_fn(move |req| {
                         let slot = Box::new_uninit();
                         Box::into_pin(Box::write(slot, answer(req)))
