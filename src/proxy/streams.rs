@@ -6,8 +6,8 @@
 //! it wakes the connection's task to write the answer out. Here the executor hands the future
 //! to the connection being polled, and the connection's task runs it beside the connection
 //! (`FuturesUnordered`): one box per stream, the future moved into it once, and an answer that
-//! became ready is written on the same turn. nginx and HAProxy also run a connection's streams where the connection
-//! runs.
+//! became ready is written on the same turn. nginx and HAProxy also run a connection's streams
+//! where the connection runs.
 //!
 //! The streams of one connection run on the worker that runs the connection (a spawned task
 //! could be taken by another worker); a stream's own work is small next to its wait for the
