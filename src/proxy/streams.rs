@@ -19,6 +19,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
 
 /// A stream's future, boxed (hyper's futures for a connection are of more than one type, and
 /// a stream's type names its executor).
@@ -42,7 +43,13 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     fn execute(&self, fut: F) {
-        let fut: Task = Box::pin(fut);
+        // A stream that panics ends alone, as a task of its own would: its peers on the
+        // connection, and the connection, run on (the stream is dropped: reset).
+        let fut: Task = Box::pin(std::panic::AssertUnwindSafe(fut).catch_unwind().map(|r| {
+            if r.is_err() {
+                tracing::error!("an HTTP/2 stream's handler panicked; the stream is reset");
+            }
+        }));
         let outside = ACCEPTED.with_borrow_mut(|a| match a {
             Some(v) => {
                 v.push(fut);
@@ -190,5 +197,31 @@ mod tests {
         });
         let got = tokio::time::timeout(std::time::Duration::from_secs(5), rx).await;
         assert_eq!(got.ok().and_then(Result::ok), Some(5));
+    }
+
+    /// A stream that panics ends alone: the connection and its other streams run on.
+    #[tokio::test]
+    async fn a_panicking_stream_ends_alone() {
+        let done = Arc::new(AtomicUsize::new(0));
+        let (d1, d2) = (Arc::clone(&done), Arc::clone(&done));
+        let conn = Box::pin(async move {
+            Inline.execute(async move {
+                tokio::task::yield_now().await;
+                panic!("a handler bug");
+            });
+            Inline.execute(async move {
+                for _ in 0..3 {
+                    tokio::task::yield_now().await;
+                }
+                d1.fetch_add(1, Ordering::SeqCst);
+            });
+            while d2.load(Ordering::SeqCst) < 1 {
+                tokio::task::yield_now().await;
+            }
+            9
+        });
+        let out = tokio::time::timeout(std::time::Duration::from_secs(5), Streams::new(conn)).await;
+        assert_eq!(out.ok(), Some(9));
+        assert_eq!(done.load(Ordering::SeqCst), 1);
     }
 }
