@@ -89,7 +89,8 @@ impl<C: Future> Streams<C> {
     }
 
     /// How many streams are running.
-    pub fn running(&self) -> usize {
+    #[cfg(test)]
+    fn running(&self) -> usize {
         self.running.len()
     }
 
