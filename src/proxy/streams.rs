@@ -109,10 +109,10 @@ impl<C: Future> Future for Streams<C> {
         // The streams first: an answer that became ready is queued before the connection
         // writes, and goes out on this turn.
         this.run(cx);
-        let lent = std::mem::take(&mut this.accepted);
-        ACCEPTED.with_borrow_mut(|a| *a = Some(lent));
-        let out = this.conn.as_mut().poll(cx);
-        this.accepted = ACCEPTED.with_borrow_mut(Option::take).unwrap_or_default();
+        let out = {
+            let _lent = Lent::new(&mut this.accepted);
+            this.conn.as_mut().poll(cx)
+        };
         if out.is_pending() && !this.accepted.is_empty() {
             // Streams accepted on this turn start now.
             for f in this.accepted.drain(..) {
@@ -121,6 +121,25 @@ impl<C: Future> Future for Streams<C> {
             this.run(cx);
         }
         out
+    }
+}
+
+/// A connection's list of accepted streams, lent to [`ACCEPTED`] while the connection is
+/// polled, and taken back when this ends, even if the poll unwinds: no list is left behind on
+/// the thread to take a later stream that belongs to no connection.
+struct Lent<'a>(&'a mut Vec<Task>);
+
+impl<'a> Lent<'a> {
+    fn new(list: &'a mut Vec<Task>) -> Self {
+        let lent = std::mem::take(list);
+        ACCEPTED.with_borrow_mut(|a| *a = Some(lent));
+        Self(list)
+    }
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        *self.0 = ACCEPTED.with_borrow_mut(Option::take).unwrap_or_default();
     }
 }
 
@@ -139,11 +158,15 @@ mod tests {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let done2 = Arc::clone(&done);
         let conn = Box::pin(async move {
+            let here = tokio::task::try_id();
             for _ in 0..3 {
                 let d = Arc::clone(&done2);
                 Inline.execute(async move {
                     tokio::task::yield_now().await;
-                    d.fetch_add(1, Ordering::SeqCst);
+                    // In the connection's own task, not one spawned for it.
+                    if tokio::task::try_id() == here {
+                        d.fetch_add(1, Ordering::SeqCst);
+                    }
                 });
             }
             // The connection ends only once the streams have run.
@@ -160,7 +183,13 @@ mod tests {
                 let _ = tx.send(());
             }
         };
-        let (out, ()) = tokio::join!(&mut streams, watch);
+        let joined = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            tokio::join!(&mut streams, watch)
+        })
+        .await;
+        let Ok((out, ())) = joined else {
+            panic!("the streams did not run in the connection's task within 5 s");
+        };
         assert_eq!(out, 7);
         assert_eq!(done.load(Ordering::SeqCst), 3);
         assert_eq!(streams.running(), 0);
@@ -224,5 +253,27 @@ mod tests {
         let out = tokio::time::timeout(std::time::Duration::from_secs(5), Streams::new(conn)).await;
         assert_eq!(out.ok(), Some(9));
         assert_eq!(done.load(Ordering::SeqCst), 1);
+    }
+
+    /// A connection whose poll unwinds takes its list back: a stream handed over afterwards,
+    /// outside any connection, runs as a task of its own instead of joining a stale list.
+    #[tokio::test]
+    async fn a_connection_poll_that_unwinds_leaves_no_list_behind() {
+        let conn = Box::pin(async {
+            panic!("a connection bug");
+        });
+        let mut streams = Streams::new(conn);
+        let waker = futures_util::task::noop_waker();
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = Pin::new(&mut streams).poll(&mut Context::from_waker(&waker));
+        }));
+        assert!(unwound.is_err());
+        assert!(ACCEPTED.with_borrow(Option::is_none));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        Inline.execute(async move {
+            let _ = tx.send(());
+        });
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), rx).await;
+        assert!(matches!(got, Ok(Ok(()))));
     }
 }
