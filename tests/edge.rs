@@ -117,6 +117,37 @@ async fn forwarding_headers_from_an_untrusted_client_are_replaced() {
     p.stop().await;
 }
 
+/// An HTTP/2 request's `:authority` is its Host on the way out (it wins over a `host` field),
+/// kept as Host with `preserve_host` and as `X-Forwarded-Host` either way.
+#[tokio::test]
+async fn an_h2_authority_is_forwarded_as_the_host() {
+    let up = host_echo().await;
+    for preserve in [true, false] {
+        let p = proxy(&format!(
+            "[upstream]\nendpoints = [\"{}\"]\npreserve_host = {preserve}\n[limit]\nmode = \"fixed\"\nfull_capacity = 1000\n",
+            up.addr
+        ))
+        .await;
+        let authority = p.addr.to_string();
+        for fields in [&[][..], &[("host", "other.example")][..]] {
+            let (resp, body) = send(&h2(), "GET", &p.url("/"), fields, full(Bytes::new())).await;
+            assert_eq!(resp.status(), 200);
+            let body = String::from_utf8_lossy(&body);
+            let host = if preserve {
+                authority.clone()
+            } else {
+                up.addr.to_string()
+            };
+            assert!(
+                body.starts_with(&format!("host={host} ")),
+                "preserve_host = {preserve}, {fields:?}: {body}"
+            );
+            assert!(body.ends_with(&format!("xfh={authority}")), "{body}");
+        }
+        p.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn a_malformed_chunked_body_is_a_400() {
     let up = upstream(Arc::new(|req| {

@@ -181,7 +181,11 @@ where
                 .max_header_list_size(server_cfg.max_header_bytes as u32)
                 .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
                 .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
-                .keep_alive_interval(Some(Duration::from_secs(30)))
+                // No keep-alive PING: an idle connection ends at `keepalive_timeout` and a
+                // stalled write at `send_timeout` (the `phased` timers), as nginx's and
+                // HAProxy's do. hyper's pinger would lock its state and read the clock on every
+                // poll of the connection and every frame received (about 450 instructions a
+                // request).
                 .serve_connection(
                     phased(H2Guard::new(io), phase, false, server_cfg, None, None),
                     // Boxed: a request's future is large (about 2.8 KB), and hyper moves each

@@ -98,13 +98,14 @@ const fn byte_set(extra: &[u8]) -> [bool; 256] {
 }
 
 /// The authority the request is for (to classify and, with `preserve_host`, to forward as
-/// Host), or why it is refused.
-pub fn authority(
+/// Host), or why it is refused. Borrowed from the request: [`host_of`] reads it again where the
+/// request is forwarded.
+pub fn authority<'a>(
     method: &Method,
     version: Version,
-    uri: &Uri,
-    headers: &HeaderMap,
-) -> Result<Option<HeaderValue>, Refusal> {
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+) -> Result<Option<&'a [u8]>, Refusal> {
     if method == Method::CONNECT || method == Method::TRACE {
         return Err(Refusal::MethodNotAllowed);
     }
@@ -115,18 +116,25 @@ pub fn authority(
     }
     if let Some(a) = uri.authority() {
         // Absolute form (HTTP/1) or `:authority` (h2): it wins over any Host header.
-        if !valid_authority(a.as_str().as_bytes()) {
+        let a = a.as_str().as_bytes();
+        if !valid_authority(a) {
             return Err(Refusal::BadHost);
         }
-        return HeaderValue::from_str(a.as_str())
-            .map(Some)
-            .map_err(|_| Refusal::BadHost);
+        return Ok(Some(a));
     }
     match host {
-        Some(h) if valid_authority(h.as_bytes()) => Ok(Some(h.clone())),
+        Some(h) if valid_authority(h.as_bytes()) => Ok(Some(h.as_bytes())),
         Some(_) => Err(Refusal::BadHost),
         None if version == Version::HTTP_11 => Err(Refusal::MissingHost),
         None => Ok(None),
+    }
+}
+
+/// The authority [`authority`] found (and validated) in this request's target and fields.
+pub fn host_of<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a [u8]> {
+    match uri.authority() {
+        Some(a) => Some(a.as_str().as_bytes()),
+        None => headers.get(header::HOST).map(HeaderValue::as_bytes),
     }
 }
 
@@ -258,7 +266,7 @@ mod tests {
         }
         let m = Method::from_bytes(method.as_bytes()).unwrap_or(Method::GET);
         let uri: Uri = uri.parse().unwrap_or_default();
-        authority(&m, version, &uri, &h).map(|o| o.map(|v| v.to_str().unwrap_or("?").to_string()))
+        authority(&m, version, &uri, &h).map(|o| o.map(|v| String::from_utf8_lossy(v).into_owned()))
     }
 
     #[test]

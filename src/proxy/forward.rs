@@ -40,7 +40,6 @@ pub(super) fn forward<'a>(
     view: &'a ClusterView,
     conn: &'a ConnInfo,
     mut req: Request<Incoming>,
-    host: Option<HeaderValue>,
     mut held: Held,
     feature: &'a FeatureRt,
 ) -> impl Future<Output = Response<ProxyBody>> + 'a {
@@ -78,11 +77,11 @@ pub(super) fn forward<'a>(
         let server = &snap.compiled.config.server;
         // The head is taken apart and put in `out` inside this block: its parts are not held
         // in this future beside `out` across the waits below.
-        let (out, body_sent, host) = {
+        let (out, body_sent) = {
             let (mut parts, body) = req.into_parts();
-            let host = if bare {
-                host
-            } else {
+            if !bare {
+                let host = edge::host_of(&parts.uri, &parts.headers)
+                    .and_then(|h| HeaderValue::from_bytes(h).ok());
                 headers::forward_request(
                     &mut parts.headers,
                     &conn.headers,
@@ -91,8 +90,7 @@ pub(super) fn forward<'a>(
                     cfg.preserve_host,
                     &ep.endpoint.host_header,
                 );
-                None
-            };
+            }
             if let Some(u) = &upgrade {
                 parts.headers.insert(CONNECTION, UPGRADE_TOKEN.clone());
                 parts.headers.insert(UPGRADE, u.clone());
@@ -111,32 +109,23 @@ pub(super) fn forward<'a>(
                     }
                 };
                 parts.version = Version::HTTP_2;
-            } else {
+            } else if !bare {
                 // HTTP/1.1 upstreams get the origin form (an absolute-form request is
-                // rewritten).
+                // rewritten; the bare way writes only the path and query, and reads the
+                // authority from the target for Host).
                 if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
                     parts.uri = Uri::from(path_and_query(&parts.uri));
                 }
                 parts.version = Version::HTTP_11;
             }
             if bare {
-                (Outgoing::Bare(parts), None, host)
+                (Outgoing::Bare(parts), None)
             } else {
                 let (body, sent) = ClientBody::new(body, server.client_body_timeout, start);
-                (
-                    Outgoing::Hyper(Request::from_parts(parts, body)),
-                    sent,
-                    host,
-                )
+                (Outgoing::Hyper(Request::from_parts(parts, body)), sent)
             }
         };
-        let up = Upstream {
-            conn: &conn.headers,
-            host: host.as_ref().map(|h| h.as_bytes()),
-            preserve_host: cfg.preserve_host,
-            endpoint_host: ep.endpoint.host_header.as_bytes(),
-            via: via.as_bytes(),
-        };
+        let via = via.as_bytes();
         // Pinned where it is made: moved into `response_head` by value it would be held twice in
         // this request's future (the argument and the pinned copy).
         let sent = {
@@ -144,9 +133,19 @@ pub(super) fn forward<'a>(
                 // Matched in place: a tuple of the two, or `parts` moved out, would be held in
                 // this future beside `out` (about 300 bytes each).
                 match out {
-                    Outgoing::Bare(ref parts) => bare::send(cluster, &ep, parts, &up, now_ms)
-                        .await
-                        .map(Answer::Bare),
+                    Outgoing::Bare(ref parts) => {
+                        let up = Upstream {
+                            conn: &conn.headers,
+                            // Validated at arrival (`edge::authority`).
+                            host: edge::host_of(&parts.uri, &parts.headers),
+                            preserve_host: cfg.preserve_host,
+                            endpoint_host: ep.endpoint.host_header.as_bytes(),
+                            via,
+                        };
+                        bare::send(cluster, &ep, parts, &up, now_ms)
+                            .await
+                            .map(Answer::Bare)
+                    }
                     // hyper's client futures are boxed: a request's future is as large as its
                     // largest state, and the bare way (every request without a body) needs 0.3 KB
                     // where hyper's HTTP/1 pool needs 1.2 KB.
@@ -436,14 +435,15 @@ async fn response_head<F: std::future::Future>(
     timeout: Duration,
 ) -> Result<F::Output, ()> {
     loop {
-        let now = tokio::time::Instant::now();
         let deadline = match body_sent.map(SentAt::get) {
             None => start + timeout,
             Some(Some(at)) => start + at + timeout,
             // Still uploading: look again later.
-            Some(None) => now + timeout,
+            Some(None) => tokio::time::Instant::now() + timeout,
         };
         tokio::select! {
+            // The answer first: a timer that ran out in the same turn loses to it.
+            biased;
             r = fut.as_mut() => return Ok(r),
             () = tokio::time::sleep_until(deadline) => {
                 if body_sent.is_none_or(|s| s.get().is_some_and(|at| start + at + timeout <= tokio::time::Instant::now())) {

@@ -81,7 +81,7 @@ fn handle_inner<'a>(
         };
         let asked = Asked {
             method: req.method(),
-            host: host.as_ref().map(|h| h.as_bytes()),
+            host,
             path: req.uri().path().as_bytes(),
             fields: req.headers(),
             peer_hash: None,
@@ -106,10 +106,7 @@ fn handle_inner<'a>(
             return Ok(respond::error(ProxyError::NoEndpoint));
         };
         let sent = note.on.then(Instant::now);
-        let mut resp = forward(
-            &shared, &a.snap, cluster, view, &conn, req, host, held, feature,
-        )
-        .await;
+        let mut resp = forward(&shared, &a.snap, cluster, view, &conn, req, held, feature).await;
         a.stamp_ours(&shared, &mut resp);
         if let Some(t) = sent {
             note.upstream = Some(t.elapsed());
