@@ -17,6 +17,7 @@
 #   ONLY=h2c benches/load.sh   # only the h2c figure, the proxies alternated ROUNDS times, with
 #                              # the CPU time a request split into user and system
 #   BEFORE=path/to/warmgate    # and another build of warmgate beside this one ("before")
+#   BIN=path/to/warmgate       # measure that build as warmgate (the PGO one: scripts/pgo.sh)
 # Everything listens on 127.0.0.1 and is stopped (by PID) at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +29,7 @@ PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 ulimit -n "$(ulimit -Hn)"
 . "$(dirname "$0")/lib.sh"
+BIN=${BIN:-./target/release/warmgate}
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 for t in wrk h2load python3 "$HAPROXY"; do
   command -v "$t" >/dev/null || { echo "load.sh needs $t" >&2; exit 1; }
@@ -83,9 +85,9 @@ echo 'function delay() return 10 end' > "$work/pace.lua"
 taskset -c "$LOAD_CPU" "$NGINX" -c "$work/upstream.conf" -p "$work" & pids+=($!)
 taskset -c "$PROXY_CPU" "$NGINX" -c "$work/nginx-proxy.conf" -p "$work" & NGINX_PID=$!; pids+=($NGINX_PID)
 taskset -c "$PROXY_CPU" "$HAPROXY" -db -f "$work/haproxy.cfg" & HAPROXY_PID=$!; pids+=($HAPROXY_PID)
-taskset -c "$PROXY_CPU" ./target/release/warmgate run "$work/warmgate.toml" & WG_PID=$!; pids+=($WG_PID)
-taskset -c "$PROXY_CPU" ./target/release/warmgate run "$work/warmgate-reject.toml" & WR_PID=$!; pids+=($WR_PID)
-taskset -c "$PROXY_CPU,$LOAD_CPU" ./target/release/warmgate run "$work/warmgate-2.toml" & W2_PID=$!; pids+=($W2_PID)
+taskset -c "$PROXY_CPU" "$BIN" run "$work/warmgate.toml" & WG_PID=$!; pids+=($WG_PID)
+taskset -c "$PROXY_CPU" "$BIN" run "$work/warmgate-reject.toml" & WR_PID=$!; pids+=($WR_PID)
+taskset -c "$PROXY_CPU,$LOAD_CPU" "$BIN" run "$work/warmgate-2.toml" & W2_PID=$!; pids+=($W2_PID)
 wait_port 18081 18082 18083 18084 18085 18086 18092 18095
 
 declare -A PORT=([nginx]=18082 [haproxy]=18085 [warmgate]=18083 [reject]=18084 [warmgate-2]=18086)
