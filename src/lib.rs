@@ -11,6 +11,7 @@ pub mod fields;
 pub mod fleet;
 pub mod h1;
 pub mod idle;
+pub mod lazy_timer;
 pub mod metrics;
 pub mod proxy;
 pub mod runtime;

@@ -228,6 +228,67 @@ async fn slow_upstream_is_a_504() {
     p.stop().await;
 }
 
+/// HTTP/2 requests wait for their answer on the pooled upstream connection's own timer: one
+/// armed by an earlier request (and run out while the connection sat idle) still ends a later
+/// request's wait at that request's deadline, and the connection serves on after fast answers.
+#[tokio::test]
+async fn an_h2_request_times_out_on_a_pooled_connection_with_an_older_timer() {
+    let up = upstream(Arc::new(|req| {
+        Box::pin(async move {
+            if req.uri().path() == "/slow" {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+            Response::new(full("ok"))
+        })
+    }))
+    .await;
+    let p = proxy(&open_config(
+        &format!("\"{}\"", up.addr),
+        "response_header_timeout = \"300ms\"\neject_after_failures = 100",
+    ))
+    .await;
+    let client = h2();
+    let get = |path: &'static str| {
+        let (client, url) = (client.clone(), p.url(path));
+        async move {
+            let t = std::time::Instant::now();
+            let (resp, _) = send(&client, "GET", &url, &[], full(Bytes::new())).await;
+            (resp.status().as_u16(), t.elapsed())
+        }
+    };
+    // Straight after a fast answer, on the connection it came on.
+    assert_eq!(get("/fast").await.0, 200);
+    let (status, took) = get("/slow").await;
+    assert_eq!(status, 504);
+    assert!(
+        took >= Duration::from_millis(250),
+        "not before its deadline: {took:?}"
+    );
+    assert!(took < Duration::from_secs(2), "at its deadline: {took:?}");
+    // After the connection sat idle past its timer's last deadline.
+    assert_eq!(get("/fast").await.0, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(get("/fast").await.0, 200);
+    let (status, took) = get("/slow").await;
+    assert_eq!(status, 504);
+    assert!(
+        took >= Duration::from_millis(250),
+        "not before its deadline: {took:?}"
+    );
+    assert!(took < Duration::from_secs(2), "at its deadline: {took:?}");
+    // Many fast ones in a row reuse a pooled connection and its timer.
+    let before = up.conns.load(Ordering::Relaxed);
+    for _ in 0..20 {
+        assert_eq!(get("/fast").await.0, 200);
+    }
+    let opened = up.conns.load(Ordering::Relaxed) - before;
+    assert!(
+        opened <= 1,
+        "pooled: {opened} connections opened for 20 requests"
+    );
+    p.stop().await;
+}
+
 #[tokio::test]
 async fn failing_endpoint_is_ejected_then_retried() {
     let good = ok_upstream(Duration::ZERO).await;

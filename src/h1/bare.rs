@@ -7,7 +7,6 @@
 //! Requests with a body, WebSocket upgrades and upstreams over TLS or h2c stay on hyper's
 //! client: they are rarer, and a streamed request body needs hyper's flow control.
 
-use std::future::poll_fn;
 use std::io;
 use std::task::{Context, Poll};
 
@@ -16,11 +15,12 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, VIA};
 use http::{Method, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use super::buffers::{self, Buf};
 use super::chunked::Chunked;
 use super::exchange::connect;
-use super::io::{read_now, write_all, IoFail};
+use super::io::{read_by, read_now, write_all, IoFail, Lazy};
 use super::response::{self, BodyKind};
 use super::write::{self, Fields, Framing, Kind, Spans, Upstream};
 use crate::proxy::body::BoxError;
@@ -36,15 +36,19 @@ pub(crate) async fn send(
     ep: &EndpointGuard,
     req: &http::request::Parts,
     up: &Upstream<'_>,
-    now_ms: u64,
+    (now_ms, deadline): (u64, Instant),
 ) -> Result<(http::response::Parts, BareBody), SendError> {
     let mut ub = buffers::take_for_stream();
     request_head(&mut ub.out, req, up);
-    match exchange(cluster, ep, &mut ub, req.method == Method::HEAD, now_ms).await {
-        Ok((stream, r)) => match response_parts(&ub, &r) {
+    let is_head = req.method == Method::HEAD;
+    match exchange(cluster, ep, &mut ub, is_head, (now_ms, deadline)).await {
+        Ok((stream, timer, r)) => match response_parts(&ub, &r) {
             Ok(parts) => {
                 ub.consume(r.len);
-                Ok((parts, BareBody::new(stream, ub, r.body, r.reusable)))
+                Ok((
+                    parts,
+                    BareBody::new((stream, timer), ub, r.body, r.reusable),
+                ))
             }
             Err(why) => {
                 buffers::give_for_stream(ub);
@@ -58,16 +62,16 @@ pub(crate) async fn send(
     }
 }
 
-/// Writes `ub.out` and reads the response head into `ub`. A pooled connection found closed
-/// before any answer is replaced by a new one once (the request has no body: it can be sent
-/// again).
+/// Writes `ub.out` and reads the response head into `ub` by `deadline` (timed by the
+/// connection's own timer, kept with it in the pool). A pooled connection found closed before
+/// any answer is replaced by a new one once (the request has no body: it can be sent again).
 async fn exchange(
     cluster: &Cluster,
     ep: &EndpointGuard,
     ub: &mut Buf,
     is_head: bool,
-    now_ms: u64,
-) -> Result<(TcpStream, response::Response), SendError> {
+    (now_ms, deadline): (u64, Instant),
+) -> Result<(TcpStream, Lazy, response::Response), SendError> {
     let up = &cluster.config.upstream;
     let pool = &ep.endpoint.pool;
     let mut fresh_only = false;
@@ -78,11 +82,14 @@ async fn exchange(
             pool.take_raw(now_ms, millis(up.pool_idle_timeout))
         };
         let reused = pooled.is_some();
-        let stream = match pooled {
-            Some(s) => s,
-            None => Box::pin(connect(cluster, ep))
-                .await
-                .map_err(|e| SendError::Connect(Box::new(e)))?,
+        let (stream, mut timer) = match pooled {
+            Some(p) => p,
+            None => (
+                Box::pin(connect(cluster, ep))
+                    .await
+                    .map_err(|e| SendError::Connect(Box::new(e)))?,
+                Lazy::default(),
+            ),
         };
         if let Err(e) = write_all(&stream, &ub.out, up.response_header_timeout).await {
             if reused {
@@ -94,13 +101,14 @@ async fn exchange(
                 IoFail::Timeout => "writing the request timed out".into(),
             }));
         }
-        match read_head(&stream, ub, is_head).await {
-            Ok(r) => return Ok((stream, r)),
+        match read_head(&stream, ub, is_head, deadline, &mut timer).await {
+            Ok(r) => return Ok((stream, timer, r)),
+            Err(Head::Timeout) => return Err(SendError::Timeout),
             Err(_) if reused && ub.is_empty() => {
                 fresh_only = true;
                 ub.consume(usize::MAX);
             }
-            Err(e) => return Err(SendError::Other(e)),
+            Err(Head::Failed(e)) => return Err(SendError::Other(e)),
         }
     }
 }
@@ -127,12 +135,26 @@ fn request_head(out: &mut Vec<u8>, req: &http::request::Parts, up: &Upstream<'_>
     write::request_fields(out, &req.headers, conn_names, true, up, body);
 }
 
-/// Reads the response head into `ub` (interim 1xx heads skipped).
+/// Why no response head was read.
+enum Head {
+    Failed(BoxError),
+    Timeout,
+}
+
+impl<E: Into<BoxError>> From<E> for Head {
+    fn from(e: E) -> Self {
+        Head::Failed(e.into())
+    }
+}
+
+/// Reads the response head into `ub` (interim 1xx heads skipped) by `deadline`.
 async fn read_head(
     s: &TcpStream,
     ub: &mut Buf,
     is_head: bool,
-) -> Result<response::Response, BoxError> {
+    deadline: Instant,
+    timer: &mut Lazy,
+) -> Result<response::Response, Head> {
     loop {
         if !ub.is_empty() {
             let Buf {
@@ -158,15 +180,10 @@ async fn read_head(
         if room.is_empty() {
             return Err("response head too large".into());
         }
-        let n = loop {
-            match read_now(s, room) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    poll_fn(|cx| s.poll_read_ready(cx)).await?;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
-            }
+        let n = match read_by(s, room, deadline, timer).await {
+            Ok(n) => n,
+            Err(IoFail::Timeout) => return Err(Head::Timeout),
+            Err(IoFail::Io(e)) => return Err(e.into()),
         };
         if n == 0 {
             return Err("upstream closed before answering".into());
@@ -246,7 +263,8 @@ fn known_name(name: &[u8]) -> Option<HeaderName> {
 
 /// A response body read from a bare upstream connection, its framing taken off.
 pub struct BareBody {
-    stream: Option<TcpStream>,
+    /// The connection and its timer, back to the pool when the body is over.
+    stream: Option<(TcpStream, Lazy)>,
     /// The buffer it reads into, back to the shared pool when the body is over.
     buf: Option<Box<Buf>>,
     kind: BodyKind,
@@ -258,7 +276,7 @@ pub struct BareBody {
 }
 
 impl BareBody {
-    fn new(stream: TcpStream, buf: Box<Buf>, kind: BodyKind, reusable: bool) -> Self {
+    fn new(stream: (TcpStream, Lazy), buf: Box<Buf>, kind: BodyKind, reusable: bool) -> Self {
         let left = match kind {
             BodyKind::Length(n) => n,
             _ => 0,
@@ -292,7 +310,7 @@ impl BareBody {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let (Some(stream), Some(ub)) = (self.stream.as_ref(), self.buf.as_mut()) else {
+        let (Some((stream, _)), Some(ub)) = (self.stream.as_ref(), self.buf.as_mut()) else {
             return Poll::Ready(None);
         };
         loop {
@@ -355,8 +373,10 @@ impl BareBody {
     pub fn give_back(&mut self, pool: &IdlePool, now_ms: u64, max_idle: usize) {
         let stream = self.stream.take();
         let Some(buf) = self.buf.take() else { return };
-        if let (Some(s), true, true) = (stream, self.ended && self.reusable, buf.is_empty()) {
-            pool.put_raw(s, now_ms, max_idle);
+        if let (Some((s, timer)), true, true) =
+            (stream, self.ended && self.reusable, buf.is_empty())
+        {
+            pool.put_raw(s, timer, now_ms, max_idle);
         }
         buffers::give_for_stream(buf);
     }

@@ -117,7 +117,7 @@ pub(crate) async fn forward(
     .await;
     let answered_at = Instant::now();
     let elapsed_all = answered_at.saturating_duration_since(start);
-    let (stream, sent_at, resp) = match result {
+    let ((stream, kept), sent_at, resp) = match result {
         Ok(r) => r,
         Err(f) => {
             b.give_upstream(ubuf);
@@ -199,6 +199,7 @@ pub(crate) async fn forward(
     if reusable {
         req.ep.endpoint.pool.put_raw(
             stream,
+            kept,
             now_ms + millis(elapsed_all),
             up.pool_max_idle_per_endpoint,
         );
@@ -228,7 +229,7 @@ async fn send(
     body: &mut BodyLeft,
     (start, now_ms): (Instant, u64),
     timer: &mut Lazy,
-) -> Result<(TcpStream, Duration, response::Response), Fail> {
+) -> Result<((TcpStream, Lazy), Duration, response::Response), Fail> {
     let up = &req.cluster.config.upstream;
     let pool = &req.ep.endpoint.pool;
     let max_idle_ms = millis(up.pool_idle_timeout);
@@ -246,15 +247,20 @@ async fn send(
             // A body still streaming from the client cannot be sent twice: the connection is
             // checked first (an upstream that closed it while idle has left its end of stream
             // to read).
-            std::iter::from_fn(|| pool.take_raw(now_ms, max_idle_ms)).find(still_open)
+            std::iter::from_fn(|| pool.take_raw(now_ms, max_idle_ms)).find(|(s, _)| still_open(s))
         };
         let reused = pooled.is_some();
-        let stream = match pooled {
-            Some(s) => s,
+        // The pooled connection's own timer goes back with it (this path waits on the client
+        // connection's).
+        let (stream, kept) = match pooled {
+            Some(p) => p,
             // Boxed: most requests go out on a pooled connection.
-            None => Box::pin(connect(req.cluster, req.ep))
-                .await
-                .map_err(Fail::Connect)?,
+            None => (
+                Box::pin(connect(req.cluster, req.ep))
+                    .await
+                    .map_err(Fail::Connect)?,
+                Lazy::default(),
+            ),
         };
         // The head and what is buffered of the body, in one write.
         if let Err(e) = write_all(&stream, &b.out, up.response_header_timeout).await {
@@ -273,7 +279,7 @@ async fn send(
         let sent_at = sent.saturating_duration_since(start);
         let deadline = sent + up.response_header_timeout;
         match read_head(&stream, ubuf, req.head, deadline, timer).await {
-            Ok(r) => return Ok((stream, sent_at, r)),
+            Ok(r) => return Ok(((stream, kept), sent_at, r)),
             Err(Fail::Broken(_)) if reused && resendable && ubuf.is_empty() => {
                 fresh_only = true;
                 ubuf.consume(usize::MAX);

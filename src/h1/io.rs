@@ -2,14 +2,14 @@
 //! writes its sockets directly (no codec in between), and may watch a client for hang-up
 //! while it waits for the upstream.
 
-use std::future::Future;
 use std::io::{self, Read};
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::Poll;
 
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+pub use crate::lazy_timer::Lazy;
 
 /// One read of what is there (`WouldBlock` if nothing is). A read that fills less than `dst`
 /// took all the socket held, so the socket's readiness is cleared as the reactor last reported
@@ -38,33 +38,6 @@ pub fn read_now(s: &TcpStream, dst: &mut [u8]) -> io::Result<usize> {
 pub enum IoFail {
     Timeout,
     Io(io::Error),
-}
-
-/// A connection's timer for its waits, moved forward only when it fires: a busy connection
-/// does not register a timer per wait (a wait whose deadline is later than the timer's lets it
-/// fire early and sets it again then).
-#[derive(Default)]
-pub struct Lazy(Option<Pin<Box<tokio::time::Sleep>>>);
-
-impl Lazy {
-    /// Ready once `deadline` has passed.
-    pub fn poll_until(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
-        let s = self
-            .0
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if s.deadline() > deadline {
-            s.as_mut().reset(deadline);
-        }
-        loop {
-            if s.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            if s.deadline() >= deadline {
-                return Poll::Ready(());
-            }
-            s.as_mut().reset(deadline);
-        }
-    }
 }
 
 /// Reads what is there, waiting for something until `deadline` (timed by `timer`); 0 at end
@@ -164,7 +137,7 @@ mod tests {
         );
         // The readiness is cleared: a wait registers instead of reporting stale readiness
         // (which a read that found nothing would otherwise have had to clear).
-        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         assert!(r.poll_read_ready(&mut cx).is_pending());
         let late = tokio::spawn(async move {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;

@@ -126,30 +126,32 @@ pub(super) fn forward<'a>(
             }
         };
         let via = via.as_bytes();
-        // Pinned where it is made: moved into `response_head` by value it would be held twice in
-        // this request's future (the argument and the pinned copy).
-        let sent = {
-            let exchange = std::pin::pin!(async {
-                // Matched in place: a tuple of the two, or `parts` moved out, would be held in
-                // this future beside `out` (about 300 bytes each).
-                match out {
-                    Outgoing::Bare(ref parts) => {
-                        let up = Upstream {
-                            conn: &conn.headers,
-                            // Validated at arrival (`edge::authority`).
-                            host: edge::host_of(&parts.uri, &parts.headers),
-                            preserve_host: cfg.preserve_host,
-                            endpoint_host: ep.endpoint.host_header.as_bytes(),
-                            via,
-                        };
-                        bare::send(cluster, &ep, parts, &up, now_ms)
-                            .await
-                            .map(Answer::Bare)
-                    }
-                    // hyper's client futures are boxed: a request's future is as large as its
-                    // largest state, and the bare way (every request without a body) needs 0.3 KB
-                    // where hyper's HTTP/1 pool needs 1.2 KB.
-                    Outgoing::Hyper(req) => match h2c {
+        // The bare way waits for the answer on the upstream connection's own timer, kept with
+        // it in the pool (`bare::send`): no timer registered per request. hyper's client waits
+        // under a timer of the exchange's (`response_head`).
+        let sent = match out {
+            Outgoing::Bare(ref parts) => {
+                let up = Upstream {
+                    conn: &conn.headers,
+                    // Validated at arrival (`edge::authority`).
+                    host: edge::host_of(&parts.uri, &parts.headers),
+                    preserve_host: cfg.preserve_host,
+                    endpoint_host: ep.endpoint.host_header.as_bytes(),
+                    via,
+                };
+                let deadline = start + cfg.response_header_timeout;
+                bare::send(cluster, &ep, parts, &up, (now_ms, deadline))
+                    .await
+                    .map(Answer::Bare)
+            }
+            Outgoing::Hyper(req) => {
+                // Pinned where it is made: moved into `response_head` by value it would be held
+                // twice in this request's future (the argument and the pinned copy). hyper's
+                // client futures are boxed: a request's future is as large as its largest
+                // state, and the bare way (every request without a body) needs 0.3 KB where
+                // hyper's HTTP/1 pool needs 1.2 KB.
+                let exchange = std::pin::pin!(async {
+                    match h2c {
                         Some(client) => Box::pin(client.request(req))
                             .await
                             .map(|r| Answer::Hyper(r, None))
@@ -169,16 +171,17 @@ pub(super) fn forward<'a>(
                         ))
                         .await
                         .map(|(r, lease)| Answer::Hyper(r, Some(lease))),
-                    },
-                }
-            });
-            response_head(
-                exchange,
-                start,
-                body_sent.as_deref(),
-                cfg.response_header_timeout,
-            )
-            .await
+                    }
+                });
+                response_head(
+                    exchange,
+                    start,
+                    body_sent.as_deref(),
+                    cfg.response_header_timeout,
+                )
+                .await
+                .unwrap_or(Err(SendError::Timeout))
+            }
         };
         let total = start.elapsed();
         // The backend's latency: from the last body byte sent (an upload's pace is the client's).
@@ -193,8 +196,8 @@ pub(super) fn forward<'a>(
             ep: &ep,
         };
         let (mut parts, body, lease, tunnel) = match sent {
-            Ok(Ok(Answer::Bare((parts, body)))) => (parts, Source::Bare(body), None, None),
-            Ok(Ok(Answer::Hyper(mut resp, lease))) => {
+            Ok(Answer::Bare((parts, body))) => (parts, Source::Bare(body), None, None),
+            Ok(Answer::Hyper(mut resp, lease)) => {
                 let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
                 let tunnel = match (switched, client_upgrade) {
                     (true, Some(client)) => Some((client, hyper::upgrade::on(&mut resp))),
@@ -206,14 +209,19 @@ pub(super) fn forward<'a>(
             // The client's own request body failed (a malformed chunk, a hang-up mid-upload): a
             // client fault. It says nothing about the backend, so it is not recorded as a signal
             // and does not count against the endpoint; the client gets a 400.
-            Ok(Err(e)) if client_fault(&e).is_some() => {
+            Err(SendError::Timeout) => {
+                return at
+                    .failed(ProxyError::UpstreamTimeout, elapsed, now_ms, "")
+                    .await;
+            }
+            Err(e) if client_fault(&e).is_some() => {
                 tracing::debug!(error = %error_chain(&e), "request body failed");
                 return respond::error(match client_fault(&e) {
                     Some(ClientFault::Timeout) => ProxyError::ClientTimeout,
                     _ => ProxyError::ClientBody,
                 });
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 let connect = e.is_connect();
                 let err = if !connect {
                     ProxyError::UpstreamBroken
@@ -223,11 +231,6 @@ pub(super) fn forward<'a>(
                     ProxyError::UpstreamConnect
                 };
                 return at.failed(err, elapsed, now_ms, &error_chain(&e)).await;
-            }
-            Err(_) => {
-                return at
-                    .failed(ProxyError::UpstreamTimeout, elapsed, now_ms, "")
-                    .await;
             }
         };
         let cache = cache_of(&parts.headers, &cluster.config.signals);

@@ -22,6 +22,7 @@ use tower_service::Service;
 
 use super::connector::Paced;
 use super::request_body::ClientBody;
+use crate::lazy_timer::Lazy;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -36,6 +37,8 @@ pub struct Idle {
 /// `h1::exchange`, speaks on it itself).
 pub struct RawIdle {
     stream: tokio::net::TcpStream,
+    /// The timer of the waits on it, kept with it (not registered per request).
+    timer: Lazy,
     since_ms: u64,
 }
 
@@ -67,6 +70,8 @@ pub enum SendError {
     Request(hyper::Error),
     /// Any other failure after connecting (the h2c client's errors).
     Other(BoxError),
+    /// No response head before the deadline (`upstream.response_header_timeout`).
+    Timeout,
 }
 
 impl std::fmt::Display for SendError {
@@ -75,6 +80,7 @@ impl std::fmt::Display for SendError {
             SendError::Connect(e) => write!(f, "connect: {e}"),
             SendError::Request(e) => write!(f, "{e}"),
             SendError::Other(e) => write!(f, "{e}"),
+            SendError::Timeout => f.write_str("no response head in time"),
         }
     }
 }
@@ -85,6 +91,7 @@ impl std::error::Error for SendError {
             SendError::Connect(e) => Some(e.as_ref()),
             SendError::Request(e) => Some(e),
             SendError::Other(e) => Some(e.as_ref()),
+            SendError::Timeout => None,
         }
     }
 }
@@ -118,21 +125,29 @@ impl IdlePool {
         self.opened.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A bare idle connection idle for less than `max_idle_ms`.
-    pub fn take_raw(&self, now_ms: u64, max_idle_ms: u64) -> Option<tokio::net::TcpStream> {
+    /// A bare idle connection idle for less than `max_idle_ms`, with its timer.
+    pub fn take_raw(&self, now_ms: u64, max_idle_ms: u64) -> Option<(tokio::net::TcpStream, Lazy)> {
         while let Some(c) = self.raw.pop() {
             if now_ms.saturating_sub(c.since_ms) < max_idle_ms {
-                return Some(c.stream);
+                return Some((c.stream, c.timer));
             }
         }
         None
     }
 
-    /// Returns a bare connection whose response has ended, unless `max_idle` are idle.
-    pub fn put_raw(&self, stream: tokio::net::TcpStream, now_ms: u64, max_idle: usize) {
+    /// Returns a bare connection whose response has ended, with its timer, unless `max_idle`
+    /// are idle.
+    pub fn put_raw(
+        &self,
+        stream: tokio::net::TcpStream,
+        timer: Lazy,
+        now_ms: u64,
+        max_idle: usize,
+    ) {
         if self.raw.len() < max_idle {
             self.raw.push(RawIdle {
                 stream,
+                timer,
                 since_ms: now_ms,
             });
         }
