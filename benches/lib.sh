@@ -6,7 +6,8 @@
 #   wait_port PORT...           # until each port accepts connections
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
-cargo build --release --quiet
+# NO_BUILD=1: the caller builds what it measures itself (scripts/pgo.sh).
+[ -n "${NO_BUILD:-}" ] || cargo build --release --quiet
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }

@@ -26,63 +26,37 @@ PROFDATA=${PROFDATA:-$(command -v "llvm-profdata-$major" || command -v "/usr/lib
 [ -n "$PROFDATA" ] || fail "needs llvm-profdata for LLVM $major (Debian: apt-get install -y llvm-$major; or PROFDATA=path)"
 "$PROFDATA" --version | grep -q "LLVM version $major\." ||
   fail "$PROFDATA is not LLVM $major (rustc's); its profiles would not be read"
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-for t in "$NGINX" wrk h2load; do
+for t in "$(command -v nginx || echo /usr/sbin/nginx)" wrk h2load; do
   command -v "$t" >/dev/null || fail "needs $t for the training load"
 done
 
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
+# The bench helpers: a scratch directory and the processes started, removed and stopped on
+# exit; the warmgate config that admits everything.
+NO_BUILD=1 . benches/lib.sh
 
 step "1/3 instrumented build (target/pgo-gen)"
 RUSTFLAGS="-Cprofile-generate=$work/raw" cargo build --release -p warmgate --target-dir target/pgo-gen
 
 step "2/3 training load (${SECS} s a part)"
-mkdir -p "$work/www" "$work/tmp"
 : > "$work/www/empty"
 head -c 4096 /dev/zero | tr '\0' 'x' > "$work/www/4k"
 head -c 65536 /dev/zero | tr '\0' 'x' > "$work/www/64k"
-tmp="client_body_temp_path $work/tmp; proxy_temp_path $work/tmp; fastcgi_temp_path $work/tmp; uwsgi_temp_path $work/tmp; scgi_temp_path $work/tmp;"
 cat > "$work/upstream.conf" <<CONF
 daemon off; master_process off; worker_processes 1; error_log $work/up.log; pid $work/up.pid;
 events { worker_connections 4096; }
-http { access_log off; $tmp keepalive_requests 100000;
+http { $http_common keepalive_requests 100000;
   server { listen 127.0.0.1:18281; root $work/www;
     location /upload { client_body_buffer_size 64k; return 204; } } }
 CONF
 "$NGINX" -c "$work/upstream.conf" -p "$work" & pids+=($!)
-cat > "$work/warmgate.toml" <<CONF
-listen = "127.0.0.1:18282"
-[server]
-workers = 1
-[upstream]
-endpoints = ["127.0.0.1:18281"]
-pool_max_idle_per_endpoint = 128
-[log]
-level = "warn"
-[limit]
-mode = "fixed"
-full_capacity = 100000
-[ramp]
-stages = { critical = 0.0, high = 0.0, normal = 0.0, low = 0.0 }
-start_fraction = 1.0
-[[feature]]
-name = "refused"
-priority = "low"
-state = "off"
-[[feature]]
-name = "default"
-priority = "normal"
-[[route]]
-feature = "refused"
-path_prefix = "/refused"
-CONF
+{ warmgate_config 18282 1 18281
+  printf '[[feature]]\nname = "refused"\npriority = "low"\nstate = "off"\n'
+  printf '[[feature]]\nname = "default"\npriority = "normal"\n'
+  printf '[[route]]\nfeature = "refused"\npath_prefix = "/refused"\n'; } > "$work/warmgate.toml"
 target/pgo-gen/release/warmgate check-config "$work/warmgate.toml" >/dev/null
 target/pgo-gen/release/warmgate run "$work/warmgate.toml" & wg=$!
 pids+=("$wg")
-for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/18282) 2>/dev/null && break; sleep 0.05; done
+wait_port 18282
 (exec 3<>/dev/tcp/127.0.0.1/18282) 2>/dev/null || fail "the instrumented warmgate did not start"
 cat > "$work/upload.lua" <<'LUA'
 wrk.method = "POST"
