@@ -114,16 +114,8 @@ pub fn authority<'a>(
     if hosts.next().is_some() {
         return Err(Refusal::DuplicateHost);
     }
-    if let Some(a) = uri.authority() {
-        // Absolute form (HTTP/1) or `:authority` (h2): it wins over any Host header.
-        let a = a.as_str().as_bytes();
-        if !valid_authority(a) {
-            return Err(Refusal::BadHost);
-        }
-        return Ok(Some(a));
-    }
-    match host {
-        Some(h) if valid_authority(h.as_bytes()) => Ok(Some(h.as_bytes())),
+    match target_or(uri, || host) {
+        Some(h) if valid_authority(h) => Ok(Some(h)),
         Some(_) => Err(Refusal::BadHost),
         None if version == Version::HTTP_11 => Err(Refusal::MissingHost),
         None => Ok(None),
@@ -132,9 +124,15 @@ pub fn authority<'a>(
 
 /// The authority [`authority`] found (and validated) in this request's target and fields.
 pub fn host_of<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a [u8]> {
+    target_or(uri, || headers.get(header::HOST))
+}
+
+/// The target's authority (absolute form in HTTP/1, `:authority` in HTTP/2), which wins over
+/// any Host field, or else the Host field.
+fn target_or<'a>(uri: &'a Uri, host: impl FnOnce() -> Option<&'a HeaderValue>) -> Option<&'a [u8]> {
     match uri.authority() {
         Some(a) => Some(a.as_str().as_bytes()),
-        None => headers.get(header::HOST).map(HeaderValue::as_bytes),
+        None => host().map(HeaderValue::as_bytes),
     }
 }
 
