@@ -4,6 +4,7 @@
 #   static_upstream PORT        # nginx serving a 512-byte index.html on 127.0.0.1:PORT
 #   warmgate_config PORT WORKERS UPSTREAM  # a warmgate config that admits everything
 #   wait_port PORT...           # until each port accepts connections
+#   body_files                  # empty, 4k and 64k beside index.html, for the static upstream
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 # NO_BUILD=1: the caller builds what it measures itself (scripts/pgo.sh).
@@ -54,4 +55,10 @@ wait_port() {
   for port in "$@"; do
     for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.05; done
   done
+}
+
+body_files() {
+  : > "$work/www/empty"
+  head -c 4096 /dev/zero | tr '\0' 'x' > "$work/www/4k"
+  head -c 65536 /dev/zero | tr '\0' 'x' > "$work/www/64k"
 }

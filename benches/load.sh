@@ -36,9 +36,7 @@ for t in wrk h2load python3 "$HAPROXY"; do
 done
 
 static_upstream 18081
-: > "$work/www/empty"
-head -c 4096 /dev/zero | tr '\0' 'x' > "$work/www/4k"
-head -c 65536 /dev/zero | tr '\0' 'x' > "$work/www/64k"
+body_files
 
 cat > "$work/nginx-proxy.conf" <<CONF
 daemon off; master_process off; worker_processes 1; error_log $work/px.log; pid $work/px.pid;

@@ -38,9 +38,7 @@ step "1/3 instrumented build (target/pgo-gen)"
 RUSTFLAGS="-Cprofile-generate=$work/raw" cargo build --release -p warmgate --target-dir target/pgo-gen
 
 step "2/3 training load (${SECS} s a part)"
-: > "$work/www/empty"
-head -c 4096 /dev/zero | tr '\0' 'x' > "$work/www/4k"
-head -c 65536 /dev/zero | tr '\0' 'x' > "$work/www/64k"
+body_files
 cat > "$work/upstream.conf" <<CONF
 daemon off; master_process off; worker_processes 1; error_log $work/up.log; pid $work/up.pid;
 events { worker_connections 4096; }
