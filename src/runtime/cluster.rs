@@ -259,7 +259,8 @@ impl Control {
         let window_s = cfg.signals.window.as_secs().max(1);
         let idle_ms = crate::upstream::pool::millis(cfg.upstream.pool_idle_timeout);
         for e in &cluster.endpoints.load().endpoints {
-            e.pool.sweep(now, idle_ms);
+            e.pool
+                .sweep(now, idle_ms, cfg.upstream.pool_max_idle_per_endpoint);
         }
         st.window.rotate(now);
         let mut signals = st.window.snapshot(now, window_s);

@@ -9,6 +9,14 @@
 //! the checkout waits for it. A connection the upstream closed while idle is skipped; one it
 //! closed just as the request went out gives the request back untouched, and it is sent on a
 //! new connection.
+//!
+//! `pool_max_idle_per_endpoint` is applied on the sweep (the controller tick), not as a
+//! connection comes back: a connection returned is always kept, and the sweep closes, past the
+//! limit, those no request took since the sweep before (the queue is first in, first out, so
+//! those are the ones at its head). A load whose concurrency swings above the limit between
+//! ticks keeps the connections it needs instead of closing them as they come back and opening
+//! new ones a moment later (as HAProxy purges idle connections on a period). The idle count
+//! never exceeds the concurrency of the last tick: every idle connection was in use then.
 
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,6 +57,8 @@ pub struct IdlePool {
     raw: SegQueue<RawIdle>,
     /// Connections opened, over the pool's life (for tests and metrics).
     opened: AtomicU64,
+    /// When the last sweep ran, on the pool's clock (only the sweep touches it).
+    swept_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for IdlePool {
@@ -135,8 +145,8 @@ impl IdlePool {
         None
     }
 
-    /// Returns a bare connection whose response has ended, with its timer, unless `max_idle`
-    /// are idle.
+    /// Returns a bare connection whose response has ended, with its timer (unless pooling is
+    /// off, `max_idle` 0; the sweep applies the limit).
     pub fn put_raw(
         &self,
         stream: tokio::net::TcpStream,
@@ -144,7 +154,7 @@ impl IdlePool {
         now_ms: u64,
         max_idle: usize,
     ) {
-        if self.raw.len() < max_idle {
+        if max_idle > 0 {
             self.raw.push(RawIdle {
                 stream,
                 timer,
@@ -153,9 +163,10 @@ impl IdlePool {
         }
     }
 
-    /// Returns a connection whose response has ended, unless `max_idle` are idle already.
+    /// Returns a connection whose response has ended (unless pooling is off, `max_idle` 0; the
+    /// sweep applies the limit).
     pub fn put(&self, lease: Lease, now_ms: u64, max_idle: usize) {
-        if self.idle.len() < max_idle && !lease.tx.is_closed() {
+        if max_idle > 0 && !lease.tx.is_closed() {
             self.idle.push(Idle {
                 tx: lease.tx,
                 since_ms: now_ms,
@@ -163,21 +174,18 @@ impl IdlePool {
         }
     }
 
-    /// Drops the idle connections older than `max_idle_ms` or closed by the upstream (on the
-    /// controller tick; a checkout skips them too).
-    pub fn sweep(&self, now_ms: u64, max_idle_ms: u64) {
-        for _ in 0..self.idle.len() {
-            let Some(c) = self.idle.pop() else { break };
-            if fresh(&c, now_ms, max_idle_ms) {
-                self.idle.push(c);
-            }
-        }
-        for _ in 0..self.raw.len() {
-            let Some(c) = self.raw.pop() else { break };
-            if still_open(&c.stream) && now_ms.saturating_sub(c.since_ms) < max_idle_ms {
-                self.raw.push(c);
-            }
-        }
+    /// Drops the idle connections older than `max_idle_ms` or closed by the upstream, and past
+    /// `max_idle` those no request took since the last sweep (on the controller tick; a checkout
+    /// skips the stale ones too).
+    pub fn sweep(&self, now_ms: u64, max_idle_ms: u64, max_idle: usize) {
+        let before = self.swept_ms.swap(now_ms, Ordering::Relaxed);
+        trim(&self.idle, max_idle, |c| {
+            (fresh(c, now_ms, max_idle_ms), c.since_ms < before)
+        });
+        trim(&self.raw, max_idle, |c| {
+            let alive = still_open(&c.stream) && now_ms.saturating_sub(c.since_ms) < max_idle_ms;
+            (alive, c.since_ms < before)
+        });
     }
 
     /// Drops every idle connection (the connection settings changed).
@@ -249,6 +257,21 @@ pub fn still_open(s: &tokio::net::TcpStream) -> bool {
     let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
     matches!(socket2::SockRef::from(s).peek(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
+/// One pass over `q`, oldest first: drops what `judge` finds dead, then, while more than
+/// `max_idle` would stay, what it finds unused since the last sweep. `judge` says (alive, unused).
+fn trim<T>(q: &SegQueue<T>, max_idle: usize, judge: impl Fn(&T) -> (bool, bool)) {
+    let n = q.len();
+    let mut over = n.saturating_sub(max_idle);
+    for _ in 0..n {
+        let Some(c) = q.pop() else { break };
+        match judge(&c) {
+            (false, _) => over = over.saturating_sub(1),
+            (true, true) if over > 0 => over -= 1,
+            _ => q.push(c),
+        }
+    }
+}
+
 fn fresh(c: &Idle, now_ms: u64, max_idle_ms: u64) -> bool {
     !c.tx.is_closed() && now_ms.saturating_sub(c.since_ms) < max_idle_ms
 }
@@ -256,4 +279,77 @@ fn fresh(c: &Idle, now_ms: u64, max_idle_ms: u64) -> bool {
 /// `d` in whole milliseconds, saturating.
 pub fn millis(d: Duration) -> u64 {
     d.as_millis().min(u128::from(u64::MAX)) as u64
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// `n` connected loopback streams, and their far ends (kept open).
+    async fn streams(n: usize) -> (Vec<tokio::net::TcpStream>, Vec<tokio::net::TcpStream>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (mut near, mut far) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            near.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+            far.push(l.accept().await.unwrap().0);
+        }
+        (near, far)
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_limit_are_kept_until_a_tick_passes_without_them() {
+        let pool = IdlePool::default();
+        let (near, mut far) = streams(6).await;
+        // A burst of six comes back with a limit of two: all are kept.
+        for s in near {
+            pool.put_raw(s, Lazy::default(), 1_000, 2);
+        }
+        assert_eq!(pool.idle(), 6);
+        // The first sweep has no tick behind it: nothing was unused through one.
+        pool.sweep(1_100, 60_000, 2);
+        assert_eq!(pool.idle(), 6);
+        // One is taken and comes back after that sweep; five stayed unused through the tick.
+        let (s, t) = pool.take_raw(1_200, 60_000).unwrap();
+        pool.put_raw(s, t, 1_300, 2);
+        // The upstream closes one of them.
+        drop(far.remove(1));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        pool.sweep(2_000, 60_000, 2);
+        // The closed one and three unused are gone; the one used since and one unused remain.
+        assert_eq!(pool.idle(), 2);
+        let mut since = Vec::new();
+        while let Some(c) = pool.raw.pop() {
+            since.push(c.since_ms);
+        }
+        since.sort_unstable();
+        assert_eq!(since, [1_000, 1_300]);
+    }
+
+    #[tokio::test]
+    async fn connections_in_use_every_tick_are_never_trimmed_and_no_limit_keeps_none() {
+        let pool = IdlePool::default();
+        let (near, _far) = streams(4).await;
+        for s in near {
+            pool.put_raw(s, Lazy::default(), 1_000, 1);
+        }
+        for tick in 1..=3u64 {
+            pool.sweep(tick * 1_000 + 500, 60_000, 1);
+            // Each is taken and returned between ticks, as under a steady load of four.
+            for _ in 0..4 {
+                let (s, t) = pool.take_raw(tick * 1_000 + 600, 60_000).unwrap();
+                pool.put_raw(s, t, tick * 1_000 + 700, 1);
+            }
+            assert_eq!(pool.idle(), 4, "tick {tick}");
+        }
+        // Idle past the limit for a whole tick: trimmed to it.
+        pool.sweep(4_500, 60_000, 1);
+        pool.sweep(5_500, 60_000, 1);
+        assert_eq!(pool.idle(), 1);
+        // Pooling off: nothing comes back.
+        let (s, t) = pool.take_raw(5_600, 60_000).unwrap();
+        pool.put_raw(s, t, 5_700, 0);
+        assert_eq!(pool.idle(), 0);
+    }
 }
