@@ -2,6 +2,9 @@ use super::*;
 
 use indexmap::{self, IndexMap};
 
+use fnv::FnvHasher;
+use std::hash::BuildHasherDefault;
+
 use std::convert::Infallible;
 use std::fmt;
 use std::marker::PhantomData;
@@ -11,7 +14,10 @@ use std::ops;
 #[derive(Debug)]
 pub(super) struct Store {
     slab: slab::Slab<Stream>,
-    ids: IndexMap<StreamId, SlabIndex>,
+    /// Stream IDs hashed with FNV, not SipHash: a lookup per frame received and a removal per
+    /// stream. Its size is bounded by the streams a peer may keep open (and those reset but
+    /// not yet released), so colliding IDs chosen by a peer cost probes, not a flood.
+    ids: IndexMap<StreamId, SlabIndex, BuildHasherDefault<FnvHasher>>,
 }
 
 /// "Pointer" to an entry in the store
@@ -82,7 +88,7 @@ impl Store {
     pub fn new() -> Self {
         Store {
             slab: slab::Slab::new(),
-            ids: IndexMap::new(),
+            ids: IndexMap::default(),
         }
     }
 
