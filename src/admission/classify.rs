@@ -166,8 +166,15 @@ impl Classifier {
 }
 
 /// A connection's address hash, kept from one request to the next.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy)]
 pub struct PeerHash(Option<(ClientHasher, IpAddr, u64)>);
+
+impl PeerHash {
+    /// Whether it holds a hash (a request keyed by its address made one).
+    pub fn is_known(&self) -> bool {
+        self.0.is_some()
+    }
+}
 
 fn cookie<'h, H: Fields + ?Sized>(headers: &'h H, name: &str) -> Option<&'h [u8]> {
     headers.find_map(COOKIE.as_str(), |v| {

@@ -30,6 +30,9 @@ pub struct ConnInfo {
     pub headers: ConnHeaders,
     /// Whether the connection is busy (its idle and head timers wait meanwhile).
     pub phase: Arc<Phase>,
+    /// The address hash its first request made, for the next ones (an HTTP/2 connection's
+    /// streams share it; the hash is made again if a reload changed its keys).
+    pub peer_hash: std::sync::OnceLock<PeerHash>,
 }
 
 /// Handles one request; never fails (every error becomes a response). With the access log on,
@@ -79,15 +82,16 @@ fn handle_inner<'a>(
             Ok(h) => h,
             Err(r) => return Ok(respond::refused(r)),
         };
+        let mut kept = conn.peer_hash.get().copied().unwrap_or_default();
         let asked = Asked {
             method: req.method(),
             host,
             path: req.uri().path().as_bytes(),
             fields: req.headers(),
-            peer_hash: None,
+            peer_hash: Some(&mut kept),
         };
         let snap = shared.snapshot.load_full();
-        let mut a = match admit(
+        let a = admit(
             &shared,
             snap,
             conn.peer.ip(),
@@ -95,8 +99,11 @@ fn handle_inner<'a>(
             asked,
             note,
         )
-        .await
-        {
+        .await;
+        if kept.is_known() && conn.peer_hash.get().is_none() {
+            let _ = conn.peer_hash.set(kept);
+        }
+        let mut a = match a {
             Ok(a) => a,
             Err(Turned::Answer(resp)) => return Ok(*resp),
             Err(Turned::Reject(r)) => return Ok(r.response(&shared)),

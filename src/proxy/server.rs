@@ -32,6 +32,7 @@ pub(crate) fn conn_info(peer: std::net::SocketAddr, tls: bool, trusted: bool) ->
             trusted,
         },
         phase: Arc::new(Phase::default()),
+        peer_hash: std::sync::OnceLock::new(),
     })
 }
 
@@ -49,6 +50,7 @@ pub(crate) fn conn_info_own(peer: std::net::SocketAddr, trusted: bool) -> Arc<Co
             trusted,
         },
         phase: Arc::clone(&NO_PHASE),
+        peer_hash: std::sync::OnceLock::new(),
     })
 }
 
