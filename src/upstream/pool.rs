@@ -15,8 +15,9 @@
 //! limit, those no request took since the sweep before (the queue is first in, first out, so
 //! those are the ones at its head). A load whose concurrency swings above the limit between
 //! ticks keeps the connections it needs instead of closing them as they come back and opening
-//! new ones a moment later (as HAProxy purges idle connections on a period). The idle count
-//! never exceeds the concurrency of the last tick: every idle connection was in use then.
+//! new ones a moment later (HAProxy keeps every idle connection and purges them on a period,
+//! `pool-purge-delay`). The idle count never exceeds the concurrency of the last tick: every
+//! idle connection was in use then.
 
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicU64, Ordering};
