@@ -287,6 +287,56 @@ async fn an_h2_request_times_out_on_a_pooled_connection_with_an_older_timer() {
     p.stop().await;
 }
 
+/// A load whose concurrency is above `pool_max_idle_per_endpoint` keeps its upstream
+/// connections while it lasts (the limit is applied on the tick, to connections no request took
+/// since the tick before), and once it stops the pool is cut down to the limit.
+#[tokio::test]
+async fn a_burst_above_the_idle_limit_keeps_its_connections_until_it_stops() {
+    let up = ok_upstream(Duration::from_millis(20)).await;
+    let p = proxy(&open_config(
+        &format!("\"{}\"", up.addr),
+        "pool_max_idle_per_endpoint = 4\n[ramp]\ntick = \"100ms\"",
+    ))
+    .await;
+    let client = h1();
+    let burst = || async {
+        let all: Vec<_> = (0..24)
+            .map(|_| {
+                let (client, url) = (client.clone(), p.url("/"));
+                tokio::spawn(async move {
+                    send(&client, "GET", &url, &[], full(Bytes::new()))
+                        .await
+                        .0
+                        .status()
+                })
+            })
+            .collect();
+        for t in all {
+            assert_eq!(t.await.unwrap(), 200);
+        }
+    };
+    // Fifteen bursts of 24 back to back, over several ticks: the 24 connections the first
+    // opened serve them all (returned beyond the limit of 4, they used to be closed and opened
+    // again each time: about 300 in all).
+    for _ in 0..15 {
+        burst().await;
+    }
+    let opened = up.conns.load(Ordering::SeqCst);
+    assert!(
+        (24..=36).contains(&opened),
+        "{opened} upstream connections for bursts of 24"
+    );
+    // Quiet for several ticks: all but 4 are closed, and the next burst opens the rest again.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    burst().await;
+    let again = up.conns.load(Ordering::SeqCst) - opened;
+    assert!(
+        (18..=20).contains(&again),
+        "{again} opened after the quiet spell (4 of 24 kept)"
+    );
+    p.stop().await;
+}
+
 #[tokio::test]
 async fn failing_endpoint_is_ejected_then_retried() {
     let good = ok_upstream(Duration::ZERO).await;
