@@ -248,3 +248,82 @@ async fn a_body_is_never_sent_on_a_connection_the_upstream_closed_while_idle() {
     assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 10);
     p.stop().await;
 }
+
+/// A body the upstream sends in bursts that fill the proxy's read buffer: each burst is sent
+/// on as followed by more (`MSG_MORE`), and when nothing follows yet it goes out at once, not
+/// when the kernel's hold on a partial segment runs out (200 ms).
+#[tokio::test]
+async fn a_burst_that_fills_the_read_buffer_reaches_the_client_before_the_upstream_pauses_ends() {
+    const BUF: usize = 16 * 1024;
+    let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", 2 * BUF);
+    let first = BUF - head.len();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        // Each connection (the proxy's check at start is one), answered once it asks.
+        while let Ok((mut s, _)) = l.accept().await {
+            let head = head.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                    }
+                }
+                // The head and the first part of the body fill the proxy's buffer in one
+                // read; the rest comes after a pause.
+                let mut burst = head.into_bytes();
+                burst.resize(BUF, b'a');
+                let _ = s.write_all(&burst).await;
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                let _ = s.write_all(&vec![b'b'; 2 * BUF - first]).await;
+            });
+        }
+    });
+    let p = proxy(&config(&up.to_string(), "warmgate")).await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    let sent = std::time::Instant::now();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let body_at = |got: &[u8]| {
+        got.windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(0, |i| got.len() - i - 4)
+    };
+    while body_at(&got) < first {
+        let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "nothing more in 2 s after {} bytes: {:?}",
+                    got.len(),
+                    String::from_utf8_lossy(&got[..got.len().min(300)])
+                )
+            })
+            .unwrap();
+        assert!(n > 0, "closed early");
+        got.extend_from_slice(&chunk[..n]);
+    }
+    let took = sent.elapsed();
+    assert!(
+        took < Duration::from_millis(150),
+        "the first burst arrived after {took:?} (held back for what was to follow)"
+    );
+    while body_at(&got) < 2 * BUF {
+        let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed early");
+        got.extend_from_slice(&chunk[..n]);
+    }
+    let body = &got[got.len() - 2 * BUF..];
+    assert!(body[..first].iter().all(|b| *b == b'a'));
+    assert!(body[first..].iter().all(|b| *b == b'b'));
+    p.stop().await;
+}

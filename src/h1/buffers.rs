@@ -90,6 +90,11 @@ impl Buf {
         self.start == self.end
     }
 
+    /// Whether the last read filled the buffer to its end (the socket may hold more).
+    pub fn is_full(&self) -> bool {
+        self.end == self.data.len()
+    }
+
     /// Consumes `n` pending bytes.
     pub fn consume(&mut self, n: usize) {
         self.start = (self.start + n).min(self.end);

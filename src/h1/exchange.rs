@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::buffers::{self, Buf};
 use super::chunked::Chunked;
 use super::head::{Framing, Head, View};
-use super::io::{read_by, writable_within, write_all, IoFail, Lazy};
+use super::io::{push, read_by, read_now, try_send, writable_within, write_all, IoFail, Lazy};
 use super::response::{self, BodyKind};
 use super::write::{self, Upstream};
 use crate::config::ServerConfig;
@@ -479,7 +479,12 @@ impl Relay<'_> {
         };
         let mut chunked = Chunked::new(64 * 1024);
         let mut ended = matches!(body, BodyKind::None) || (matches!(body, BodyKind::Length(0)));
+        // Whether the last write held its tail back for what follows (`MSG_MORE`).
+        let mut held_back = false;
         loop {
+            // A read that filled the buffer leaves more in the upstream's socket, most likely:
+            // what goes out now is sent as followed at once.
+            let more = ubuf.is_full();
             // What is buffered of the body goes out with what is pending in `out`.
             if !ended && !ubuf.is_empty() {
                 let avail = ubuf.pending();
@@ -514,9 +519,11 @@ impl Relay<'_> {
                 ubuf.consume(n);
             }
             if !out.is_empty() {
-                if self.to_client(out, held).await.is_err() {
+                let more = more && !ended;
+                if self.to_client(out, held, more).await.is_err() {
                     return false;
                 }
+                held_back = more;
                 out.clear();
             }
             if ended {
@@ -524,7 +531,21 @@ impl Relay<'_> {
             }
             let deadline = Instant::now() + self.body_idle;
             let room = ubuf.room(buffers::UPSTREAM);
-            match read_by(self.upstream, room, deadline, timer).await {
+            let got = match read_now(self.upstream, room) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // Nothing followed after all: what was held back goes now, not after
+                    // the wait.
+                    if std::mem::take(&mut held_back) {
+                        push(self.client);
+                    }
+                    read_by(self.upstream, room, deadline, timer).await
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                    read_by(self.upstream, room, deadline, timer).await
+                }
+                r => r.map_err(IoFail::Io),
+            };
+            match got {
                 Ok(0) if body == BodyKind::Close => {
                     out.extend_from_slice(b"0\r\n\r\n");
                     ended = true;
@@ -541,10 +562,11 @@ impl Relay<'_> {
 
     /// Writes to the client; a client that takes nothing for `stall` gives up the admission
     /// slot (the response goes on outside the limit), and for `send` is cut off.
-    async fn to_client(&self, mut bytes: &[u8], held: &mut Held) -> Result<(), IoFail> {
+    /// With `more`, the bytes are sent as followed at once ([`try_send`]).
+    async fn to_client(&self, mut bytes: &[u8], held: &mut Held, more: bool) -> Result<(), IoFail> {
         let s = self.client;
         while !bytes.is_empty() {
-            match s.try_write(bytes) {
+            match try_send(s, bytes, more) {
                 Ok(0) => return Err(IoFail::Io(std::io::ErrorKind::WriteZero.into())),
                 Ok(n) => bytes = &bytes[n..],
                 // The waits are boxed: a full socket is rare next to the requests whose

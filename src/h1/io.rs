@@ -69,6 +69,28 @@ pub async fn read_by(
     }
 }
 
+/// `try_write`, or with `more` a send flagged `MSG_MORE`: more bytes follow at once, so the
+/// kernel holds a partial segment back to fill it with them (as HAProxy sends a body it is
+/// still reading). A body of four buffers leaves as one or two segments, not four, and the
+/// reader is woken once or twice, not four times. What is held is sent with the next write
+/// without the flag, or by [`push`]; left alone, the kernel holds it up to 200 ms.
+pub fn try_send(s: &TcpStream, bytes: &[u8], more: bool) -> io::Result<usize> {
+    #[cfg(target_os = "linux")]
+    if more {
+        return s.try_io(Interest::WRITABLE, || {
+            socket2::SockRef::from(s).send_with_flags(bytes, libc::MSG_MORE)
+        });
+    }
+    let _ = more;
+    s.try_write(bytes)
+}
+
+/// Sends at once what writes flagged `MSG_MORE` left held back (setting `TCP_NODELAY` again
+/// flushes pending output, tcp(7)): before waiting for the bytes that were to follow.
+pub fn push(s: &TcpStream) {
+    let _ = s.set_nodelay(true);
+}
+
 /// Writes all of `bytes`, each wait for room bounded by `idle`.
 pub async fn write_all(
     s: &TcpStream,
