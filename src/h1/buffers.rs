@@ -19,6 +19,15 @@ pub const UPSTREAM: usize = 16 * 1024;
 /// Buffers kept for reuse, at most (each with its upstream buffer once it has forwarded).
 const KEPT: usize = 64;
 
+/// The buffer a large response body is read through, lent for the response (four times
+/// [`UPSTREAM`]: fewer reads and writes a response).
+pub const LARGE: usize = 4 * UPSTREAM;
+
+/// Large buffers kept for reuse, at most: 1 MiB.
+const LARGE_KEPT: usize = 16;
+
+static LARGE_BUFS: LazyLock<ArrayQueue<Vec<u8>>> = LazyLock::new(|| ArrayQueue::new(LARGE_KEPT));
+
 /// Buffers kept for the upstream exchanges of requests that came through hyper's server
 /// (HTTP/2 streams, TLS clients), at most: one is in use per stream in flight, and an HTTP/2
 /// client has many in flight at once. About 5.5 KB each, so at most 1.4 MB kept.
@@ -37,6 +46,8 @@ pub struct Buf {
     /// The buffer the upstream's answer is read into, kept with this one (one pool round trip
     /// a request instead of two).
     upstream: Option<Box<Buf>>,
+    /// Its own bytes while a large buffer is lent to it ([`Buf::lend_large`]).
+    own: Option<Vec<u8>>,
 }
 
 impl Buf {
@@ -49,6 +60,7 @@ impl Buf {
             fields: Vec::with_capacity(32),
             out: Vec::with_capacity(1024),
             upstream: None,
+            own: None,
         }
     }
 
@@ -68,6 +80,10 @@ impl Buf {
 
     /// Empties the buffer for reuse; false if it outgrew its size.
     fn reset(&mut self) -> bool {
+        if let Some(own) = self.own.take() {
+            let large = std::mem::replace(&mut self.data, own);
+            let _ = LARGE_BUFS.push(large);
+        }
         if self.data.len() != self.size
             || self.out.capacity() > 4 * UPSTREAM
             || self.fields.capacity() > 512
@@ -88,6 +104,15 @@ impl Buf {
 
     pub fn is_empty(&self) -> bool {
         self.start == self.end
+    }
+
+    /// Reads through a [`LARGE`] buffer from now on, if empty: one kept for reuse (no
+    /// allocation, nothing zeroed) or a new one. It goes back when this buffer is given back.
+    pub fn lend_large(&mut self) {
+        if self.is_empty() && self.own.is_none() && self.data.len() < LARGE {
+            let large = LARGE_BUFS.pop().unwrap_or_else(|| vec![0; LARGE]);
+            self.own = Some(std::mem::replace(&mut self.data, large));
+        }
     }
 
     /// Whether the last read filled the buffer to its end (the socket may hold more).
@@ -179,5 +204,26 @@ mod tests {
         b.consume(usize::MAX);
         assert!(b.is_empty());
         assert_eq!((b.start, b.end), (0, 0));
+    }
+
+    #[test]
+    fn a_large_buffer_is_lent_while_empty_and_goes_back_when_the_buffer_does() {
+        let mut b = Buf::new(UPSTREAM);
+        b.filled(5);
+        b.lend_large();
+        assert_eq!(b.data.len(), UPSTREAM, "not while bytes are pending");
+        b.consume(5);
+        b.lend_large();
+        assert_eq!(b.room(UPSTREAM).len(), LARGE);
+        b.filled(LARGE);
+        assert!(b.is_full());
+        // Given back: its own buffer again, kept for reuse (the large one goes to its pool).
+        assert!(b.reset());
+        assert_eq!((b.data.len(), b.pending().len()), (UPSTREAM, 0));
+        assert!(b.own.is_none());
+        b.lend_large();
+        assert_eq!(b.data.len(), LARGE);
+        assert!(b.reset());
+        assert_eq!(b.data.len(), UPSTREAM);
     }
 }

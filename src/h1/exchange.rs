@@ -484,8 +484,10 @@ impl Relay<'_> {
         loop {
             // A read that filled the buffer leaves more in the upstream's socket, most likely:
             // what goes out now is sent as followed at once.
-            let more = ubuf.is_full();
-            // What is buffered of the body goes out with what is pending in `out`.
+            let full = ubuf.is_full();
+            // What is buffered of the body goes out: after what is pending in `out` (the head),
+            // or straight from the buffer (`direct` bytes of it) when nothing is.
+            let mut direct = 0;
             if !ended && !ubuf.is_empty() {
                 let avail = ubuf.pending();
                 let n = match body {
@@ -493,13 +495,11 @@ impl Relay<'_> {
                         let n = avail.len().min(usize::try_from(left).unwrap_or(usize::MAX));
                         left -= n as u64;
                         ended = left == 0;
-                        out.extend_from_slice(&avail[..n]);
                         n
                     }
                     BodyKind::Chunked => match chunked.scan(avail) {
                         Ok(n) => {
                             ended = chunked.done();
-                            out.extend_from_slice(&avail[..n]);
                             n
                         }
                         Err(e) => {
@@ -516,20 +516,47 @@ impl Relay<'_> {
                     }
                     BodyKind::None => 0,
                 };
-                ubuf.consume(n);
+                if body == BodyKind::Close {
+                    ubuf.consume(n);
+                } else if out.is_empty() {
+                    direct = n;
+                } else {
+                    out.extend_from_slice(&avail[..n]);
+                    ubuf.consume(n);
+                }
             }
+            let more = full && !ended;
             if !out.is_empty() {
-                let more = more && !ended;
                 if self.to_client(out, held, more).await.is_err() {
                     return false;
                 }
                 held_back = more;
                 out.clear();
+            } else if direct > 0 {
+                if self
+                    .to_client(&ubuf.pending()[..direct], held, more)
+                    .await
+                    .is_err()
+                {
+                    return false;
+                }
+                held_back = more;
+                ubuf.consume(direct);
             }
             if ended {
                 return true;
             }
             let deadline = Instant::now() + self.body_idle;
+            // A body that filled the buffer and goes on is read through a buffer four times as
+            // large, lent for the response: fewer reads and writes a response.
+            let large = more
+                && match body {
+                    BodyKind::Length(_) => left > buffers::UPSTREAM as u64,
+                    _ => true,
+                };
+            if large {
+                ubuf.lend_large();
+            }
             let room = ubuf.room(buffers::UPSTREAM);
             let got = match read_now(self.upstream, room) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
