@@ -191,35 +191,53 @@ async fn a_reject_is_answered_alike_on_both_paths() {
     theirs.stop().await;
 }
 
-/// An upstream that answers each request on a connection and closes the connection 30 ms
-/// after, like a backend with a short keep-alive timeout; counts the requests it read.
-async fn short_keepalive() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicU32>) {
+/// A raw upstream on loopback: each connection, once it has sent a request head (the proxy's
+/// check at start sends none), is handed to `answer`.
+async fn raw_upstream<F, Fut>(answer: F) -> std::net::SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    let n = Arc::new(std::sync::atomic::AtomicU32::new(0));
-    let count = Arc::clone(&n);
+    let answer = Arc::new(answer);
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
-            let count = Arc::clone(&count);
+            let answer = Arc::clone(&answer);
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
-                // One request (head and a 5-byte body at most), one answer, then a close.
                 while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
                     match s.read(&mut chunk).await {
                         Ok(0) | Err(_) => return,
                         Ok(k) => buf.extend_from_slice(&chunk[..k]),
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    .await;
-                tokio::time::sleep(Duration::from_millis(30)).await;
+                answer(s).await;
             });
         }
     });
+    addr
+}
+
+/// An upstream that answers each request on a connection and closes the connection 30 ms
+/// after, like a backend with a short keep-alive timeout; counts the requests it read.
+async fn short_keepalive() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicU32>) {
+    let n = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let count = Arc::clone(&n);
+    // One request (head and a 5-byte body at most), one answer, then a close.
+    let addr = raw_upstream(move |mut s| {
+        let count = Arc::clone(&count);
+        async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    })
+    .await;
     (addr, n)
 }
 
@@ -257,31 +275,19 @@ async fn a_burst_that_fills_the_read_buffer_reaches_the_client_before_the_upstre
     const BUF: usize = 16 * 1024;
     let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", 2 * BUF);
     let first = BUF - head.len();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        // Each connection (the proxy's check at start is one), answered once it asks.
-        while let Ok((mut s, _)) = l.accept().await {
-            let head = head.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                    }
-                }
-                // The head and the first part of the body fill the proxy's buffer in one
-                // read; the rest comes after a pause.
-                let mut burst = head.into_bytes();
-                burst.resize(BUF, b'a');
-                let _ = s.write_all(&burst).await;
-                tokio::time::sleep(Duration::from_millis(600)).await;
-                let _ = s.write_all(&vec![b'b'; 2 * BUF - first]).await;
-            });
+    let up = raw_upstream(move |mut s| {
+        let head = head.clone();
+        async move {
+            // The head and the first part of the body fill the proxy's buffer in one read;
+            // the rest comes after a pause.
+            let mut burst = head.into_bytes();
+            burst.resize(BUF, b'a');
+            let _ = s.write_all(&burst).await;
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            let _ = s.write_all(&vec![b'b'; 2 * BUF - first]).await;
         }
-    });
+    })
+    .await;
     let p = proxy(&config(&up.to_string(), "warmgate")).await;
     let mut s = TcpStream::connect(p.addr).await.unwrap();
     let sent = std::time::Instant::now();

@@ -4,6 +4,7 @@
 //! and the response body relayed chunk by chunk. The upstream connection goes back to its
 //! endpoint's pool once the response has ended cleanly.
 
+use std::io::ErrorKind;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -559,7 +560,8 @@ impl Relay<'_> {
             }
             let room = ubuf.room(buffers::UPSTREAM);
             let got = match read_now(self.upstream, room) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                Ok(n) => Ok(n),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
                     // Nothing followed after all: what was held back goes now, not after
                     // the wait.
                     if std::mem::take(&mut held_back) {
@@ -567,10 +569,7 @@ impl Relay<'_> {
                     }
                     read_by(self.upstream, room, deadline, timer).await
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
-                    read_by(self.upstream, room, deadline, timer).await
-                }
-                r => r.map_err(IoFail::Io),
+                Err(e) => Err(IoFail::Io(e)),
             };
             match got {
                 Ok(0) if body == BodyKind::Close => {

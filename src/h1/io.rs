@@ -81,6 +81,7 @@ pub fn try_send(s: &TcpStream, bytes: &[u8], more: bool) -> io::Result<usize> {
             socket2::SockRef::from(s).send_with_flags(bytes, libc::MSG_MORE)
         });
     }
+    #[cfg(not(target_os = "linux"))]
     let _ = more;
     s.try_write(bytes)
 }
