@@ -18,6 +18,10 @@
 //! new ones a moment later (HAProxy keeps every idle connection and purges them on a period,
 //! `pool-purge-delay`). The idle count never exceeds the concurrency of the last tick: every
 //! idle connection was in use then.
+//!
+//! The sweep also drops bare connections the upstream closed while idle. It asks only those
+//! idle through a whole tick, and asks the socket only when the reactor reported it readable:
+//! a busy pool, or an idle one its upstream leaves alone, costs no system call on the tick.
 
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -184,8 +188,12 @@ impl IdlePool {
             (fresh(c, now_ms, max_idle_ms), c.since_ms < before)
         });
         trim(&self.raw, max_idle, |c| {
-            let alive = still_open(&c.stream) && now_ms.saturating_sub(c.since_ms) < max_idle_ms;
-            (alive, c.since_ms < before)
+            let unused = c.since_ms < before;
+            // One used since the last sweep answered in full within a tick; only those idle
+            // through one are asked, and only when the reactor saw something on them.
+            let alive = now_ms.saturating_sub(c.since_ms) < max_idle_ms
+                && (!unused || seems_open(&c.stream));
+            (alive, unused)
         });
     }
 
@@ -255,8 +263,25 @@ impl IdlePool {
 /// socket itself (one `recv` with `MSG_PEEK`, whatever readiness the reactor last reported).
 /// An end of stream, an error or unexpected bytes mean it is not to be used.
 pub fn still_open(s: &tokio::net::TcpStream) -> bool {
+    would_block(peek(s))
+}
+
+/// [`still_open`], asked of the socket only when the reactor reported it readable since it was
+/// last found empty: an idle connection the upstream leaves alone costs no system call. A
+/// close the reactor has not reported yet is seen on the next sweep (or, for a request that
+/// can be sent again, when it is used).
+fn seems_open(s: &tokio::net::TcpStream) -> bool {
+    // A "would block" from the peek clears the readiness, so the next sweep asks no more.
+    would_block(s.try_io(tokio::io::Interest::READABLE, || peek(s)))
+}
+
+fn peek(s: &tokio::net::TcpStream) -> std::io::Result<usize> {
     let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-    matches!(socket2::SockRef::from(s).peek(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    socket2::SockRef::from(s).peek(&mut probe)
+}
+
+fn would_block(r: std::io::Result<usize>) -> bool {
+    matches!(r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 /// One pass over `q`, oldest first: drops what `judge` finds dead, then, while more than
 /// `max_idle` would stay, what it finds unused since the last sweep. `judge` says (alive, unused).
@@ -326,6 +351,32 @@ mod tests {
         }
         since.sort_unstable();
         assert_eq!(since, [1_000, 1_300]);
+    }
+
+    #[tokio::test]
+    async fn a_close_after_the_sweeps_found_a_connection_open_is_seen_on_the_next() {
+        let pool = IdlePool::default();
+        let (near, mut far) = streams(2).await;
+        for s in near {
+            pool.put_raw(s, Lazy::default(), 1_000, 8);
+        }
+        // Asked on the second sweep (idle through a tick) and found open; the third asks the
+        // reactor only.
+        for now in [1_100, 2_000, 3_000] {
+            pool.sweep(now, 60_000, 8);
+            assert_eq!(pool.idle(), 2, "sweep at {now}");
+        }
+        // The upstream closes one while it sits idle.
+        drop(far.remove(0));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        pool.sweep(4_000, 60_000, 8);
+        assert_eq!(pool.idle(), 1);
+        // So does the other, with bytes first (not an HTTP/1.1 idle connection either).
+        use tokio::io::AsyncWriteExt;
+        far[0].write_all(b"x").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        pool.sweep(5_000, 60_000, 8);
+        assert_eq!(pool.idle(), 0);
     }
 
     #[tokio::test]
