@@ -13,7 +13,12 @@
 #   without, and how many are still open after that load
 #   added p50 and p99 at a paced ~5,000 req/s (50 connections, 10 ms between requests)
 #   warmgate with server.workers = 2 against 1 (both CPUs; the load shares CPU 1)
+#   the floor: `warmgate-loadtest floor`, a relay that does nothing but the reads and writes a
+#   request needs (no parsing, no header rewritten), on the HTTP/1.1 body rows: what the system
+#   calls and the loopback TCP stack cost alone, the most any proxy could reach here
 #
+#   ONLY=h1 benches/load.sh    # only the HTTP/1.1 body rows (with the floor), with the CPU time
+#                              # a request split into user and system
 #   ONLY=h2c benches/load.sh   # only the h2c figure, the proxies alternated ROUNDS times, with
 #                              # the CPU time a request split into user and system
 #   BEFORE=path/to/warmgate    # and another build of warmgate beside this one ("before")
@@ -30,6 +35,8 @@ LOAD_CPU=${LOAD_CPU:-1}
 ulimit -n "$(ulimit -Hn)"
 . "$(dirname "$0")/lib.sh"
 BIN=${BIN:-./target/release/warmgate}
+[ -n "${NO_BUILD:-}" ] || cargo build --release --quiet -p warmgate-loadtest
+LOADTEST=${LOADTEST:-./target/release/warmgate-loadtest}
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 for t in wrk h2load python3 "$HAPROXY"; do
   command -v "$t" >/dev/null || { echo "load.sh needs $t" >&2; exit 1; }
@@ -86,11 +93,14 @@ taskset -c "$PROXY_CPU" "$HAPROXY" -db -f "$work/haproxy.cfg" & HAPROXY_PID=$!; 
 taskset -c "$PROXY_CPU" "$BIN" run "$work/warmgate.toml" & WG_PID=$!; pids+=($WG_PID)
 taskset -c "$PROXY_CPU" "$BIN" run "$work/warmgate-reject.toml" & WR_PID=$!; pids+=($WR_PID)
 taskset -c "$PROXY_CPU,$LOAD_CPU" "$BIN" run "$work/warmgate-2.toml" & W2_PID=$!; pids+=($W2_PID)
-wait_port 18081 18082 18083 18084 18085 18086 18092 18095
+taskset -c "$PROXY_CPU" "$LOADTEST" floor --listen 127.0.0.1:18089 --upstream 127.0.0.1:18081 \
+  2>"$work/floor.log" & FL_PID=$!; pids+=($FL_PID)
+wait_port 18081 18082 18083 18084 18085 18086 18089 18092 18095
 
 declare -A PORT=([nginx]=18082 [haproxy]=18085 [warmgate]=18083 [reject]=18084 [warmgate-2]=18086)
 declare -A H2PORT=([nginx]=18092 [haproxy]=18095 [warmgate]=18083)
-declare -A PID=([nginx]=$NGINX_PID [haproxy]=$HAPROXY_PID [warmgate]=$WG_PID [reject]=$WR_PID [warmgate-2]=$W2_PID)
+declare -A PID=([nginx]=$NGINX_PID [haproxy]=$HAPROXY_PID [warmgate]=$WG_PID [reject]=$WR_PID [warmgate-2]=$W2_PID [floor]=$FL_PID)
+PORT[floor]=18089
 PEERS=(nginx haproxy warmgate)
 if [ -n "${BEFORE:-}" ]; then
   wg_config 18087 1 > "$work/before.toml"
@@ -115,6 +125,17 @@ h1_eff() { # name path
     awk '/requests in/ {print $1}')
   after=$(cpu_ticks "$pid")
   per_cpu_s "$reqs" $((after - before))
+}
+# The same, as "requests/CPU-s user-µs/request system-µs/request".
+h1_split() { # name path
+  local port=${PORT[$1]} pid=${PID[$1]} u0 s0 u1 s1 reqs
+  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$port$2" >/dev/null
+  read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+  reqs=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DUR}s" "http://127.0.0.1:$port$2" |
+    awk '/requests in/ {print $1}')
+  read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+  awk -v r="$reqs" -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v hz="$hz" \
+    'BEGIN { printf "%.0f %.2f %.2f\n", r / ((u + s) / hz), u / hz / r * 1e6, s / hz / r * 1e6 }'
 }
 # The same over h2c prior knowledge: 16 connections, 10 streams each.
 h2_eff() { # name
@@ -171,15 +192,27 @@ if [ "${ONLY:-}" = h2c ]; then
 fi
 
 echo "== requests per proxy CPU-second: wrk -t1 -c$CONNS, ${DUR}s, proxies on CPU $PROXY_CPU, upstream + load on CPU $LOAD_CPU" >&2
+H1PEERS=("${PEERS[@]}" floor)
 for body in empty 4k 64k; do
   for _ in $(seq "$ROUNDS"); do
-    for p in "${PEERS[@]}"; do v=$(h1_eff "$p" "/$body"); eval "h1_${p}_$body+=($v)"; done
+    for p in "${H1PEERS[@]}"; do
+      read -r v u s < <(h1_split "$p" "/$body")
+      eval "h1_${p}_$body+=($v); h1u_${p}_$body+=($u); h1s_${p}_$body+=($s)"
+    done
   done
-  for p in "${PEERS[@]}"; do
-    eval "vals=(\"\${h1_${p}_$body[@]}\")"
-    R[$p.$body]=$(median "${vals[@]}"); echo "  $p /$body: ${vals[*]} -> ${R[$p.$body]}" >&2
+  for p in "${H1PEERS[@]}"; do
+    eval "vals=(\"\${h1_${p}_$body[@]}\"); us=(\"\${h1u_${p}_$body[@]}\"); ss=(\"\${h1s_${p}_$body[@]}\")"
+    R[$p.$body]=$(median "${vals[@]}")
+    echo "  $p /$body: ${vals[*]} -> ${R[$p.$body]}; CPU µs a request, user $(median "${us[@]}"), system $(median "${ss[@]}")" >&2
   done
 done
+if [ "${ONLY:-}" = h1 ]; then
+  for body in empty 4k 64k; do
+    awk -v b="$body" -v n="${R[nginx.$body]}" -v h="${R[haproxy.$body]}" -v w="${R[warmgate.$body]}" -v f="${R[floor.$body]}" \
+      'BEGIN { printf "%s: warmgate %.2fx nginx, %.2fx HAProxy; the floor %.2fx nginx; warmgate at %.0f%% of the floor\n", b, w / n, w / h, f / n, 100 * w / f }'
+  done
+  exit 0
+fi
 
 echo "== h2c: h2load -c16 -m10, ${DUR}s" >&2
 for p in "${PEERS[@]}"; do row "$p.h2c" h2_eff "$p"; done
@@ -244,6 +277,7 @@ cat <<TABLE
 | idle connections still open after that load | ${R[nginx.idle_left]} | ${R[haproxy.idle_left]} | ${R[warmgate.idle_left]} |
 | added p50 / p99 at ~5,000 req/s (direct ${R[direct.p50]} / ${R[direct.p99]} ms) | $(added nginx p50) / $(added nginx p99) | $(added haproxy p50) / $(added haproxy p99) | $(added warmgate p50) / $(added warmgate p99) |
 
+The floor (a relay doing only the reads and writes, \`warmgate-loadtest floor\`): empty ${R[floor.empty]} ($(ratio "${R[floor.empty]}" "${R[nginx.empty]}") nginx; warmgate at $(awk -v w="${R[warmgate.empty]}" -v f="${R[floor.empty]}" 'BEGIN { printf "%.0f", 100 * w / f }') % of it), 4 KiB ${R[floor.4k]} ($(ratio "${R[floor.4k]}" "${R[nginx.4k]}"); $(awk -v w="${R[warmgate.4k]}" -v f="${R[floor.4k]}" 'BEGIN { printf "%.0f", 100 * w / f }') %), 64 KiB ${R[floor.64k]} ($(ratio "${R[floor.64k]}" "${R[nginx.64k]}"); $(awk -v w="${R[warmgate.64k]}" -v f="${R[floor.64k]}" 'BEGIN { printf "%.0f", 100 * w / f }') %).
 warmgate reject: ${R[reject.empty]} req/CPU-s, $(ratio "${R[reject.empty]}" "${R[warmgate.empty]}") cheaper than a forward.
 warmgate with server.workers = 2: ${R[warmgate-2.empty]} req/CPU-s, $(ratio "${R[warmgate-2.empty]}" "${R[warmgate.empty]}") of one worker.
 TABLE

@@ -1,11 +1,13 @@
 //! `warmgate-loadtest`: rehearse a cutover. `coldsim` is a cold data center, `storm` a login
-//! storm, `drill` runs both (with and without warmgate) and writes a report with plots.
+//! storm, `drill` runs both (with and without warmgate) and writes a report with plots. `floor`
+//! is the least a proxy can do per request, for the efficiency bench.
 #![forbid(unsafe_code)]
 
 mod clusters;
 mod coldsim;
 mod drill;
 mod fleet;
+mod floor;
 mod report;
 mod rng;
 mod storm;
@@ -33,14 +35,21 @@ enum Cmd {
     Storm(storm::StormConfig),
     /// Run coldsim, warmgate and a storm together, and write an HTML report.
     Drill(Box<drill::DrillConfig>),
+    /// Relay HTTP/1.1 requests doing nothing else (no parsing, no header rewritten), one
+    /// thread: the least a proxy's request costs, for `benches/load.sh`.
+    Floor(floor::FloorConfig),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // The floor runs on one thread, as a proxy with one worker.
+    let rt = match cli.cmd {
+        Cmd::Floor(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    }
+    .enable_all()
+    .build();
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("warmgate-loadtest: {e}");
@@ -60,6 +69,7 @@ fn main() -> ExitCode {
                 println!("report: {}", path.display());
                 Ok(())
             }
+            Cmd::Floor(c) => floor::run(c).await,
         }
     });
     match result {
