@@ -11,8 +11,10 @@
 //! `server.workers = 1`.
 
 use std::net::SocketAddr;
+use std::sync::LazyLock;
 
 use anyhow::{bail, Context};
+use memchr::memmem::Finder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -134,14 +136,20 @@ async fn relay(mut client: TcpStream, upstream: SocketAddr) -> anyhow::Result<()
 
 /// The length of the head at the start of `b`, its blank line included, once it is all there.
 fn head_end(b: &[u8]) -> Option<usize> {
-    b.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+    static END: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\r\n\r\n"));
+    END.find(b).map(|i| i + 4)
 }
 
 /// The head's lines after the first, without their line ends.
 fn fields(head: &[u8]) -> impl Iterator<Item = &[u8]> {
-    head.split(|&c| c == b'\n')
+    let mut start = 0;
+    memchr::memchr_iter(b'\n', head)
+        .map(move |end| {
+            let line = &head[start..end];
+            start = end + 1;
+            line.strip_suffix(b"\r").unwrap_or(line)
+        })
         .skip(1)
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
 }
 
 /// Whether the head has a field named `name` (lowercase).
@@ -157,7 +165,14 @@ fn value_of<'a>(l: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
 
 /// The head's `Content-Length`, if it has one.
 fn length(head: &[u8]) -> anyhow::Result<Option<usize>> {
-    let Some(v) = fields(head).find_map(|l| value_of(l, b"content-length")) else {
+    // Found at once when spelt as usual, looked for line by line otherwise.
+    static USUAL: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\r\nContent-Length:"));
+    let usual = USUAL.find(head).map(|i| {
+        let v = &head[i + 17..];
+        &v[..memchr::memchr(b'\r', v).unwrap_or(v.len())]
+    });
+    let Some(v) = usual.or_else(|| fields(head).find_map(|l| value_of(l, b"content-length")))
+    else {
         return Ok(None);
     };
     let v = std::str::from_utf8(v).context("a Content-Length that is not text")?;
@@ -173,6 +188,8 @@ mod tests {
 
     #[test]
     fn heads_and_their_framing_are_found() {
+        let usual = b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nServer: x\r\n\r\n";
+        assert_eq!(length(usual).unwrap(), Some(7));
         let r = b"HTTP/1.1 200 OK\r\nServer: x\r\nCONTENT-LENGTH: 12\r\n\r\nbody";
         let end = head_end(r).unwrap();
         assert_eq!(&r[end..], b"body");
