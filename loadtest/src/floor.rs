@@ -6,9 +6,9 @@
 //! head goes out byte for byte (no header added, dropped or checked); the response comes back
 //! as it is read, framed by its `Content-Length`. Per request that is one read and one write on
 //! each side, as for any proxy that keeps its upstream connections alive. It is not a proxy:
-//! requests with a body, responses without a `Content-Length`, and anything else a proxy has to
-//! handle end the connection. One thread (tokio's current-thread runtime), as warmgate with
-//! `server.workers = 1`.
+//! requests with a body, interim responses, responses with a body but no `Content-Length`, and
+//! anything else a proxy has to handle end the connection. One thread (tokio's current-thread
+//! runtime), as warmgate with `server.workers = 1`.
 
 use std::net::SocketAddr;
 use std::sync::LazyLock;
@@ -97,6 +97,8 @@ async fn relay(mut client: TcpStream, upstream: SocketAddr) -> anyhow::Result<()
         if length(head)?.unwrap_or(0) != 0 || has(head, b"transfer-encoding") {
             bail!("a request with a body");
         }
+        // The response to a HEAD has no body whatever its Content-Length says.
+        let bodiless = head.starts_with(b"HEAD ");
         up.write_all(head).await?;
         req.copy_within(end..held, 0);
         held -= end;
@@ -111,6 +113,15 @@ async fn relay(mut client: TcpStream, upstream: SocketAddr) -> anyhow::Result<()
             }
             got += n;
             if let Some(end) = head_end(&resp[..got]) {
+                // The status code, after "HTTP/1.1 ".
+                let status = resp.get(9..12).unwrap_or_default();
+                if status.starts_with(b"1") {
+                    bail!("an interim response");
+                }
+                // No body after a 204 or a 304 either.
+                if bodiless || status == b"204" || status == b"304" {
+                    break end;
+                }
                 match length(&resp[..end])? {
                     Some(len) => break end + len,
                     None => bail!("a response without a Content-Length"),
@@ -219,12 +230,15 @@ mod tests {
                 }
                 held += n;
                 while let Some(end) = head_end(&buf[..held]) {
+                    let to_head = buf.starts_with(b"HEAD ");
                     buf.copy_within(end..held, 0);
                     held -= end;
                     let body = vec![b'x'; 70_000];
                     let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
                     s.write_all(head.as_bytes()).await.unwrap();
-                    s.write_all(&body).await.unwrap();
+                    if !to_head {
+                        s.write_all(&body).await.unwrap();
+                    }
                 }
             }
         });
@@ -234,27 +248,39 @@ mod tests {
             let (c, _) = front.accept().await.unwrap();
             relay(c, up_addr).await
         });
-        let mut c = TcpStream::connect(front_addr).await.unwrap();
-        // Two requests in one write (pipelined), then a third.
-        c.write_all(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n")
-            .await
-            .unwrap();
-        let one = b"HTTP/1.1 200 OK\r\nContent-Length: 70000\r\n\r\n".len() + 70_000;
-        let mut got = vec![0u8; 2 * one];
-        c.read_exact(&mut got).await.unwrap();
-        c.write_all(b"GET /c HTTP/1.1\r\nHost: a\r\n\r\n")
-            .await
-            .unwrap();
-        let mut third = vec![0u8; one];
-        c.read_exact(&mut third).await.unwrap();
-        assert!(third.starts_with(b"HTTP/1.1 200 OK\r\n"));
-        assert_eq!(third[one - 1], b'x');
-        // A request with a body ends the connection.
-        c.write_all(b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc")
-            .await
-            .unwrap();
-        assert_eq!(c.read(&mut third).await.unwrap(), 0);
-        let e = proxy.await.unwrap().unwrap_err();
+        // Bounded: a relay that waits for bytes that never come fails the test.
+        let e = tokio::time::timeout(std::time::Duration::from_secs(10), async move {
+            let mut c = TcpStream::connect(front_addr).await.unwrap();
+            // Two requests in one write (pipelined), then a third.
+            c.write_all(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n")
+                .await
+                .unwrap();
+            let one = b"HTTP/1.1 200 OK\r\nContent-Length: 70000\r\n\r\n".len() + 70_000;
+            let mut got = vec![0u8; 2 * one];
+            c.read_exact(&mut got).await.unwrap();
+            // A HEAD: its response is the head alone.
+            c.write_all(b"HEAD /h HTTP/1.1\r\nHost: a\r\n\r\n")
+                .await
+                .unwrap();
+            let mut head = vec![0u8; one - 70_000];
+            c.read_exact(&mut head).await.unwrap();
+            assert!(head.ends_with(b"Content-Length: 70000\r\n\r\n"));
+            c.write_all(b"GET /c HTTP/1.1\r\nHost: a\r\n\r\n")
+                .await
+                .unwrap();
+            let mut third = vec![0u8; one];
+            c.read_exact(&mut third).await.unwrap();
+            assert!(third.starts_with(b"HTTP/1.1 200 OK\r\n"));
+            assert_eq!(third[one - 1], b'x');
+            // A request with a body ends the connection.
+            c.write_all(b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc")
+                .await
+                .unwrap();
+            assert_eq!(c.read(&mut third).await.unwrap(), 0);
+            proxy.await.unwrap().unwrap_err()
+        })
+        .await
+        .unwrap();
         assert!(e.to_string().contains("with a body"), "{e:#}");
     }
 }
