@@ -333,3 +333,80 @@ async fn a_burst_that_fills_the_read_buffer_reaches_the_client_before_the_upstre
     assert!(body[first..].iter().all(|b| *b == b'b'));
     p.stop().await;
 }
+
+/// An upload the client sends in bursts that fill the proxy's read buffer: each burst goes on to
+/// the upstream as followed by more (`MSG_MORE`), and when nothing follows yet it goes out at
+/// once, not when the kernel's hold on a partial segment runs out (200 ms). The client sends a
+/// burst only once the upstream has the one before.
+#[tokio::test]
+async fn an_upload_burst_that_fills_the_read_buffer_reaches_the_upstream_before_the_client_pauses()
+{
+    // The client buffer (4 KiB), then the buffer lent to a large body (64 KiB), then the end.
+    let bursts = [4 * 1024, 64 * 1024, 1000];
+    let total: usize = bursts.iter().sum();
+    // The upstream says how many body bytes it has, as they come; it answers once all have.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    // (The proxy's first connection, its reachability check, sends nothing.)
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut chunk = vec![0u8; 128 * 1024];
+                loop {
+                    let n = s.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    got.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let body = got.len() - i - 4;
+                        let _ = tx.send(body);
+                        if body >= total {
+                            break;
+                        }
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            });
+        }
+    });
+    let p = proxy(&config(&up.to_string(), "warmgate")).await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    let head = format!("POST /up HTTP/1.1\r\nHost: x\r\ncontent-length: {total}\r\n\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (mut want, mut seen) = (0, 0);
+    for (i, burst) in bursts.into_iter().enumerate() {
+        let sent = std::time::Instant::now();
+        s.write_all(&vec![b'a' + i as u8; burst]).await.unwrap();
+        want += burst;
+        while seen < want {
+            seen = tokio::time::timeout(Duration::from_secs(2), rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("burst {i}: {seen} of {want} bytes after 2 s"))
+                .unwrap();
+        }
+        let took = sent.elapsed();
+        assert!(
+            took < Duration::from_millis(150),
+            "burst {i} ({burst} bytes) reached the upstream after {took:?} (held back for what was to follow)"
+        );
+    }
+    let mut answer = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+    p.stop().await;
+}

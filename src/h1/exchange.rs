@@ -13,7 +13,9 @@ use tokio::time::Instant;
 use super::buffers::{self, Buf};
 use super::chunked::Chunked;
 use super::head::{Framing, Head, View};
-use super::io::{push, read_by, read_now, try_send, writable_within, write_all, IoFail, Lazy};
+use super::io::{
+    push, read_by, read_now, send_all, try_send, writable_within, write_all, IoFail, Lazy,
+};
 use super::response::{self, BodyKind};
 use super::write::{self, Upstream};
 use crate::config::ServerConfig;
@@ -99,7 +101,7 @@ pub(crate) async fn forward(
     }
     b.consume(req.head.len);
     let mut body = BodyLeft::new(req.head.framing, req.server.max_header_bytes);
-    if let Err(e) = body.take(b, true) {
+    if let Err(e) = body.take(b) {
         return Forwarded::Failed {
             err: e,
             close: true,
@@ -381,18 +383,22 @@ impl BodyLeft {
         self.finished
     }
 
-    /// Moves the body bytes pending in `b` to `b.out` (to send). With `first`, only as much
-    /// as keeps the first write small.
-    fn take(&mut self, b: &mut Buf, first: bool) -> Result<(), ProxyError> {
+    /// Moves the body bytes pending in `b` to `b.out` (to send), as much as keeps the first
+    /// write small.
+    fn take(&mut self, b: &mut Buf) -> Result<(), ProxyError> {
+        let n = self.next(b, buffers::UPSTREAM * 4)?;
+        b.out.extend_from_slice(&b.data[b.start..b.start + n]);
+        b.consume(n);
+        Ok(())
+    }
+
+    /// How many of the bytes pending in `b` are body (up to `cap`), their framing checked and
+    /// counted as sent: they go out as they are, from `b.pending()`.
+    fn next(&mut self, b: &Buf, cap: usize) -> Result<usize, ProxyError> {
         if self.finished || b.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
-        let cap = if first {
-            buffers::UPSTREAM * 4
-        } else {
-            usize::MAX
-        };
-        let avail = &b.data[b.start..b.end];
+        let avail = b.pending();
         let n = match self.framing {
             Framing::None => 0,
             Framing::Length(_) => {
@@ -416,9 +422,16 @@ impl BodyLeft {
                 n
             }
         };
-        b.out.extend_from_slice(&avail[..n]);
-        b.consume(n);
-        Ok(())
+        Ok(n)
+    }
+
+    /// Whether more body than a client buffer holds is still to come.
+    fn large(&self) -> bool {
+        match self.framing {
+            Framing::Length(_) => self.left > buffers::CLIENT as u64,
+            Framing::Chunked => !self.finished,
+            Framing::None => false,
+        }
     }
 }
 
@@ -431,20 +444,44 @@ async fn relay_request_body(
     server: &ServerConfig,
     timer: &mut Lazy,
 ) -> Result<(), Fail> {
+    // Whether the last write held its tail back for what follows (`MSG_MORE`).
+    let mut held_back = false;
     while !body.done() {
-        b.out.clear();
-        body.take(b, false).map_err(Fail::Client)?;
-        if !b.out.is_empty() {
-            write_all(upstream, &b.out, server.send_timeout)
+        // A read that filled the buffer leaves more in the client's socket, most likely: what
+        // goes out now is sent as followed at once, as a response body is.
+        let full = b.is_full();
+        // The body bytes go out straight from the buffer they were read into.
+        let n = body.next(b, usize::MAX).map_err(Fail::Client)?;
+        let more = full && !body.done();
+        if n > 0 {
+            send_all(upstream, &b.pending()[..n], more, server.send_timeout)
                 .await
                 .map_err(|e| broken("writing the request body", e))?;
+            held_back = more;
+            b.consume(n);
         }
         if body.done() {
             break;
         }
+        // A body that filled the buffer and goes on is read through a large buffer, lent
+        // until the connection gives its buffer back: fewer reads and writes an upload.
+        if more && body.large() {
+            b.lend_large();
+        }
         let deadline = Instant::now() + server.client_body_timeout;
         let room = b.room(buffers::CLIENT);
-        match read_by(client, room, deadline, timer).await {
+        let got = match read_now(client, room) {
+            Ok(n) => Ok(n),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
+                // Nothing followed after all: what was held back goes now, not after the wait.
+                if std::mem::take(&mut held_back) {
+                    push(upstream);
+                }
+                read_by(client, room, deadline, timer).await
+            }
+            Err(e) => Err(IoFail::Io(e)),
+        };
+        match got {
             Ok(0) => return Err(Fail::Client(ProxyError::ClientBody)),
             Ok(n) => b.filled(n),
             Err(IoFail::Timeout) => return Err(Fail::Client(ProxyError::ClientTimeout)),

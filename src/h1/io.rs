@@ -95,11 +95,21 @@ pub fn push(s: &TcpStream) {
 /// Writes all of `bytes`, each wait for room bounded by `idle`.
 pub async fn write_all(
     s: &TcpStream,
+    bytes: &[u8],
+    idle: std::time::Duration,
+) -> Result<(), IoFail> {
+    send_all(s, bytes, false, idle).await
+}
+
+/// [`write_all`], the bytes flagged as followed at once with `more` ([`try_send`]).
+pub async fn send_all(
+    s: &TcpStream,
     mut bytes: &[u8],
+    more: bool,
     idle: std::time::Duration,
 ) -> Result<(), IoFail> {
     while !bytes.is_empty() {
-        match s.try_write(bytes) {
+        match try_send(s, bytes, more) {
             Ok(0) => return Err(IoFail::Io(io::ErrorKind::WriteZero.into())),
             Ok(n) => bytes = &bytes[n..],
             // Boxed: a full socket is rare, and the wait's futures would otherwise make
