@@ -1,7 +1,8 @@
 # Shared setup for the bench scripts (sourced, not run): a release build, a scratch directory
 # and the processes started, all removed/stopped on exit, and a static nginx upstream.
 #   . "$(dirname "$0")/lib.sh"
-#   static_upstream PORT        # nginx serving a 512-byte index.html on 127.0.0.1:PORT
+#   static_upstream PORT        # nginx serving a 512-byte index.html on 127.0.0.1:PORT (and
+#                               # answering a POST to /upload with 204, its body read)
 #   warmgate_config PORT WORKERS UPSTREAM  # a warmgate config that admits everything
 #   wait_port PORT...           # until each port accepts connections
 #   body_files                  # empty, 4k and 64k beside index.html, for the static upstream
@@ -24,7 +25,8 @@ static_upstream() {
   cat > "$work/upstream.conf" <<CONF
 daemon off; master_process off; worker_processes 1; error_log $work/up.log; pid $work/up.pid;
 events { worker_connections 4096; }
-http { $http_common keepalive_requests 100000; server { listen 127.0.0.1:$1; root $work/www; } }
+http { $http_common keepalive_requests 100000; server { listen 127.0.0.1:$1; root $work/www;
+  location = /upload { client_max_body_size 16m; return 204; } } }
 CONF
 }
 

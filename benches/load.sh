@@ -7,6 +7,7 @@
 #
 # Figures (each a median of ROUNDS alternating runs unless said):
 #   requests per proxy CPU-second, empty / 4 KiB / 64 KiB bodies (wrk -c64), HTTP/1.1
+#   requests per proxy CPU-second, 64 KiB uploads (wrk -c64, POST, the upstream answers 204)
 #   requests per proxy CPU-second over h2c (h2load -c16 -m10)
 #   a reject (503 + Retry-After from the gate) against a forward, per CPU-second
 #   RSS per idle keep-alive connection (IDLE of them), throughput with them open against
@@ -53,7 +54,8 @@ http { $http_common keepalive_requests 1000000; keepalive_timeout 75s;
   upstream backend { server 127.0.0.1:18081; keepalive 128; }
   server { listen 127.0.0.1:18082; listen 127.0.0.1:18092 http2;
     location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; proxy_buffering on; } } }
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; proxy_buffering on;
+      client_body_buffer_size 128k; } } }
 CONF
 cat > "$work/haproxy.cfg" <<CONF
 global
@@ -126,12 +128,14 @@ h1_eff() { # name path
   after=$(cpu_ticks "$pid")
   per_cpu_s "$reqs" $((after - before))
 }
-# The same, as "requests/CPU-s user-µs/request system-µs/request".
-h1_split() { # name path
-  local port=${PORT[$1]} pid=${PID[$1]} u0 s0 u1 s1 reqs
-  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$port$2" >/dev/null
+# The same, as "requests/CPU-s user-µs/request system-µs/request"; a wrk script after the path
+# (the upload's).
+h1_split() { # name path [wrk args...]
+  local port=${PORT[$1]} pid=${PID[$1]} path=$2 u0 s0 u1 s1 reqs
+  shift 2
+  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d2s "$@" "http://127.0.0.1:$port$path" >/dev/null
   read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
-  reqs=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DUR}s" "http://127.0.0.1:$port$2" |
+  reqs=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DUR}s" "$@" "http://127.0.0.1:$port$path" |
     awk '/requests in/ {print $1}')
   read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
   awk -v r="$reqs" -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v hz="$hz" \
@@ -206,11 +210,32 @@ for body in empty 4k 64k; do
     echo "  $p /$body: ${vals[*]} -> ${R[$p.$body]}; CPU µs a request, user $(median "${us[@]}"), system $(median "${ss[@]}")" >&2
   done
 done
+# Uploads: a 64 KiB body POSTed (the floor relays no request body).
+head -c 65536 /dev/zero | tr '\0' 'u' > "$work/upload.bin"
+cat > "$work/upload.lua" <<LUA
+local f = io.open("$work/upload.bin", "rb")
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+LUA
+for _ in $(seq "$ROUNDS"); do
+  for p in "${PEERS[@]}"; do
+    read -r v u s < <(h1_split "$p" /upload -s "$work/upload.lua")
+    eval "up_${p}+=($v); upu_${p}+=($u); ups_${p}+=($s)"
+  done
+done
+for p in "${PEERS[@]}"; do
+  eval "vals=(\"\${up_${p}[@]}\"); us=(\"\${upu_${p}[@]}\"); ss=(\"\${ups_${p}[@]}\")"
+  R[$p.upload]=$(median "${vals[@]}")
+  echo "  $p POST /upload (64 KiB): ${vals[*]} -> ${R[$p.upload]}; CPU µs a request, user $(median "${us[@]}"), system $(median "${ss[@]}")" >&2
+done
 if [ "${ONLY:-}" = h1 ]; then
   for body in empty 4k 64k; do
     awk -v b="$body" -v n="${R[nginx.$body]}" -v h="${R[haproxy.$body]}" -v w="${R[warmgate.$body]}" -v f="${R[floor.$body]}" \
       'BEGIN { printf "%s: warmgate %.2fx nginx, %.2fx HAProxy; the floor %.2fx nginx; warmgate at %.0f%% of the floor\n", b, w / n, w / h, f / n, 100 * w / f }'
   done
+  awk -v n="${R[nginx.upload]}" -v h="${R[haproxy.upload]}" -v w="${R[warmgate.upload]}" \
+    'BEGIN { printf "64 KiB upload: warmgate %.2fx nginx, %.2fx HAProxy\n", w / n, w / h }'
   exit 0
 fi
 
@@ -269,6 +294,7 @@ cat <<TABLE
 | requests per proxy CPU-second, empty body | ${R[nginx.empty]} | $(cell haproxy empty) | $(cell warmgate empty) |
 | requests per proxy CPU-second, 4 KiB body | ${R[nginx.4k]} | $(cell haproxy 4k) | $(cell warmgate 4k) |
 | requests per proxy CPU-second, 64 KiB body | ${R[nginx.64k]} | $(cell haproxy 64k) | $(cell warmgate 64k) |
+| requests per proxy CPU-second, 64 KiB upload | ${R[nginx.upload]} | $(cell haproxy upload) | $(cell warmgate upload) |
 | h2c requests per proxy CPU-second | ${R[nginx.h2c]} | $(cell haproxy h2c) | $(cell warmgate h2c) |
 | RSS per idle keep-alive connection ($IDLE open), at rest | ${R[nginx.idle_b]} B | ${R[haproxy.idle_b]} B | ${R[warmgate.idle_b]} B |
 | the same after the load that follows (still open) | ${R[nginx.idle_b2]} B | ${R[haproxy.idle_b2]} B | ${R[warmgate.idle_b2]} B |
