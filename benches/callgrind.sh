@@ -12,6 +12,8 @@
 #   CACHE=1 benches/callgrind.sh        # and simulates the caches: data reads and writes that
 #                                       # miss the first level and the last, per request
 #   H2ONLY=1 benches/callgrind.sh       # only the h2c figure
+#   FLOOR=1 benches/callgrind.sh        # and the floor's (warmgate-loadtest floor: a relay
+#                                       # doing only the reads and writes, as benches/load.sh)
 #   ATOMICS=1 benches/callgrind.sh      # and counts the atomic read-modify-write instructions a
 #                                       # request executes (benches/atomics.py; needs objdump)
 #
@@ -34,6 +36,8 @@ warmgate_config 18182 1 18181 > "$work/forward.toml"
 wait_port 18181
 
 BIN=${BIN:-./target/release/warmgate}
+LOADTEST=${LOADTEST:-./target/release/warmgate-loadtest}
+if [ -n "${FLOOR:-}" ] && [ -z "${NO_BUILD:-}" ]; then cargo build --release --quiet -p warmgate-loadtest; fi
 
 # The load: wrk -t1 -c8 (or h2load -c16 -m10 for a name ending in h2c) on PORT for SECONDS;
 # prints the requests served.
@@ -45,13 +49,15 @@ load() { # name port seconds
 }
 
 # Prints the instructions per request of warmgate on CONFIG at PORT.
-measure() { # name config port
+measure() { # name config port (config "floor": the floor, warmgate-loadtest floor, on port)
   local out="$work/$1.callgrind"
   local sim=()
   [ -n "${CACHE:-}" ] && sim=(--cache-sim=yes)
   [ -n "${ATOMICS:-}" ] && sim+=(--dump-instr=yes)
+  local cmd=("$BIN" run "$2")
+  [ "$2" = floor ] && cmd=("$LOADTEST" floor --listen "127.0.0.1:$3" --upstream 127.0.0.1:18181)
   valgrind --tool=callgrind "${sim[@]}" --instr-atstart=no --callgrind-out-file="$out" \
-    "$BIN" run "$2" 2>"$work/$1.valgrind" & local pid=$!
+    "${cmd[@]}" 2>"$work/$1.valgrind" & local pid=$!
   pids+=("$pid")
   # Under valgrind the start takes seconds.
   for _ in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/"$3") 2>/dev/null && break; sleep 0.1; done
@@ -78,4 +84,5 @@ measure() { # name config port
 }
 [ -n "${H2ONLY:-}" ] || measure forward "$work/forward.toml" 18182
 [ -n "${H2ONLY:-}" ] || measure reject "$work/reject.toml" 18183
+[ -n "${H2ONLY:-}" ] || [ -z "${FLOOR:-}" ] || measure floor floor 18184
 measure h2c "$work/forward.toml" 18182
