@@ -72,6 +72,25 @@ pub async fn instance(up: &Upstream, redis: u16, name: &str) -> (Proxy, tempfile
     .await
 }
 
+/// [`instance`] without the per-client cap (`gate.per_client_share = 1.0`), for a test about
+/// something else. With the default share (0.5) a client's cap is one slot under a limit of two
+/// or less; a client whose next request arrives while its last is still counted (its slot is
+/// released just after the response's last write, and a loaded machine can pause the thread in
+/// between) is then refused as over its share.
+pub async fn instance_uncapped(
+    up: &Upstream,
+    redis: u16,
+    name: &str,
+) -> (Proxy, tempfile::TempDir) {
+    let cfg = config_with(
+        &up.addr.to_string(),
+        redis,
+        name,
+        "[gate]\nper_client_share = 1.0",
+    );
+    proxy_from_file(&cfg, &[("tokens", TOKEN)]).await
+}
+
 /// `n` clients sending to `p` back to back until `stop`; (200s, anything else).
 pub fn load(
     p: &Proxy,
