@@ -102,7 +102,8 @@ async fn the_store_killed_under_traffic_fails_no_request_and_the_fleet_rejoins()
     let mut redis = redis::start(port);
     let backend = knee_backend(16, Duration::from_millis(20)).await;
     // What is checked is the store's part. One run in CI saw two `429 client_limit` here: the
-    // per-client cap's business, not the store's (see `instance_uncapped`).
+    // per-client cap's business (see `instance_uncapped`); when the limit fell that low was
+    // not pinned down.
     let (a, _da) = instance_uncapped(&backend.up, port, "a").await;
     let (b, _db) = instance_uncapped(&backend.up, port, "b").await;
     let stop = Arc::new(AtomicU64::new(0));

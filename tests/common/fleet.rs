@@ -73,11 +73,10 @@ pub async fn instance(up: &Upstream, redis: u16, name: &str) -> (Proxy, tempfile
 }
 
 /// [`instance`] without the per-client cap (`gate.per_client_share = 1.0`), for a test about
-/// something else. An instance (re)joining the fleet takes one request at a time until the
-/// fleet is known; with the default share (0.5) a client's cap is then one slot, and a client
-/// whose next request arrives while its last is still counted (its slot is released just after
-/// the response's last write, and a loaded machine can pause the thread in between) is refused
-/// as over its share.
+/// something else. With the default share (0.5) a client's cap is one slot whenever the limit
+/// is two or less, and a client whose next request arrives while its last is still counted
+/// (its slot is released just after the response's last write, and a loaded machine can pause
+/// the thread in between) is then refused as over its share.
 pub async fn instance_uncapped(
     up: &Upstream,
     redis: u16,
