@@ -4,7 +4,6 @@
 //! and the response body relayed chunk by chunk. The upstream connection goes back to its
 //! endpoint's pool once the response has ended cleanly.
 
-use std::io::ErrorKind;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -14,7 +13,7 @@ use super::buffers::{self, Buf};
 use super::chunked::Chunked;
 use super::head::{Framing, Head, View};
 use super::io::{
-    push, read_by, read_now, send_all, try_send, writable_within, write_all, IoFail, Lazy,
+    read_by, read_else_push, send_all, try_send, writable_within, write_all, IoFail, Lazy,
 };
 use super::response::{self, BodyKind};
 use super::write::{self, Upstream};
@@ -470,18 +469,7 @@ async fn relay_request_body(
         }
         let deadline = Instant::now() + server.client_body_timeout;
         let room = b.room(buffers::CLIENT);
-        let got = match read_now(client, room) {
-            Ok(n) => Ok(n),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
-                // Nothing followed after all: what was held back goes now, not after the wait.
-                if std::mem::take(&mut held_back) {
-                    push(upstream);
-                }
-                read_by(client, room, deadline, timer).await
-            }
-            Err(e) => Err(IoFail::Io(e)),
-        };
-        match got {
+        match read_else_push((client, upstream), room, &mut held_back, deadline, timer).await {
             Ok(0) => return Err(Fail::Client(ProxyError::ClientBody)),
             Ok(n) => b.filled(n),
             Err(IoFail::Timeout) => return Err(Fail::Client(ProxyError::ClientTimeout)),
@@ -596,19 +584,8 @@ impl Relay<'_> {
                 ubuf.lend_large();
             }
             let room = ubuf.room(buffers::UPSTREAM);
-            let got = match read_now(self.upstream, room) {
-                Ok(n) => Ok(n),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
-                    // Nothing followed after all: what was held back goes now, not after
-                    // the wait.
-                    if std::mem::take(&mut held_back) {
-                        push(self.client);
-                    }
-                    read_by(self.upstream, room, deadline, timer).await
-                }
-                Err(e) => Err(IoFail::Io(e)),
-            };
-            match got {
+            let ends = (self.upstream, self.client);
+            match read_else_push(ends, room, &mut held_back, deadline, timer).await {
                 Ok(0) if body == BodyKind::Close => {
                     out.extend_from_slice(b"0\r\n\r\n");
                     ended = true;

@@ -69,6 +69,33 @@ pub async fn read_by(
     }
 }
 
+/// [`read_by`] from `src`, relaying to `dst`: when `src` has nothing yet, what writes to `dst`
+/// flagged `MSG_MORE` held back (`held_back`, then cleared) is pushed out first, not after the
+/// wait.
+pub async fn read_else_push(
+    (src, dst): (&TcpStream, &TcpStream),
+    room: &mut [u8],
+    held_back: &mut bool,
+    deadline: Instant,
+    timer: &mut Lazy,
+) -> Result<usize, IoFail> {
+    match read_now(src, room) {
+        Ok(n) => Ok(n),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) =>
+        {
+            if std::mem::take(held_back) {
+                push(dst);
+            }
+            read_by(src, room, deadline, timer).await
+        }
+        Err(e) => Err(IoFail::Io(e)),
+    }
+}
+
 /// `try_write`, or with `more` a send flagged `MSG_MORE`: more bytes follow at once, so the
 /// kernel holds a partial segment back to fill it with them (as HAProxy sends a body it is
 /// still reading). A body of four buffers leaves as one or two segments, not four, and the
