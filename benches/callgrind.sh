@@ -14,6 +14,8 @@
 #   H2ONLY=1 benches/callgrind.sh       # only the h2c figure
 #   FLOOR=1 benches/callgrind.sh        # and the floor's (warmgate-loadtest floor: a relay
 #                                       # doing only the reads and writes, as benches/load.sh)
+#   PEERS=1 benches/callgrind.sh        # and nginx's and HAProxy's, as benches/load.sh runs
+#                                       # them (one worker), forward and h2c
 #   ATOMICS=1 benches/callgrind.sh      # and counts the atomic read-modify-write instructions a
 #                                       # request executes (benches/atomics.py; needs objdump)
 #
@@ -35,6 +37,13 @@ warmgate_config 18182 1 18181 > "$work/forward.toml"
   printf '[[feature]]\nname = "default"\npriority = "normal"\nstate = "off"\n'; } > "$work/reject.toml"
 wait_port 18181
 
+if [ -n "${PEERS:-}" ]; then
+  HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+  [ -x "$HAPROXY" ] || { echo "callgrind.sh PEERS=1 needs haproxy" >&2; exit 1; }
+  nginx_proxy_config 18185 18186 18181 > "$work/nginx-proxy.conf"
+  haproxy_config 18187 18188 18181 > "$work/haproxy.cfg"
+fi
+
 BIN=${BIN:-./target/release/warmgate}
 LOADTEST=${LOADTEST:-./target/release/warmgate-loadtest}
 if [ -n "${FLOOR:-}" ] && [ -z "${NO_BUILD:-}" ]; then cargo build --release --quiet -p warmgate-loadtest; fi
@@ -49,13 +58,19 @@ load() { # name port seconds
 }
 
 # Prints the instructions per request of warmgate on CONFIG at PORT.
-measure() { # name config port (config "floor": the floor, warmgate-loadtest floor, on port)
+# CONFIG "floor": the floor (warmgate-loadtest floor) on PORT; "nginx", "haproxy": that peer,
+# listening on PORT among others.
+measure() { # name config port
   local out="$work/$1.callgrind"
   local sim=()
   [ -n "${CACHE:-}" ] && sim=(--cache-sim=yes)
   [ -n "${ATOMICS:-}" ] && sim+=(--dump-instr=yes)
   local cmd=("$BIN" run "$2")
-  [ "$2" = floor ] && cmd=("$LOADTEST" floor --listen "127.0.0.1:$3" --upstream 127.0.0.1:18181)
+  case "$2" in
+    floor) cmd=("$LOADTEST" floor --listen "127.0.0.1:$3" --upstream 127.0.0.1:18181) ;;
+    nginx) cmd=("$NGINX" -c "$work/nginx-proxy.conf" -p "$work") ;;
+    haproxy) cmd=("$HAPROXY" -db -f "$work/haproxy.cfg") ;;
+  esac
   valgrind --tool=callgrind "${sim[@]}" --instr-atstart=no --callgrind-out-file="$out" \
     "${cmd[@]}" 2>"$work/$1.valgrind" & local pid=$!
   pids+=("$pid")
@@ -86,3 +101,9 @@ measure() { # name config port (config "floor": the floor, warmgate-loadtest flo
 [ -n "${H2ONLY:-}" ] || measure reject "$work/reject.toml" 18183
 [ -n "${H2ONLY:-}" ] || [ -z "${FLOOR:-}" ] || measure floor floor 18184
 measure h2c "$work/forward.toml" 18182
+if [ -n "${PEERS:-}" ]; then
+  [ -n "${H2ONLY:-}" ] || measure nginx-forward nginx 18185
+  measure nginx-h2c nginx 18186
+  [ -n "${H2ONLY:-}" ] || measure haproxy-forward haproxy 18187
+  measure haproxy-h2c haproxy 18188
+fi

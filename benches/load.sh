@@ -46,36 +46,8 @@ done
 static_upstream 18081
 body_files
 
-cat > "$work/nginx-proxy.conf" <<CONF
-daemon off; master_process off; worker_processes 1; error_log $work/px.log; pid $work/px.pid;
-worker_rlimit_nofile 20000;
-events { worker_connections 19000; }
-http { $http_common keepalive_requests 1000000; keepalive_timeout 75s;
-  upstream backend { server 127.0.0.1:18081; keepalive 128; }
-  server { listen 127.0.0.1:18082; listen 127.0.0.1:18092 http2;
-    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; proxy_buffering on;
-      client_body_buffer_size 128k; } } }
-CONF
-cat > "$work/haproxy.cfg" <<CONF
-global
-  nbthread 1
-  maxconn 9500
-defaults
-  mode http
-  option forwardfor
-  http-reuse always
-  timeout connect 5s
-  timeout client 75s
-  timeout server 30s
-  timeout http-keep-alive 75s
-frontend f
-  bind 127.0.0.1:18085
-  bind 127.0.0.1:18095 proto h2
-  default_backend b
-backend b
-  server s1 127.0.0.1:18081
-CONF
+nginx_proxy_config 18082 18092 18081 > "$work/nginx-proxy.conf"
+haproxy_config 18085 18095 18081 > "$work/haproxy.cfg"
 wg_config() { warmgate_config "$1" "$2" 18081; }
 wg_config 18083 1 > "$work/warmgate.toml"
 wg_config 18086 2 > "$work/warmgate-2.toml"
