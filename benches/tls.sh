@@ -5,8 +5,9 @@
 #   benches/tls.sh            # needs nginx, wrk and openssl
 #
 # Reports, per proxy CPU-second: handshakes (a new TLS connection for every request; wrk resumes
-# sessions, and both servers offer resumption by default) and requests over kept-alive TLS
-# connections, and the ratios warmgate / nginx. Everything listens
+# sessions, and both servers offer resumption by default), requests over kept-alive TLS
+# connections, and 64 KiB uploads over them (POST /upload, the upstream answers 204; nginx keeps
+# the body in memory, `client_body_buffer_size 128k`), and the ratios warmgate / nginx. Everything listens
 # on 127.0.0.1 and is stopped (by PID) at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +31,7 @@ http { $http_common keepalive_requests 100000;
     ssl_certificate $work/cert.pem; ssl_certificate_key $work/key.pem;
     ssl_protocols TLSv1.2 TLSv1.3;
     location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } } }
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; client_body_buffer_size 128k; } } }
 CONF
 cat > "$work/warmgate.toml" <<CONF
 listen = "127.0.0.1:18093"
@@ -79,3 +80,12 @@ compare() { # title conns extra-wrk-args...
 
 compare "handshakes (a new TLS connection per request, wrk -c16)" 16 -H "Connection: close"
 compare "requests over kept-alive TLS connections (wrk -c$CONNS)" "$CONNS"
+head -c 65536 /dev/zero | tr '\0' 'u' > "$work/upload.bin"
+cat > "$work/upload.lua" <<LUA
+local f = io.open("$work/upload.bin", "rb")
+wrk.method = "POST"
+wrk.path = "/upload"
+wrk.body = f:read("*a")
+f:close()
+LUA
+compare "64 KiB uploads over kept-alive TLS connections (wrk -c$CONNS)" "$CONNS" -s "$work/upload.lua"
