@@ -267,6 +267,95 @@ async fn a_body_is_never_sent_on_a_connection_the_upstream_closed_while_idle() {
     p.stop().await;
 }
 
+/// Reads one request (head and `Content-Length` body) off `s` into `buf`; its request line.
+async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..i]).into_owned();
+            let len = head
+                .lines()
+                .filter_map(|l| l.split_once(':'))
+                .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                .map_or(0, |(_, v)| v.trim().parse::<usize>().unwrap());
+            if buf.len() >= i + 4 + len {
+                buf.drain(..i + 4 + len);
+                return head.lines().next().map(str::to_owned);
+            }
+        }
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+        }
+    }
+}
+
+/// An upstream that answers the first request on each connection, then reads the second whole
+/// and closes without answering it; the request lines it read, in order.
+async fn answers_once_then_closes() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&log);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let Some(first) = read_request(&mut s, &mut buf).await else {
+                    return;
+                };
+                seen.lock().unwrap().push(first);
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                if let Some(second) = read_request(&mut s, &mut buf).await {
+                    seen.lock().unwrap().push(second);
+                }
+            });
+        }
+    });
+    (addr, log)
+}
+
+/// A pooled connection the upstream closes after reading the request, without an answer: a GET
+/// is sent again on a new connection; a POST is not (the upstream may have acted on it), and
+/// the client gets a 502. On both HTTP/1 servers (a POST with its body in the first write on
+/// ours, an empty POST on the bare connections of the general one).
+#[tokio::test]
+async fn a_post_is_never_sent_twice_when_its_pooled_connection_closes_unanswered() {
+    for (http1, post) in [
+        (
+            "warmgate",
+            "POST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+        ),
+        (
+            "hyper",
+            "POST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        ),
+    ] {
+        let (up, log) = answers_once_then_closes().await;
+        let p = proxy(&config(&up.to_string(), http1)).await;
+        let get =
+            |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        // The first request on a connection: answered, the connection pooled.
+        let a = send(p.addr, get("/a").as_bytes()).await;
+        assert!(a.starts_with("HTTP/1.1 200"), "{http1}: {a}");
+        // On the pooled connection, closed unanswered: sent again on a new one.
+        let b = send(p.addr, get("/b").as_bytes()).await;
+        assert!(b.starts_with("HTTP/1.1 200"), "{http1}: {b}");
+        // On that new connection, pooled after its answer, closed unanswered: not sent again.
+        let c = send(p.addr, post.as_bytes()).await;
+        assert!(c.starts_with("HTTP/1.1 502"), "{http1}: {c}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let log = log.lock().unwrap().clone();
+        let count = |line: &str| log.iter().filter(|l| *l == line).count();
+        assert_eq!(count("GET /b HTTP/1.1"), 2, "{http1}: {log:?}");
+        assert_eq!(count("POST /c HTTP/1.1"), 1, "{http1}: {log:?}");
+        p.stop().await;
+    }
+}
+
 /// A body the upstream sends in bursts that fill the proxy's read buffer: each burst is sent
 /// on as followed by more (`MSG_MORE`), and when nothing follows yet it goes out at once, not
 /// when the kernel's hold on a partial segment runs out (200 ms).

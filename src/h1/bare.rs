@@ -26,7 +26,7 @@ use super::write::{self, Fields, Framing, Kind, Spans, Upstream};
 use crate::proxy::body::BoxError;
 use crate::proxy::headers;
 use crate::runtime::Cluster;
-use crate::upstream::pool::{millis, IdlePool, SendError};
+use crate::upstream::pool::{millis, still_open, IdlePool, SendError};
 use crate::upstream::EndpointGuard;
 
 /// Sends the request (its head as the client sent it: the forwarding fields are written
@@ -41,7 +41,16 @@ pub(crate) async fn send(
     let mut ub = buffers::take_for_stream();
     request_head(&mut ub.out, req, up);
     let is_head = req.method == Method::HEAD;
-    match exchange(cluster, ep, &mut ub, is_head, (now_ms, deadline)).await {
+    let resendable = req.method.is_idempotent();
+    match exchange(
+        cluster,
+        ep,
+        &mut ub,
+        (is_head, resendable),
+        (now_ms, deadline),
+    )
+    .await
+    {
         Ok((stream, timer, r)) => match response_parts(&ub, &r) {
             Ok(parts) => {
                 ub.consume(r.len);
@@ -64,22 +73,27 @@ pub(crate) async fn send(
 
 /// Writes `ub.out` and reads the response head into `ub` by `deadline` (timed by the
 /// connection's own timer, kept with it in the pool). A pooled connection found closed before
-/// any answer is replaced by a new one once (the request has no body: it can be sent again).
+/// any answer is replaced by a new one once when the request is `resendable` (it has no body
+/// and is idempotent); otherwise the connection is checked before the request goes out on it,
+/// and the request is not sent again (the upstream may have acted on it before it closed).
 async fn exchange(
     cluster: &Cluster,
     ep: &EndpointGuard,
     ub: &mut Buf,
-    is_head: bool,
+    (is_head, resendable): (bool, bool),
     (now_ms, deadline): (u64, Instant),
 ) -> Result<(TcpStream, Lazy, response::Response), SendError> {
     let up = &cluster.config.upstream;
     let pool = &ep.endpoint.pool;
+    let max_idle_ms = millis(up.pool_idle_timeout);
     let mut fresh_only = false;
     loop {
         let pooled = if fresh_only {
             None
+        } else if resendable {
+            pool.take_raw(now_ms, max_idle_ms)
         } else {
-            pool.take_raw(now_ms, millis(up.pool_idle_timeout))
+            std::iter::from_fn(|| pool.take_raw(now_ms, max_idle_ms)).find(|(s, _)| still_open(s))
         };
         let reused = pooled.is_some();
         let (stream, mut timer) = match pooled {
@@ -92,7 +106,7 @@ async fn exchange(
             ),
         };
         if let Err(e) = write_all(&stream, &ub.out, up.response_header_timeout).await {
-            if reused {
+            if reused && resendable {
                 fresh_only = true;
                 continue;
             }
@@ -104,7 +118,7 @@ async fn exchange(
         match read_head(&stream, ub, is_head, deadline, &mut timer).await {
             Ok(r) => return Ok((stream, timer, r)),
             Err(Head::Timeout) => return Err(SendError::Timeout),
-            Err(_) if reused && ub.is_empty() => {
+            Err(_) if reused && resendable && ub.is_empty() => {
                 fresh_only = true;
                 ub.consume(usize::MAX);
             }

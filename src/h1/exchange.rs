@@ -220,8 +220,8 @@ fn done(status: u16, relayed: bool, keep: bool) -> Forwarded {
 /// Sends the head and body, and waits for the response head (1xx skipped). Returns the
 /// connection, when the body was sent in full (from the start), and the response head at
 /// the front of `ubuf`. A pooled connection found closed before any answer is replaced by a
-/// new one once when the whole request was in the first write; otherwise it is checked before
-/// the request goes out on it.
+/// new one once when the request is idempotent and was whole in the first write; otherwise it
+/// is checked before the request goes out on it, and the request is not sent again.
 #[allow(clippy::too_many_arguments)]
 async fn send(
     client: &TcpStream,
@@ -235,9 +235,11 @@ async fn send(
     let up = &req.cluster.config.upstream;
     let pool = &req.ep.endpoint.pool;
     let max_idle_ms = millis(up.pool_idle_timeout);
-    // Everything to send is in the first write (the head, and the body if it came with it):
-    // it can be sent again.
-    let resendable = body.done();
+    // Everything to send is in the first write (the head, and the body if it came with it),
+    // and sending it twice means what sending it once does: it can be sent again. A POST or
+    // a PATCH is never sent twice (RFC 9110 §9.2.2): the upstream may have acted on it before
+    // it closed.
+    let resendable = body.done() && req.head.method.is_idempotent();
     let mut fresh_only = false;
     loop {
         let pooled = if fresh_only {
@@ -246,9 +248,9 @@ async fn send(
             // Sent again on a new connection if this one turns out closed.
             pool.take_raw(now_ms, max_idle_ms)
         } else {
-            // A body still streaming from the client cannot be sent twice: the connection is
-            // checked first (an upstream that closed it while idle has left its end of stream
-            // to read).
+            // A body still streaming from the client cannot be sent twice, nor can a request
+            // that is not idempotent: the connection is checked first (an upstream that closed
+            // it while idle has left its end of stream to read).
             std::iter::from_fn(|| pool.take_raw(now_ms, max_idle_ms)).find(|(s, _)| still_open(s))
         };
         let reused = pooled.is_some();
