@@ -1,5 +1,6 @@
-//! Each cluster finds its own backend's knee. Alone in its test binary: the limits it measures
-//! are latency-driven, and tests running beside it on the same cores would move them.
+//! Each cluster finds its own backend's knee. In a test binary of their own, and run one at a
+//! time (`ONE_AT_A_TIME`): the limits they measure are latency-driven, and load running beside
+//! them on the same cores would move them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -11,8 +12,12 @@ use std::time::Duration;
 use common::clusters::*;
 use common::*;
 
+/// Held by each test for its whole run: the test harness would otherwise run them side by side.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_cluster_finds_its_own_backends_knee() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     // 100 ms a request: scheduling noise on a busy machine is small beside it.
     let auth = knee_upstream(4, Duration::from_millis(100)).await;
     let feed = knee_upstream(32, Duration::from_millis(100)).await;
@@ -38,20 +43,24 @@ async fn each_cluster_finds_its_own_backends_knee() {
     for c in clients {
         ok += c.await.map_or(0, |(ok, _)| ok);
     }
+    eprintln!("limits (auth, feed) over seconds 4..6: {samples:?}");
     let auth_max = samples.iter().map(|s| s.0).max().unwrap();
-    let feed_max = samples.iter().map(|s| s.1).max().unwrap();
+    let feed_mean = samples.iter().map(|s| s.1 as f64).sum::<f64>() / samples.len() as f64;
     assert!(ok > 0);
     // Each near its own knee: the sharp backend is never pushed far past its 4, and the wide
     // one is not held to it. (Alone on this machine the means are auth 4.25-4.65 and feed
     // 35.6-36.4, within 25 % of 4 and 32; a busy machine's noise reads as queueing and only
-    // lowers them for a while, which the bounds here allow.)
+    // lowers them for a while, which the bounds here allow. The feed limit swings by a third
+    // around its knee as it probes, 27 to 44 within two seconds, so its mean is what is
+    // bounded.)
     assert!((2..=6).contains(&auth_max), "auth: {samples:?}");
-    assert!((24..=44).contains(&feed_max), "feed: {samples:?}");
+    assert!((24.0..=44.0).contains(&feed_mean), "feed: {samples:?}");
     p.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saturated_feed_cluster_leaves_logins_as_they_were() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     // A slow feed backend: with one limit for both, its second-long requests would hold the
     // slots logins need and drag the latency the limit steers on.
     let auth = knee_upstream(4, Duration::from_millis(100)).await;
