@@ -22,6 +22,8 @@
 #                              # a request split into user and system
 #   ONLY=h2c benches/load.sh   # only the h2c figure, the proxies alternated ROUNDS times, with
 #                              # the CPU time a request split into user and system
+#   H2POST=512 ONLY=h2c ...    # the h2c figure for POSTs of that many bytes to /upload instead
+#                              # (the upstream reads the body and answers 204)
 #   BEFORE=path/to/warmgate    # and another build of warmgate beside this one ("before")
 #   BIN=path/to/warmgate       # measure that build as warmgate (the PGO one: scripts/pgo.sh)
 # Everything listens on 127.0.0.1 and is stopped (by PID) at the end.
@@ -113,12 +115,18 @@ h1_split() { # name path [wrk args...]
   awk -v r="$reqs" -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v hz="$hz" \
     'BEGIN { printf "%.0f %.2f %.2f\n", r / ((u + s) / hz), u / hz / r * 1e6, s / hz / r * 1e6 }'
 }
-# The same over h2c prior knowledge: 16 connections, 10 streams each.
+# The same over h2c prior knowledge: 16 connections, 10 streams each; GETs of /empty, or with
+# H2POST=N, POSTs of N bytes to /upload.
+H2PATH=/empty; H2ARGS=()
+if [ -n "${H2POST:-}" ]; then
+  head -c "$H2POST" /dev/zero | tr '\0' 'p' > "$work/h2post.bin"
+  H2PATH=/upload; H2ARGS=(-d "$work/h2post.bin")
+fi
 h2_eff() { # name
   local port=${H2PORT[$1]} pid=${PID[$1]} before after reqs
-  taskset -c "$LOAD_CPU" h2load -c16 -m10 -D 2 "http://127.0.0.1:$port/empty" >/dev/null
+  taskset -c "$LOAD_CPU" h2load -c16 -m10 -D 2 "${H2ARGS[@]}" "http://127.0.0.1:$port$H2PATH" >/dev/null
   before=$(cpu_ticks "$pid")
-  reqs=$(taskset -c "$LOAD_CPU" h2load -c16 -m10 -D "$DUR" "http://127.0.0.1:$port/empty" |
+  reqs=$(taskset -c "$LOAD_CPU" h2load -c16 -m10 -D "$DUR" "${H2ARGS[@]}" "http://127.0.0.1:$port$H2PATH" |
     awk '/^requests:/ {print $8}')
   after=$(cpu_ticks "$pid")
   per_cpu_s "$reqs" $((after - before))
@@ -126,9 +134,9 @@ h2_eff() { # name
 # The same, as "requests/CPU-s user-µs/request system-µs/request": where the CPU went.
 h2_split() { # name
   local port=${H2PORT[$1]} pid=${PID[$1]} u0 s0 u1 s1 reqs
-  taskset -c "$LOAD_CPU" h2load -c16 -m10 -D 2 "http://127.0.0.1:$port/empty" >/dev/null
+  taskset -c "$LOAD_CPU" h2load -c16 -m10 -D 2 "${H2ARGS[@]}" "http://127.0.0.1:$port$H2PATH" >/dev/null
   read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
-  reqs=$(taskset -c "$LOAD_CPU" h2load -c16 -m10 -D "$DUR" "http://127.0.0.1:$port/empty" |
+  reqs=$(taskset -c "$LOAD_CPU" h2load -c16 -m10 -D "$DUR" "${H2ARGS[@]}" "http://127.0.0.1:$port$H2PATH" |
     awk '/^requests:/ {print $8}')
   read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
   awk -v r="$reqs" -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v hz="$hz" \
@@ -151,7 +159,7 @@ row() { # key -> median of ROUNDS runs of the command after it
 }
 
 if [ "${ONLY:-}" = h2c ]; then
-  echo "== h2c: h2load -c16 -m10, ${DUR}s, proxies alternated $ROUNDS times" >&2
+  echo "== h2c: h2load -c16 -m10 ${H2ARGS[*]} $H2PATH, ${DUR}s, proxies alternated $ROUNDS times" >&2
   for _ in $(seq "$ROUNDS"); do
     for p in "${PEERS[@]}"; do
       read -r v u s < <(h2_split "$p")

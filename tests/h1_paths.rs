@@ -356,6 +356,69 @@ async fn a_post_is_never_sent_twice_when_its_pooled_connection_closes_unanswered
     }
 }
 
+/// On hyper's server, a small body of a declared length is read in full before the request
+/// goes upstream (head and body in one write): a client that pauses mid-body costs the upstream
+/// nothing, and one that stops gets a 408 without the upstream hearing of it.
+#[tokio::test]
+async fn on_hypers_server_a_small_body_is_read_whole_before_the_upstream_hears_of_it() {
+    let heard = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    let h = Arc::clone(&heard);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let h = Arc::clone(&h);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => {
+                            h.fetch_add(k, std::sync::atomic::Ordering::SeqCst);
+                            buf.extend_from_slice(&chunk[..k]);
+                        }
+                    }
+                    if buf.ends_with(b"\r\n\r\nhelloworld") {
+                        let text = String::from_utf8_lossy(&buf).to_lowercase();
+                        let cl = text.contains("content-length: 10\r\n");
+                        let answer = if cl {
+                            "HTTP/1.1 200 OK"
+                        } else {
+                            "HTTP/1.1 500 No"
+                        };
+                        let answer = format!("{answer}\r\ncontent-length: 0\r\n\r\n");
+                        let _ = s.write_all(answer.as_bytes()).await;
+                        buf.clear();
+                    }
+                }
+            });
+        }
+    });
+    let p = proxy(&config(&up.to_string(), "hyper")).await;
+    let head = "POST /f HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\n";
+    // Half the body, a pause shorter than the body timeout (300 ms), the rest.
+    let mut c = TcpStream::connect(p.addr).await.unwrap();
+    c.write_all(format!("{head}hello").as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(heard.load(std::sync::atomic::Ordering::SeqCst), 0);
+    c.write_all(b"world").await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(2), c.read_to_end(&mut answer)).await;
+    assert!(read.is_ok());
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let whole = heard.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(whole > 10);
+    // Half the body, then nothing: a 408 once the body timeout passes, and nothing upstream.
+    let stalled = send(p.addr, format!("{head}hello").as_bytes()).await;
+    assert!(stalled.starts_with("HTTP/1.1 408"), "{stalled}");
+    assert_eq!(heard.load(std::sync::atomic::Ordering::SeqCst), whole);
+    p.stop().await;
+}
+
 /// A body the upstream sends in bursts that fill the proxy's read buffer: each burst is sent
 /// on as followed by more (`MSG_MORE`), and when nothing follows yet it goes out at once, not
 /// when the kernel's hold on a partial segment runs out (200 ms).

@@ -107,6 +107,33 @@ async fn h2c_round_trip() {
     p.stop().await;
 }
 
+/// h2c uploads on both sides of the size read in full before sending (16 KiB): each reaches the
+/// upstream whole, with its length.
+#[tokio::test]
+async fn h2c_uploads_reach_the_upstream_whole_with_their_length() {
+    let up = upstream(Arc::new(|req| {
+        Box::pin(async move {
+            let cl = req.headers().get("content-length").cloned();
+            let te = req.headers().get("transfer-encoding").cloned();
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            Response::new(full(format!("{cl:?} {te:?} {}", body.len())))
+        })
+    }))
+    .await;
+    let p = proxy(&open_config(&format!("\"{}\"", up.addr), "")).await;
+    for n in [5, 16 * 1024, 16 * 1024 + 1, 100_000] {
+        let body = full(vec![b'x'; n]);
+        let (resp, got) = send(&h2(), "POST", &p.url("/up"), &[], body).await;
+        assert_eq!(resp.status(), 200, "{n}");
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            format!("Some({:?}) None {n}", n.to_string()),
+            "{n}"
+        );
+    }
+    p.stop().await;
+}
+
 #[tokio::test]
 async fn h2c_to_the_upstream() {
     let up = echo_headers().await;

@@ -1,11 +1,13 @@
 //! A request that came through hyper's server (an HTTP/2 stream, a TLS client) with no body,
-//! sent upstream on the HTTP/1.1 path's bare connections instead of hyper's client: its head
-//! written from the header map in one pass, the response head parsed with `httparse`, and the
+//! or with a small one read in full first, sent upstream on the HTTP/1.1 path's bare
+//! connections instead of hyper's client: its head written from the header map in one pass
+//! (the body after it, in the same write), the response head parsed with `httparse`, and the
 //! body read by [`BareBody`] straight from the connection, which goes back to the endpoint's
 //! pool once the body has ended cleanly. No connection task, channel or codec per exchange.
 //!
-//! Requests with a body, WebSocket upgrades and upstreams over TLS or h2c stay on hyper's
-//! client: they are rarer, and a streamed request body needs hyper's flow control.
+//! Requests with a larger body or one of no declared length, WebSocket upgrades and upstreams
+//! over TLS or h2c stay on hyper's client: they are rarer, and a streamed request body needs
+//! hyper's flow control.
 
 use std::io;
 use std::task::{Context, Poll};
@@ -30,16 +32,18 @@ use crate::upstream::pool::{millis, still_open, IdlePool, SendError};
 use crate::upstream::EndpointGuard;
 
 /// Sends the request (its head as the client sent it: the forwarding fields are written
-/// from `up` on the way out) and waits for the response head; the caller bounds the wait.
+/// from `up` on the way out; then `body`, whole) and waits for the response head; the caller
+/// bounds the wait.
 pub(crate) async fn send(
     cluster: &Cluster,
     ep: &EndpointGuard,
-    req: &http::request::Parts,
+    (req, body): (&http::request::Parts, &[u8]),
     up: &Upstream<'_>,
     (now_ms, deadline): (u64, Instant),
 ) -> Result<(http::response::Parts, BareBody), SendError> {
     let mut ub = buffers::take_for_stream();
-    request_head(&mut ub.out, req, up);
+    request_head(&mut ub.out, req, body.len(), up);
+    ub.out.extend_from_slice(body);
     let is_head = req.method == Method::HEAD;
     let resendable = req.method.is_idempotent();
     match exchange(
@@ -130,13 +134,13 @@ async fn exchange(
 /// The request head in HTTP/1.1 (origin form), with the rules of the HTTP/1.1 path
 /// ([`write::request_fields`]). An HTTP/2 request's `cookie` fields are joined into one (RFC
 /// 9113 §8.2.3); a method that usually has a body says it is empty.
-fn request_head(out: &mut Vec<u8>, req: &http::request::Parts, up: &Upstream<'_>) {
+fn request_head(out: &mut Vec<u8>, req: &http::request::Parts, len: usize, up: &Upstream<'_>) {
     out.clear();
     let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
     write::request_line(out, req.method.as_str().as_bytes(), target.as_bytes());
     let usually_has_body = matches!(req.method, Method::POST | Method::PUT | Method::PATCH);
-    let body = if usually_has_body {
-        Framing::Length(0)
+    let body = if len > 0 || usually_has_body {
+        Framing::Length(len as u64)
     } else {
         Framing::Keep
     };
@@ -453,6 +457,15 @@ mod tests {
     }
 
     fn head_with(p: &http::request::Parts, conn: &ConnHeaders, host: Option<&[u8]>) -> String {
+        head_of(p, 0, conn, host)
+    }
+
+    fn head_of(
+        p: &http::request::Parts,
+        len: usize,
+        conn: &ConnHeaders,
+        host: Option<&[u8]>,
+    ) -> String {
         let up = Upstream {
             conn,
             host,
@@ -461,7 +474,7 @@ mod tests {
             via: b"2 warmgate",
         };
         let mut out = Vec::new();
-        request_head(&mut out, p, &up);
+        request_head(&mut out, p, len, &up);
         String::from_utf8(out).unwrap()
     }
 
@@ -538,6 +551,23 @@ mod tests {
         assert_eq!(head(&p), want);
         let p = parts(Method::POST, "/form", &[("content-length", "0")]);
         assert_eq!(head(&p), want);
+    }
+
+    #[test]
+    fn a_body_read_in_full_goes_with_its_length_whatever_framing_the_client_used() {
+        let want = format!("PUT /doc HTTP/1.1\r\n{TAIL}content-length: 5\r\n\r\n");
+        for fields in [
+            &[][..],
+            &[("content-length", "5")][..],
+            &[("transfer-encoding", "chunked")][..],
+        ] {
+            let p = parts(Method::PUT, "/doc", fields);
+            assert_eq!(head_of(&p, 5, &conn(false), None), want, "{fields:?}");
+        }
+        // A method that usually has none says its length too when it has one.
+        let p = parts(Method::DELETE, "/doc", &[]);
+        let want = format!("DELETE /doc HTTP/1.1\r\n{TAIL}content-length: 2\r\n\r\n");
+        assert_eq!(head_of(&p, 2, &conn(false), None), want);
     }
 
     /// `raw` as if read from an upstream into a stream buffer, and its head parsed.

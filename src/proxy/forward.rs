@@ -25,7 +25,9 @@ use crate::metrics::Outcome;
 use crate::runtime::{Cluster, ClusterView, FeatureRt, Shared, Snapshot};
 use crate::signals::Cache;
 use crate::upstream::pool::{millis, Lease, SendError};
-use crate::upstream::request_body::{ClientBody, ClientBodyTimeout, SentAt};
+use crate::upstream::request_body::{
+    read_whole, ClientBody, ClientBodyTimeout, ReadFault, SentAt, READ_WHOLE_MAX,
+};
 use crate::upstream::EndpointGuard;
 
 static UPGRADE_TOKEN: HeaderValue = HeaderValue::from_static("upgrade");
@@ -44,16 +46,44 @@ pub(super) fn forward<'a>(
     feature: &'a FeatureRt,
 ) -> impl Future<Output = Response<ProxyBody>> + 'a {
     async move {
-        // Read now, not at arrival: a request that waited in line starts its clock here.
-        let now_ms = shared.clock.now_ms();
         let cfg = &cluster.config.upstream;
+        let server = &snap.compiled.config.server;
+        let h2c = cluster.client.h2c.as_ref();
+        let websocket = edge::wants_websocket(req.version(), req.headers());
+        // Where the request can go out on the bare connections of the HTTP/1.1 path (a
+        // cleartext HTTP/1.1 upstream, no upgrade), a small body of a declared length is read
+        // in full first, as nginx buffers one: it goes out with its head in one write, and no
+        // upstream connection waits on a slow client. A larger body streams through hyper's
+        // client.
+        let bare_upstream = h2c.is_none()
+            && !websocket
+            && cfg.tls.is_none()
+            && req.method() != http::Method::CONNECT;
+        let whole = match req.body().size_hint().exact() {
+            Some(n @ 1..=READ_WHOLE_MAX) if bare_upstream && !req.body().is_end_stream() => {
+                match read_whole(req.body_mut(), n as usize, server.client_body_timeout).await {
+                    Ok(b) => Some(b),
+                    Err(fault) => {
+                        tracing::debug!(?fault, "request body failed");
+                        return respond::error(match fault {
+                            ReadFault::Timeout => ProxyError::ClientTimeout,
+                            ReadFault::Failed => ProxyError::ClientBody,
+                        });
+                    }
+                }
+            }
+            _ => None,
+        };
+        // Read now, not at arrival: a request that waited in line (or for its body) starts its
+        // clock here.
+        let now_ms = shared.clock.now_ms();
         let endpoints = cluster.endpoints.load();
         let Some(ep) = endpoints.pick(now_ms, shared.rand()) else {
             feature.counters.inc(Outcome::UpstreamError);
             return respond::error(ProxyError::NoEndpoint);
         };
         // A WebSocket upgrade keeps its Upgrade and Connection headers (hop-by-hop otherwise).
-        let upgrade = edge::wants_websocket(req.version(), req.headers())
+        let upgrade = websocket
             .then(|| req.headers().get(UPGRADE).cloned())
             .flatten();
         if upgrade.is_some() && cfg.h2c {
@@ -63,18 +93,14 @@ pub(super) fn forward<'a>(
         }
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let client_version = req.version();
-        let h2c = cluster.client.h2c.as_ref();
-        // A request with no body to a cleartext HTTP/1.1 upstream goes out on the bare
-        // connections of the HTTP/1.1 path, its forwarding fields written on the way out; the
-        // rest on hyper's client, its header map rewritten first.
-        let bare = h2c.is_none()
-            && upgrade.is_none()
-            && cfg.tls.is_none()
-            && req.body().is_end_stream()
-            && req.method() != http::Method::CONNECT;
+        // A request with no body, or with its body read in full, to a cleartext HTTP/1.1
+        // upstream goes out on the bare connections of the HTTP/1.1 path, its forwarding
+        // fields written on the way out; the rest on hyper's client, its header map rewritten
+        // first.
+        let bare =
+            bare_upstream && upgrade.is_none() && (whole.is_some() || req.body().is_end_stream());
         let via = headers::via(req.version());
         let start = tokio::time::Instant::now();
-        let server = &snap.compiled.config.server;
         // The head is taken apart and put in `out` inside this block: its parts are not held
         // in this future beside `out` across the waits below.
         let (out, body_sent) = {
@@ -140,7 +166,8 @@ pub(super) fn forward<'a>(
                     via,
                 };
                 let deadline = start + cfg.response_header_timeout;
-                bare::send(cluster, &ep, parts, &up, (now_ms, deadline))
+                let body = whole.as_deref().unwrap_or_default();
+                bare::send(cluster, &ep, (parts, body), &up, (now_ms, deadline))
                     .await
                     .map(Answer::Bare)
             }
@@ -279,7 +306,7 @@ pub(super) fn forward<'a>(
 
 /// The request as it goes out.
 enum Outgoing {
-    /// No body: on a bare connection of the HTTP/1.1 path.
+    /// No body, or one read in full: on a bare connection of the HTTP/1.1 path.
     Bare(http::request::Parts),
     Hyper(Request<ClientBody>),
 }
