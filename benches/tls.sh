@@ -3,6 +3,8 @@
 # with one worker pinned to one CPU, in front of the same static nginx upstream, same run.
 #
 #   benches/tls.sh            # needs nginx, wrk and openssl
+#   UPLOAD=512 UPLOAD_ONLY=1 benches/tls.sh   # only the upload row, with bodies of that size
+#   BIN=path/to/warmgate      # measure that build
 #
 # Reports, per proxy CPU-second: handshakes (a new TLS connection for every request; wrk resumes
 # sessions, and both servers offer resumption by default), requests over kept-alive TLS
@@ -16,6 +18,8 @@ CONNS=${CONNS:-64}
 ROUNDS=${ROUNDS:-3}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
+UPLOAD=${UPLOAD:-65536}
+BIN=${BIN:-./target/release/warmgate}
 . "$(dirname "$0")/lib.sh"
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
@@ -48,7 +52,7 @@ CONF
 
 taskset -c "$LOAD_CPU" "$NGINX" -c "$work/upstream.conf" -p "$work" & pids+=($!)
 taskset -c "$PROXY_CPU" "$NGINX" -c "$work/nginx-tls.conf" -p "$work" & NGINX_PID=$!; pids+=($NGINX_PID)
-taskset -c "$PROXY_CPU" ./target/release/warmgate run --config "$work/warmgate.toml" & WG_PID=$!; pids+=($WG_PID)
+taskset -c "$PROXY_CPU" "$BIN" run --config "$work/warmgate.toml" & WG_PID=$!; pids+=($WG_PID)
 wait_port 18091 18092 18093
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -78,9 +82,11 @@ compare() { # title conns extra-wrk-args...
   awk -v t="$title" -v n="$nm" -v w="$wm" 'BEGIN { printf "median per CPU-s: nginx %.0f, warmgate %.0f, ratio warmgate/nginx %.2f\n", n, w, w / n }'
 }
 
-compare "handshakes (a new TLS connection per request, wrk -c16)" 16 -H "Connection: close"
-compare "requests over kept-alive TLS connections (wrk -c$CONNS)" "$CONNS"
-head -c 65536 /dev/zero | tr '\0' 'u' > "$work/upload.bin"
+if [ -z "${UPLOAD_ONLY:-}" ]; then
+  compare "handshakes (a new TLS connection per request, wrk -c16)" 16 -H "Connection: close"
+  compare "requests over kept-alive TLS connections (wrk -c$CONNS)" "$CONNS"
+fi
+head -c "$UPLOAD" /dev/zero | tr '\0' 'u' > "$work/upload.bin"
 cat > "$work/upload.lua" <<LUA
 local f = io.open("$work/upload.bin", "rb")
 wrk.method = "POST"
@@ -88,4 +94,4 @@ wrk.path = "/upload"
 wrk.body = f:read("*a")
 f:close()
 LUA
-compare "64 KiB uploads over kept-alive TLS connections (wrk -c$CONNS)" "$CONNS" -s "$work/upload.lua"
+compare "$UPLOAD-byte uploads over kept-alive TLS connections (wrk -c$CONNS)" "$CONNS" -s "$work/upload.lua"
