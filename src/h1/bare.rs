@@ -77,9 +77,10 @@ pub(crate) async fn send(
 
 /// Writes `ub.out` and reads the response head into `ub` by `deadline` (timed by the
 /// connection's own timer, kept with it in the pool). A pooled connection found closed before
-/// any answer is replaced by a new one once when the request is `resendable` (it has no body
-/// and is idempotent); otherwise the connection is checked before the request goes out on it,
-/// and the request is not sent again (the upstream may have acted on it before it closed).
+/// any answer is replaced by a new one once when the request is `resendable` (idempotent; its
+/// body, if any, is in `ub.out` with its head); otherwise the connection is checked before the
+/// request goes out on it, and the request is not sent again (the upstream may have acted on it
+/// before it closed).
 async fn exchange(
     cluster: &Cluster,
     ep: &EndpointGuard,
