@@ -223,48 +223,56 @@ where
 /// An upstream that answers each request on a connection and closes the connection 30 ms
 /// after, like a backend with a short keep-alive timeout; counts the requests it read.
 async fn short_keepalive() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicU32>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
     let n = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let count = Arc::clone(&n);
-    // One request (head and a 5-byte body at most), one answer, then a close.
-    let addr = raw_upstream(move |mut s| {
-        let count = Arc::clone(&count);
-        async move {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let _ = s
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                .await;
-            tokio::time::sleep(Duration::from_millis(30)).await;
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let count = Arc::clone(&count);
+            tokio::spawn(async move {
+                // One request (head and body), one answer, then a close.
+                if read_request(&mut s, &mut Vec::new()).await.is_none() {
+                    return;
+                }
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            });
         }
-    })
-    .await;
+    });
     (addr, n)
 }
 
+/// Each request finds the last one's pooled connection closed by the upstream, and its body
+/// comes after its head: a small one is read in full first, a larger one is still streaming
+/// when the connection is picked. Neither can be sent twice (a POST; a body being streamed), so
+/// the connection is checked first and none is sent on a closed one.
 #[tokio::test]
 async fn a_body_is_never_sent_on_a_connection_the_upstream_closed_while_idle() {
-    let (up, served) = short_keepalive().await;
-    let p = proxy(&config(&up.to_string(), "warmgate")).await;
-    for i in 0..10 {
-        // Each request finds the last one's pooled connection closed by the upstream. The body
-        // comes after the head, so it is still streaming when the connection is picked.
-        let mut s = TcpStream::connect(p.addr).await.unwrap();
-        s.write_all(
-            b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\n",
-        )
-        .await
-        .unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        s.write_all(b"hello").await.unwrap();
-        let mut got = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut got)).await;
-        let got = String::from_utf8_lossy(&got);
-        assert!(got.starts_with("HTTP/1.1 200"), "request {i}: {got}");
-        // Past the upstream's close, before the pool's sweep on the controller's tick.
-        tokio::time::sleep(Duration::from_millis(80)).await;
+    for (method, len) in [("POST", 5), ("PUT", 20_000)] {
+        let (up, served) = short_keepalive().await;
+        let p = proxy(&config(&up.to_string(), "warmgate")).await;
+        for i in 0..10 {
+            let mut s = TcpStream::connect(p.addr).await.unwrap();
+            let head = format!(
+                "{method} /x HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+            );
+            s.write_all(head.as_bytes()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            s.write_all(&vec![b'b'; len]).await.unwrap();
+            let mut got = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut got)).await;
+            let got = String::from_utf8_lossy(&got);
+            assert!(got.starts_with("HTTP/1.1 200"), "{method} {i}: {got}");
+            // Past the upstream's close, before the pool's sweep on the controller's tick.
+            tokio::time::sleep(Duration::from_millis(80)).await;
+        }
+        assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 10);
+        p.stop().await;
     }
-    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 10);
-    p.stop().await;
 }
 
 /// Reads one request (head and `Content-Length` body) off `s` into `buf`; its request line.
@@ -356,11 +364,9 @@ async fn a_post_is_never_sent_twice_when_its_pooled_connection_closes_unanswered
     }
 }
 
-/// On hyper's server, a small body of a declared length is read in full before the request
-/// goes upstream (head and body in one write): a client that pauses mid-body costs the upstream
-/// nothing, and one that stops gets a 408 without the upstream hearing of it.
-#[tokio::test]
-async fn on_hypers_server_a_small_body_is_read_whole_before_the_upstream_hears_of_it() {
+/// An upstream that answers `POST` bodies of `helloworld` sent with their length (200; 500
+/// without it); how many bytes it has heard, from the first.
+async fn hears_helloworld() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     let heard = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let up = l.local_addr().unwrap();
@@ -395,28 +401,40 @@ async fn on_hypers_server_a_small_body_is_read_whole_before_the_upstream_hears_o
             });
         }
     });
-    let p = proxy(&config(&up.to_string(), "hyper")).await;
-    let head = "POST /f HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\n";
-    // Half the body, a pause shorter than the body timeout (300 ms), the rest.
-    let mut c = TcpStream::connect(p.addr).await.unwrap();
-    c.write_all(format!("{head}hello").as_bytes())
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    assert_eq!(heard.load(std::sync::atomic::Ordering::SeqCst), 0);
-    c.write_all(b"world").await.unwrap();
-    let mut answer = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(2), c.read_to_end(&mut answer)).await;
-    assert!(read.is_ok());
-    let answer = String::from_utf8_lossy(&answer);
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    let whole = heard.load(std::sync::atomic::Ordering::SeqCst);
-    assert!(whole > 10);
-    // Half the body, then nothing: a 408 once the body timeout passes, and nothing upstream.
-    let stalled = send(p.addr, format!("{head}hello").as_bytes()).await;
-    assert!(stalled.starts_with("HTTP/1.1 408"), "{stalled}");
-    assert_eq!(heard.load(std::sync::atomic::Ordering::SeqCst), whole);
-    p.stop().await;
+    (up, heard)
+}
+
+/// On both HTTP/1 servers, a small body of a declared length is read in full before the
+/// request goes upstream (head and body in one write): a client that pauses mid-body costs the
+/// upstream nothing, and one that stops gets a 408 without the upstream hearing of it.
+#[tokio::test]
+async fn a_small_body_is_read_whole_before_the_upstream_hears_of_it() {
+    for http1 in ["warmgate", "hyper"] {
+        let (up, heard) = hears_helloworld().await;
+        let heard = || heard.load(std::sync::atomic::Ordering::SeqCst);
+        let p = proxy(&config(&up.to_string(), http1)).await;
+        let head = "POST /f HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\n";
+        // Half the body, a pause shorter than the body timeout (300 ms), the rest.
+        let mut c = TcpStream::connect(p.addr).await.unwrap();
+        c.write_all(format!("{head}hello").as_bytes())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(heard(), 0, "{http1}");
+        c.write_all(b"world").await.unwrap();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(2), c.read_to_end(&mut answer)).await;
+        assert!(read.is_ok(), "{http1}");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{http1}: {answer}");
+        let whole = heard();
+        assert!(whole > 10, "{http1}");
+        // Half the body, then nothing: a 408 once the body timeout passes, nothing upstream.
+        let stalled = send(p.addr, format!("{head}hello").as_bytes()).await;
+        assert!(stalled.starts_with("HTTP/1.1 408"), "{http1}: {stalled}");
+        assert_eq!(heard(), whole, "{http1}");
+        p.stop().await;
+    }
 }
 
 /// A body the upstream sends in bursts that fill the proxy's read buffer: each burst is sent

@@ -24,6 +24,7 @@ use crate::proxy::handler::ConnInfo;
 use crate::proxy::respond::ProxyError;
 use crate::runtime::Cluster;
 use crate::upstream::pool::{millis, still_open};
+use crate::upstream::request_body::READ_WHOLE_MAX;
 use crate::upstream::EndpointGuard;
 
 /// How a forwarded request ended, for the client connection.
@@ -106,6 +107,20 @@ pub(crate) async fn forward(
             close: true,
         };
     }
+    // A small body of a declared length still on its way is read in full first, as on hyper's
+    // server: it goes out with its head in one write, and no upstream connection waits on a
+    // client that pauses mid-body. The request's clock starts again once it is here.
+    let (start, now_ms) = if body.small_rest() {
+        if let Err(e) = read_rest(client, b, &mut body, req.server, timer).await {
+            return Forwarded::Failed {
+                err: e,
+                close: true,
+            };
+        }
+        (Instant::now(), now_ms + millis(start.elapsed()))
+    } else {
+        (start, now_ms)
+    };
     let mut ubuf = b.take_upstream();
     let result = send(
         client,
@@ -426,6 +441,12 @@ impl BodyLeft {
         Ok(n)
     }
 
+    /// Whether the rest of a body of a declared length, at most [`READ_WHOLE_MAX`], is still
+    /// to come.
+    fn small_rest(&self) -> bool {
+        matches!(self.framing, Framing::Length(_)) && !self.finished && self.left <= READ_WHOLE_MAX
+    }
+
     /// Whether more body than a client buffer holds is still to come.
     fn large(&self) -> bool {
         match self.framing {
@@ -434,6 +455,27 @@ impl BodyLeft {
             Framing::None => false,
         }
     }
+}
+
+/// Reads the rest of a small body from the client into `b.out`, after its head; each wait for
+/// more bounded by `client_body_timeout`.
+async fn read_rest(
+    client: &TcpStream,
+    b: &mut Buf,
+    body: &mut BodyLeft,
+    server: &ServerConfig,
+    timer: &mut Lazy,
+) -> Result<(), ProxyError> {
+    while !body.done() {
+        let deadline = Instant::now() + server.client_body_timeout;
+        match read_by(client, b.room(buffers::CLIENT), deadline, timer).await {
+            Ok(0) | Err(IoFail::Io(_)) => return Err(ProxyError::ClientBody),
+            Ok(n) => b.filled(n),
+            Err(IoFail::Timeout) => return Err(ProxyError::ClientTimeout),
+        }
+        body.take(b)?;
+    }
+    Ok(())
 }
 
 /// Relays the rest of the request body from the client to the upstream.

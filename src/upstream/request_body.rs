@@ -52,8 +52,9 @@ impl std::fmt::Display for ClientBodyTimeout {
 
 impl std::error::Error for ClientBodyTimeout {}
 
-/// The largest request body read in full before its request is sent ([`read_whole`]); one
-/// larger, or of no declared length, is streamed to the upstream as it comes.
+/// The largest request body read in full before its request is sent (by [`read_whole`] on
+/// hyper's server, into the output buffer on the HTTP/1.1 path of our own); one larger, or of
+/// no declared length, is streamed to the upstream as it comes.
 pub const READ_WHOLE_MAX: u64 = 16 * 1024;
 
 /// Why a body was not read in full.
