@@ -191,6 +191,22 @@ async fn a_reject_is_answered_alike_on_both_paths() {
     theirs.stop().await;
 }
 
+/// A loopback upstream that hands each connection it accepts to `serve`, on a task of its own.
+async fn each_connection<F, Fut>(serve: F) -> std::net::SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(serve(s));
+        }
+    });
+    addr
+}
+
 /// A raw upstream on loopback: each connection, once it has sent a request head (the proxy's
 /// check at start sends none), is handed to `answer`.
 async fn raw_upstream<F, Fut>(answer: F) -> std::net::SocketAddr
@@ -198,51 +214,44 @@ where
     F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
     let answer = Arc::new(answer);
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let answer = Arc::clone(&answer);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                    }
+    each_connection(move |mut s| {
+        let answer = Arc::clone(&answer);
+        async move {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(k) => buf.extend_from_slice(&chunk[..k]),
                 }
-                answer(s).await;
-            });
+            }
+            answer(s).await;
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// An upstream that answers each request on a connection and closes the connection 30 ms
 /// after, like a backend with a short keep-alive timeout; counts the requests it read.
 async fn short_keepalive() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicU32>) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
     let n = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let count = Arc::clone(&n);
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let count = Arc::clone(&count);
-            tokio::spawn(async move {
-                // One request (head and body), one answer, then a close.
-                if read_request(&mut s, &mut Vec::new()).await.is_none() {
-                    return;
-                }
-                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    .await;
-                tokio::time::sleep(Duration::from_millis(30)).await;
-            });
+    let addr = each_connection(move |mut s| {
+        let count = Arc::clone(&count);
+        async move {
+            // One request (head and body), one answer, then a close.
+            if read_request(&mut s, &mut Vec::new()).await.is_none() {
+                return;
+            }
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+            tokio::time::sleep(Duration::from_millis(30)).await;
         }
-    });
+    })
+    .await;
     (addr, n)
 }
 
@@ -301,28 +310,25 @@ async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
 /// An upstream that answers the first request on each connection, then reads the second whole
 /// and closes without answering it; the request lines it read, in order.
 async fn answers_once_then_closes() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
     let log = Arc::new(Mutex::new(Vec::new()));
     let seen = Arc::clone(&log);
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let seen = Arc::clone(&seen);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let Some(first) = read_request(&mut s, &mut buf).await else {
-                    return;
-                };
-                seen.lock().unwrap().push(first);
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    .await;
-                if let Some(second) = read_request(&mut s, &mut buf).await {
-                    seen.lock().unwrap().push(second);
-                }
-            });
+    let addr = each_connection(move |mut s| {
+        let seen = Arc::clone(&seen);
+        async move {
+            let mut buf = Vec::new();
+            let Some(first) = read_request(&mut s, &mut buf).await else {
+                return;
+            };
+            seen.lock().unwrap().push(first);
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+            if let Some(second) = read_request(&mut s, &mut buf).await {
+                seen.lock().unwrap().push(second);
+            }
         }
-    });
+    })
+    .await;
     (addr, log)
 }
 
@@ -368,39 +374,36 @@ async fn a_post_is_never_sent_twice_when_its_pooled_connection_closes_unanswered
 /// without it); how many bytes it has heard, from the first.
 async fn hears_helloworld() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     let heard = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up = l.local_addr().unwrap();
     let h = Arc::clone(&heard);
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let h = Arc::clone(&h);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(k) => {
-                            h.fetch_add(k, std::sync::atomic::Ordering::SeqCst);
-                            buf.extend_from_slice(&chunk[..k]);
-                        }
-                    }
-                    if buf.ends_with(b"\r\n\r\nhelloworld") {
-                        let text = String::from_utf8_lossy(&buf).to_lowercase();
-                        let cl = text.contains("content-length: 10\r\n");
-                        let answer = if cl {
-                            "HTTP/1.1 200 OK"
-                        } else {
-                            "HTTP/1.1 500 No"
-                        };
-                        let answer = format!("{answer}\r\ncontent-length: 0\r\n\r\n");
-                        let _ = s.write_all(answer.as_bytes()).await;
-                        buf.clear();
+    let up = each_connection(move |mut s| {
+        let h = Arc::clone(&h);
+        async move {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(k) => {
+                        h.fetch_add(k, std::sync::atomic::Ordering::SeqCst);
+                        buf.extend_from_slice(&chunk[..k]);
                     }
                 }
-            });
+                if buf.ends_with(b"\r\n\r\nhelloworld") {
+                    let text = String::from_utf8_lossy(&buf).to_lowercase();
+                    let cl = text.contains("content-length: 10\r\n");
+                    let answer = if cl {
+                        "HTTP/1.1 200 OK"
+                    } else {
+                        "HTTP/1.1 500 No"
+                    };
+                    let answer = format!("{answer}\r\ncontent-length: 0\r\n\r\n");
+                    let _ = s.write_all(answer.as_bytes()).await;
+                    buf.clear();
+                }
+            }
         }
-    });
+    })
+    .await;
     (up, heard)
 }
 
