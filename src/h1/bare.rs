@@ -134,7 +134,8 @@ async fn exchange(
 
 /// The request head in HTTP/1.1 (origin form), with the rules of the HTTP/1.1 path
 /// ([`write::request_fields`]). An HTTP/2 request's `cookie` fields are joined into one (RFC
-/// 9113 §8.2.3); a method that usually has a body says it is empty.
+/// 9113 §8.2.3); a request with a body of `len` bytes says so, whatever framing the client
+/// used, and a method that usually has a body says it is empty when it has none.
 fn request_head(out: &mut Vec<u8>, req: &http::request::Parts, len: usize, up: &Upstream<'_>) {
     out.clear();
     let target = req.uri.path_and_query().map_or("/", |p| p.as_str());

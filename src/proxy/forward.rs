@@ -94,11 +94,10 @@ pub(super) fn forward<'a>(
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let client_version = req.version();
         // A request with no body, or with its body read in full, to a cleartext HTTP/1.1
-        // upstream goes out on the bare connections of the HTTP/1.1 path, its forwarding
-        // fields written on the way out; the rest on hyper's client, its header map rewritten
-        // first.
-        let bare =
-            bare_upstream && upgrade.is_none() && (whole.is_some() || req.body().is_end_stream());
+        // upstream (no upgrade: `bare_upstream`) goes out on the bare connections of the
+        // HTTP/1.1 path, its forwarding fields written on the way out; the rest on hyper's
+        // client, its header map rewritten first.
+        let bare = bare_upstream && (whole.is_some() || req.body().is_end_stream());
         let via = headers::via(req.version());
         let start = tokio::time::Instant::now();
         // The head is taken apart and put in `out` inside this block: its parts are not held
