@@ -19,7 +19,8 @@
 #   calls and the loopback TCP stack cost alone, the most any proxy could reach here
 #
 #   ONLY=h1 benches/load.sh    # only the HTTP/1.1 body rows (with the floor), with the CPU time
-#                              # a request split into user and system
+#                              # a request split into user and system, and the TCP segments
+#                              # sent a request (every party; needs nstat, else 0)
 #   ONLY=h2c benches/load.sh   # only the h2c figure, the proxies alternated ROUNDS times, with
 #                              # the CPU time a request split into user and system
 #   H2POST=512 ONLY=h2c ...    # the h2c figure for POSTs of that many bytes to /upload instead
@@ -102,18 +103,27 @@ h1_eff() { # name path
   after=$(cpu_ticks "$pid")
   per_cpu_s "$reqs" $((after - before))
 }
-# The same, as "requests/CPU-s user-µs/request system-µs/request"; a wrk script after the path
+# TCP segments sent on this machine (every socket, both ends of each loopback connection; nstat
+# from iproute2, its history kept in the scratch directory), or 0 without nstat.
+export NSTAT_HISTORY="$work/nstat.history"
+tcp_segs() {
+  if command -v nstat >/dev/null; then nstat -asz TcpOutSegs | awk '/^TcpOutSegs/ {print $2}'; else echo 0; fi
+}
+# The same, as "requests/CPU-s user-µs/request system-µs/request segments/request" (the TCP
+# segments every party sent, a request: 4 when no ACK goes alone); a wrk script after the path
 # (the upload's).
 h1_split() { # name path [wrk args...]
-  local port=${PORT[$1]} pid=${PID[$1]} path=$2 u0 s0 u1 s1 reqs
+  local port=${PORT[$1]} pid=${PID[$1]} path=$2 u0 s0 u1 s1 reqs g0 g1
   shift 2
   taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d2s "$@" "http://127.0.0.1:$port$path" >/dev/null
   read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+  g0=$(tcp_segs)
   reqs=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DUR}s" "$@" "http://127.0.0.1:$port$path" |
     awk '/requests in/ {print $1}')
+  g1=$(tcp_segs)
   read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
-  awk -v r="$reqs" -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v hz="$hz" \
-    'BEGIN { printf "%.0f %.2f %.2f\n", r / ((u + s) / hz), u / hz / r * 1e6, s / hz / r * 1e6 }'
+  awk -v r="$reqs" -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v hz="$hz" -v g=$((g1 - g0)) \
+    'BEGIN { printf "%.0f %.2f %.2f %.2f\n", r / ((u + s) / hz), u / hz / r * 1e6, s / hz / r * 1e6, g / r }'
 }
 # The same over h2c prior knowledge: 16 connections, 10 streams each; GETs of /empty, or with
 # H2POST=N, POSTs of N bytes to /upload.
@@ -180,14 +190,14 @@ H1PEERS=("${PEERS[@]}" floor)
 for body in empty 4k 64k; do
   for _ in $(seq "$ROUNDS"); do
     for p in "${H1PEERS[@]}"; do
-      read -r v u s < <(h1_split "$p" "/$body")
-      eval "h1_${p}_$body+=($v); h1u_${p}_$body+=($u); h1s_${p}_$body+=($s)"
+      read -r v u s g < <(h1_split "$p" "/$body")
+      eval "h1_${p}_$body+=($v); h1u_${p}_$body+=($u); h1s_${p}_$body+=($s); h1g_${p}_$body+=($g)"
     done
   done
   for p in "${H1PEERS[@]}"; do
-    eval "vals=(\"\${h1_${p}_$body[@]}\"); us=(\"\${h1u_${p}_$body[@]}\"); ss=(\"\${h1s_${p}_$body[@]}\")"
+    eval "vals=(\"\${h1_${p}_$body[@]}\"); us=(\"\${h1u_${p}_$body[@]}\"); ss=(\"\${h1s_${p}_$body[@]}\"); gs=(\"\${h1g_${p}_$body[@]}\")"
     R[$p.$body]=$(median "${vals[@]}")
-    echo "  $p /$body: ${vals[*]} -> ${R[$p.$body]}; CPU µs a request, user $(median "${us[@]}"), system $(median "${ss[@]}")" >&2
+    echo "  $p /$body: ${vals[*]} -> ${R[$p.$body]}; CPU µs a request, user $(median "${us[@]}"), system $(median "${ss[@]}"); TCP segments a request $(median "${gs[@]}")" >&2
   done
 done
 # Uploads: a 64 KiB body POSTed (the floor relays no request body).
@@ -200,7 +210,7 @@ f:close()
 LUA
 for _ in $(seq "$ROUNDS"); do
   for p in "${PEERS[@]}"; do
-    read -r v u s < <(h1_split "$p" /upload -s "$work/upload.lua")
+    read -r v u s _ < <(h1_split "$p" /upload -s "$work/upload.lua")
     eval "up_${p}+=($v); upu_${p}+=($u); ups_${p}+=($s)"
   done
 done

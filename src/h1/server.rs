@@ -621,7 +621,9 @@ async fn request(
         match poll_once(admission.as_mut()).await {
             Some(a) => a,
             // A client that leaves while in line gives up its place.
+            // `biased`: the admission first, and no random draw to pick the order.
             None if head.framing == Framing::None => tokio::select! {
+                biased;
                 a = admission => a,
                 () = gone(s) => return false,
             },
@@ -693,6 +695,7 @@ async fn request(
     let forwarding = exchange::forward(&at, s, b, req, &mut held, (start, now_ms), timer);
     let out = if framing == Framing::None {
         tokio::select! {
+            biased;
             o = forwarding => o,
             () = gone(s) => return false,
         }

@@ -23,6 +23,12 @@ pub struct Upstream<'a> {
 /// header map's entries. Walked again for what `Connection` lists and for joined lists.
 pub trait Fields<'f>: Copy {
     fn pairs(self) -> impl Iterator<Item = (&'f [u8], &'f [u8])>;
+
+    /// The buffer the fields were read into (empty for a header map): a field line kept as
+    /// it came is copied from it ([`Lines`]).
+    fn source(self) -> &'f [u8] {
+        &[]
+    }
 }
 
 /// The fields of a head read into a buffer: the buffer, and the spans of the fields in it.
@@ -35,6 +41,10 @@ impl<'f> Fields<'f> for Spans<'f> {
         fields
             .iter()
             .map(move |f| (f.name.in_buf(buf), f.value.in_buf(buf)))
+    }
+
+    fn source(self) -> &'f [u8] {
+        self.0
     }
 }
 
@@ -112,6 +122,63 @@ pub(super) fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Field lines written in order, those kept as they came copied from the buffer they were
+/// read into: a line of it that reads exactly as [`line`] would write it (`name: value` and
+/// CRLF) is not written again piece by piece, and such lines next to each other in the buffer
+/// go out in one copy (an upstream's response head is mostly one or two runs). The bytes
+/// written are the same either way.
+pub(super) struct Lines<'b> {
+    buf: &'b [u8],
+    /// The lines of `buf` kept and not written yet.
+    run: std::ops::Range<usize>,
+}
+
+impl<'b> Lines<'b> {
+    pub(super) fn new(buf: &'b [u8]) -> Self {
+        Self { buf, run: 0..0 }
+    }
+
+    /// Writes `name: value` after the lines before it; `name` and `value` may be slices of
+    /// the buffer or not.
+    pub(super) fn keep(&mut self, out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+        match self.as_read(name, value) {
+            Some(r) if !self.run.is_empty() && r.start == self.run.end => self.run.end = r.end,
+            Some(r) => {
+                self.flush(out);
+                self.run = r;
+            }
+            None => {
+                self.flush(out);
+                line(out, name, value);
+            }
+        }
+    }
+
+    /// Writes the lines held back; call it before writing anything else after them.
+    pub(super) fn flush(&mut self, out: &mut Vec<u8>) {
+        if !self.run.is_empty() {
+            out.extend_from_slice(self.buf.get(self.run.clone()).unwrap_or_default());
+            self.run = 0..0;
+        }
+    }
+
+    /// Where the buffer holds `name: value` and CRLF, `name` and `value` being slices of it.
+    fn as_read(&self, name: &[u8], value: &[u8]) -> Option<std::ops::Range<usize>> {
+        if self.buf.is_empty() {
+            return None;
+        }
+        let base = self.buf.as_ptr() as usize;
+        let at = (name.as_ptr() as usize).checked_sub(base)?;
+        let v = at + name.len() + 2;
+        let end = v + value.len() + 2;
+        let text = self.buf.get(at..end)?;
+        let read_so = value.as_ptr() as usize == base + v
+            && text.get(name.len()..name.len() + 2) == Some(b": ")
+            && text.ends_with(b"\r\n");
+        read_so.then_some(at..end)
+    }
+}
+
 /// Every value of the fields of `kind`, joined as a list, then `last`, as one field line.
 fn joined<'f>(out: &mut Vec<u8>, name: &[u8], fields: impl Fields<'f>, k: Kind, last: &[u8]) {
     out.extend_from_slice(name);
@@ -180,6 +247,7 @@ pub fn request_fields<'f>(
 ) {
     let trusted = up.conn.trusted;
     let (mut xff, mut xfp, mut xfh, mut via, mut cookies) = (false, false, false, false, false);
+    let mut lines = Lines::new(fields.source());
     for (name, value) in fields.pairs() {
         let keep = match kind(name) {
             Kind::Plain if join_cookies && name.eq_ignore_ascii_case(b"cookie") => {
@@ -207,9 +275,10 @@ pub fn request_fields<'f>(
             Kind::Forwarded => trusted,
         };
         if keep {
-            line(out, name, value);
+            lines.keep(out, name, value);
         }
     }
+    lines.flush(out);
     if cookies {
         out.extend_from_slice(b"cookie: ");
         let mut all = fields
@@ -263,6 +332,7 @@ pub fn response_head(
 ) {
     status_line(out, status, reason.in_buf(buf));
     let mut via = false;
+    let mut lines = Lines::new(buf);
     for f in fields {
         let name = f.name.in_buf(buf);
         let keep = match kind(name) {
@@ -275,9 +345,10 @@ pub fn response_head(
             _ => !conn_names || !listed(Spans(buf, fields), name),
         };
         if keep {
-            line(out, name, f.value.in_buf(buf));
+            lines.keep(out, name, f.value.in_buf(buf));
         }
     }
+    lines.flush(out);
     if via {
         joined(out, b"via", Spans(buf, fields), Kind::Via, b"1.1 warmgate");
     } else {
@@ -506,6 +577,49 @@ mod tests {
             got.ends_with("host: a\r\ntransfer-encoding: chunked\r\n\r\n"),
             "{got}"
         );
+    }
+
+    /// Lines copied from the buffer read the same as lines written piece by piece, whatever
+    /// the spacing, the line ends and the order of the fields kept.
+    #[test]
+    fn lines_copied_as_they_came_read_as_lines_written() {
+        let text = b"HTTP/1.1 200 OK\r\nA: 1\r\nB: two\r\nC:3\r\nD:  4  \r\nE: 5\nF: \r\nG: 7\r\nH: 8\r\n\r\n";
+        let mut fields = Vec::new();
+        crate::h1::response::parse(text, &mut fields, false)
+            .unwrap()
+            .unwrap();
+        let pairs: Vec<(&[u8], &[u8])> = Spans(text, &fields).pairs().collect();
+        assert_eq!(pairs.len(), 8);
+        let other: &[(&[u8], &[u8])] = &[(b"x-other", b"not from the buffer")];
+        // Every subset of the fields (in order), with a line from elsewhere in the middle.
+        for mask in 0u32..(1 << pairs.len()) {
+            let kept: Vec<_> = pairs
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .map(|(_, p)| *p)
+                .collect();
+            let (head, tail) = kept.split_at(kept.len() / 2);
+            let all: Vec<_> = head.iter().chain(other).chain(tail).copied().collect();
+            let (mut copied, mut written) = (Vec::new(), Vec::new());
+            let mut lines = Lines::new(text);
+            for (n, v) in &all {
+                lines.keep(&mut copied, n, v);
+                line(&mut written, n, v);
+            }
+            lines.flush(&mut copied);
+            assert_eq!(
+                String::from_utf8_lossy(&copied),
+                String::from_utf8_lossy(&written),
+                "mask {mask:#b}"
+            );
+        }
+        // Without a buffer (a header map's fields) every line is written.
+        let mut out = Vec::new();
+        let mut lines = Lines::new(&[]);
+        lines.keep(&mut out, b"a", b"1");
+        lines.flush(&mut out);
+        assert_eq!(out, b"a: 1\r\n");
     }
 
     #[test]
