@@ -7,7 +7,8 @@
 #
 # Needs nginx, wrk and h2load for the training load (apt-get install -y nginx wrk
 # nghttp2-client) and llvm-profdata of the LLVM version rustc was built with (`rustc -vV` says
-# which; Debian: apt-get install -y llvm-NN). PROFDATA=path/to/llvm-profdata picks another.
+# which; `rustup component add llvm-tools`, or Debian: apt-get install -y llvm-NN).
+# PROFDATA=path/to/llvm-profdata picks another.
 #
 # Three steps: an instrumented build (target/pgo-gen); that build run in front of a static
 # nginx on 127.0.0.1 under a short mixed load (HTTP/1.1 forwards of several body sizes, uploads,
@@ -22,8 +23,10 @@ fail() { echo "pgo.sh: $*" >&2; exit 1; }
 
 major=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
 [ -n "$major" ] || fail "could not read rustc's LLVM version from 'rustc -vV'"
-PROFDATA=${PROFDATA:-$(command -v "llvm-profdata-$major" || command -v "/usr/lib/llvm-$major/bin/llvm-profdata" || true)}
-[ -n "$PROFDATA" ] || fail "needs llvm-profdata for LLVM $major (Debian: apt-get install -y llvm-$major; or PROFDATA=path)"
+# rustup's llvm-tools component ships the one built with rustc's LLVM.
+rustup_tools="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/llvm-profdata"
+PROFDATA=${PROFDATA:-$(command -v "llvm-profdata-$major" || command -v "/usr/lib/llvm-$major/bin/llvm-profdata" || command -v "$rustup_tools" || true)}
+[ -n "$PROFDATA" ] || fail "needs llvm-profdata for LLVM $major (rustup component add llvm-tools; or Debian: apt-get install -y llvm-$major; or PROFDATA=path)"
 "$PROFDATA" --version | grep -q "LLVM version $major\." ||
   fail "$PROFDATA is not LLVM $major (rustc's); its profiles would not be read"
 for t in "$(command -v nginx || echo /usr/sbin/nginx)" wrk h2load; do
