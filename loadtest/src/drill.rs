@@ -865,10 +865,12 @@ mod tests {
             config,
             "--report-dir",
             &dir.path().display().to_string(),
+            // 40 users at knee 4: everyone can be in by about 2.2 s, so feeds
+            // reach the feed cluster well inside the run even on a slow machine.
             "--users",
-            "200",
+            "40",
             "--duration-s",
-            "5",
+            "6",
             "--arrival-s",
             "1",
             "--quiet",
